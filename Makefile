@@ -1,0 +1,25 @@
+# The two commands of the README. Each creates the virtual environment on first use (pinned CPU
+# torch 2.13.0, deepspeed 0.19.8, megatron-core 0.16.1) and reuses it afterwards.
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint clean
+
+demo: $(VENV)/.installed
+	$(BIN)/python -m lfr_ds.demo $(if $(DATA),--data $(DATA)) $(if $(OUT),--out $(OUT))
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check lfr_ds tools bench tests
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) demo_out .pytest_cache

@@ -1,0 +1,1 @@
+"""Data: raw text → tokenizer → Megatron ``.bin/.idx`` → blocks → sample index files → DP sampler."""

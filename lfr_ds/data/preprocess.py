@@ -1,0 +1,236 @@
+"""Tokenize raw documents into megatron-core's indexed mmap dataset (``.bin/.idx``) plus lfr-ds's sidecar.
+
+Output for ``--output-prefix P`` (format details in docs/data_format.md):
+
+- ``P.bin`` / ``P.idx``: written by megatron-core's ``IndexedDatasetBuilder``, one sequence per document,
+  every document ending with ``<eod>``; tokens in the smallest dtype that fits the vocab (uint16 below
+  65,500 ids, else int32), exactly as Megatron-LM's own preprocess_data.py writes them.
+- ``P.doc_source.npy``: int16/int32 source code of every document (index into ``meta["sources"]``).
+- ``P.meta.json``: tokenizer identity, counts per source, the ``.idx`` checksum and ``.bin`` size.
+
+Workers: the main process reads raw byte chunks in file order and N worker processes decode, parse and
+encode them; ``imap`` returns results in order, so the output is byte-identical for any N. Every file
+is written under a temp name and renamed only after all of them are complete (``P.meta.json`` last).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm import tqdm
+
+from lfr_ds import __version__, atomic
+from lfr_ds.data.dataset import sha256_file
+from lfr_ds.data.reader import DEFAULT_READ, Chunk, ReadOptions, check_inputs, iter_chunks, parse_chunk
+from lfr_ds.data.tokenizer import Tokenizer
+from lfr_ds.errors import ArgumentParser, UserError, cli
+
+UNKNOWN_SOURCE = "unknown"
+
+
+@dataclass
+class EncodedChunk:
+    tokens: np.ndarray  # all documents of the chunk back to back, each ending with <eod>
+    lengths: np.ndarray  # int32 tokens per document
+    sources: list[str | None]
+    skipped_empty: int
+    raw_bytes: int  # size of the input chunk, for the progress bar
+
+
+# Per-worker state, set by _init_worker (a Pool cannot pass unpicklable sentencepiece objects per task).
+_worker: dict = {}
+
+
+def _init_worker(model_path: str, opts: ReadOptions, dtype: str) -> None:
+    _worker.update(tokenizer=Tokenizer(model_path), opts=opts, dtype=np.dtype(dtype))
+
+
+def _encode_chunk(chunk: Chunk) -> EncodedChunk:
+    tok: Tokenizer = _worker["tokenizer"]
+    docs = parse_chunk(chunk, _worker["opts"])
+    kept = [d for d in docs if d.text]
+    ids = tok.encode([d.text for d in kept])
+    lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int32, count=len(ids))
+    tokens = np.empty(int(lengths.sum()), dtype=_worker["dtype"])
+    ends = np.cumsum(lengths)
+    for x, end, n in zip(ids, ends, lengths, strict=True):
+        tokens[end - n : end - 1] = x
+        tokens[end - 1] = tok.eod
+    return EncodedChunk(tokens, lengths, [d.source for d in kept], len(docs) - len(kept), len(chunk.data))
+
+
+def _encoded_chunks(
+    inputs: list[str], model_path: str, opts: ReadOptions, dtype: str, workers: int
+) -> Iterator[EncodedChunk]:
+    chunks = iter_chunks(inputs, opts)
+    if workers == 1:
+        _init_worker(model_path, opts, dtype)
+        yield from map(_encode_chunk, chunks)
+        return
+    # spawn, not fork: the parent may hold torch/OpenMP threads, which do not survive a fork.
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(model_path, opts, dtype)) as pool:
+        yield from pool.imap(_encode_chunk, chunks)
+
+
+def preprocess(
+    inputs: list[str],
+    output_prefix: str,
+    tokenizer_path: str,
+    *,
+    opts: ReadOptions = DEFAULT_READ,
+    workers: int = 1,
+    progress: bool = True,
+) -> dict:
+    """Build ``output_prefix.{bin,idx,doc_source.npy,meta.json}`` from ``inputs``; returns the meta dict."""
+    from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
+
+    check_inputs(inputs)
+    out_dir = os.path.dirname(os.path.abspath(output_prefix))
+    if not os.path.isdir(out_dir):
+        raise UserError(
+            f"--output-prefix {output_prefix}: directory {out_dir} does not exist; create it first"
+        )
+    if workers < 1:
+        raise UserError(f"--workers {workers}: must be at least 1")
+    tok = Tokenizer(tokenizer_path)
+    dtype_cls = DType.optimal_dtype(tok.vocab_size)  # megatron wants the numpy type, not a dtype instance
+    dtype = np.dtype(dtype_cls)
+
+    t0 = time.time()
+    source_codes: dict[str, int] = {}
+    doc_source: list[np.ndarray] = []
+    doc_counts: Counter[str] = Counter()
+    token_counts: Counter[str] = Counter()
+    n_docs = n_tokens = n_empty = 0
+    total_bytes = None if any(p.endswith(".gz") for p in inputs) else sum(os.path.getsize(p) for p in inputs)
+    bar = tqdm(
+        total=total_bytes,
+        unit="B",
+        unit_scale=True,
+        desc="preprocess",
+        disable=not progress,
+        mininterval=1.0,
+        file=sys.stderr,
+    )
+
+    with contextlib.ExitStack() as stack:
+        # Entered first = renamed last: meta.json appears only once every other file is in place.
+        meta_tmp = stack.enter_context(atomic.atomic_path(output_prefix + ".meta.json"))
+        src_tmp = stack.enter_context(atomic.atomic_path(output_prefix + ".doc_source.npy"))
+        idx_tmp = stack.enter_context(atomic.atomic_path(output_prefix + ".idx"))
+        bin_tmp = stack.enter_context(atomic.atomic_path(output_prefix + ".bin"))
+        builder = IndexedDatasetBuilder(str(bin_tmp), dtype=dtype_cls)
+        try:
+            for enc in _encoded_chunks(inputs, tokenizer_path, opts, dtype.name, workers):
+                offset = 0
+                for n in enc.lengths:
+                    builder.add_document(enc.tokens[offset : offset + n], [int(n)])
+                    offset += n
+                names = [s if s is not None else UNKNOWN_SOURCE for s in enc.sources]
+                codes = np.array(
+                    [source_codes.setdefault(s, len(source_codes)) for s in names], dtype=np.int32
+                )
+                doc_source.append(codes)
+                for s, n in zip(names, enc.lengths, strict=True):
+                    doc_counts[s] += 1
+                    token_counts[s] += int(n)
+                n_docs += len(enc.lengths)
+                n_tokens += int(enc.lengths.sum())
+                n_empty += enc.skipped_empty
+                bar.update(enc.raw_bytes)
+                elapsed = max(time.time() - t0, 1e-9)
+                bar.set_postfix_str(
+                    f"{n_docs / elapsed:,.0f} docs/s, {n_tokens / elapsed:,.0f} tok/s", refresh=False
+                )
+        finally:
+            builder.data_file.close()
+            bar.close()
+        if n_docs == 0:
+            raise UserError(f"{', '.join(inputs)}: no documents found (all empty); give the input some text")
+        builder.finalize(str(idx_tmp))
+
+        codes = np.concatenate(doc_source)
+        code_dtype = np.int16 if len(source_codes) < np.iinfo(np.int16).max else np.int32
+        with open(src_tmp, "wb") as f:
+            np.save(f, codes.astype(code_dtype), allow_pickle=False)
+        sources = sorted(source_codes, key=source_codes.get)
+        meta = {
+            "format": "lfr-ds-dataset/1",
+            "created_by": f"lfr-ds {__version__}",
+            "inputs": [os.path.abspath(p) for p in inputs],
+            "json_key": opts.json_key,
+            "tokenizer": tok.identity(),
+            "dtype": dtype.name,
+            "num_documents": n_docs,
+            "num_tokens": n_tokens,
+            "skipped_empty_documents": n_empty,
+            "sources": sources,
+            "source_documents": {s: doc_counts[s] for s in sources},
+            "source_tokens": {s: token_counts[s] for s in sources},
+            "idx_sha256": sha256_file(idx_tmp),
+            "bin_bytes": os.path.getsize(bin_tmp),
+        }
+        meta_tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    meta["seconds"] = time.time() - t0
+    return meta
+
+
+@cli
+def main(argv: Sequence[str] | None = None) -> int:
+    p = ArgumentParser(
+        prog="lfr-preprocess",
+        description="Tokenize .jsonl/.jsonl.gz/.txt documents into a Megatron indexed dataset (.bin/.idx) "
+        "plus the lfr-ds sidecar (.meta.json, .doc_source.npy).",
+    )
+    p.add_argument("inputs", nargs="+", help=".jsonl, .jsonl.gz or .txt files, read in the order given")
+    p.add_argument(
+        "--output-prefix",
+        "-o",
+        required=True,
+        help="writes PREFIX.bin, PREFIX.idx, PREFIX.meta.json, PREFIX.doc_source.npy",
+    )
+    p.add_argument("--tokenizer", "-t", required=True, help="sentencepiece .model from lfr-train-tokenizer")
+    p.add_argument("--json-key", default="text", help="JSON field holding the text (default: text)")
+    p.add_argument(
+        "--source-key", default="source", help="JSON field holding the source label (default: source)"
+    )
+    p.add_argument(
+        "--txt-mode",
+        choices=("line", "paragraph"),
+        default="paragraph",
+        help="document unit in .txt files (default: paragraph)",
+    )
+    p.add_argument(
+        "--workers",
+        "-j",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="tokenizer processes (default: all cores)",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    args = p.parse_args(argv)
+    meta = preprocess(
+        args.inputs,
+        args.output_prefix,
+        args.tokenizer,
+        opts=ReadOptions(json_key=args.json_key, source_key=args.source_key, txt_mode=args.txt_mode),
+        workers=args.workers,
+        progress=not args.no_progress,
+    )
+    secs = meta["seconds"]
+    print(
+        f"wrote {args.output_prefix}.{{bin,idx}}: {meta['num_documents']:,} documents, {meta['num_tokens']:,} tokens "
+        f"({meta['dtype']}), {len(meta['sources'])} sources, {secs:.1f}s ({meta['num_tokens'] / secs:,.0f} tok/s)",
+        file=sys.stderr,
+    )
+    return 0
