@@ -7,7 +7,15 @@ naming the field, so a typo never becomes a silent default.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import contextlib
+import dataclasses
+import difflib
+import json
+import os
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from lfr_ds.errors import UserError
 
@@ -99,3 +107,305 @@ class ModelConfig:
             raise ValueError("vocab_size is not set yet (it comes from the dataset's tokenizer)")
         m = self.make_vocab_size_divisible_by
         return -(-self.vocab_size // m) * m
+
+
+@dataclass
+class DataConfig:
+    """Where the training blocks come from."""
+
+    path: str = ""
+    """Dataset prefix (``PREFIX.bin``/``PREFIX.idx``) from ``lfr-preprocess``. Required."""
+    tokenizer: str | None = None
+    """Tokenizer ``.model``; ``None`` = the one recorded in the dataset's sidecar. A different one is refused."""
+    seed: int = 1234
+    """Seeds the document shuffle that defines blocks (so block ids) and every sample-order shuffle."""
+    valid_path: str | None = None
+    """Held-out data for periodic evaluation: a dataset prefix or a ``.jsonl`` file. ``None`` = no evaluation."""
+    valid_blocks: int = 64
+    """Held-out blocks scored at each evaluation (fixed, evenly spaced)."""
+
+    def __post_init__(self) -> None:
+        if self.valid_blocks < 1:
+            raise UserError("data.valid_blocks: must be >= 1")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warmup then cosine decay to a floor; one schedule spans the whole run."""
+
+    lr: float = 6e-4
+    """Peak learning rate (GPT-2 124M: 6e-4)."""
+    min_lr_ratio: float = 0.1
+    """Floor of the cosine decay as a fraction of ``lr``."""
+    warmup_steps: int = 100
+    """Steps of linear warmup from ``lr / warmup_steps`` to ``lr``."""
+    weight_decay: float = 0.1
+    """AdamW decoupled weight decay."""
+    beta1: float = 0.9
+    """AdamW β1."""
+    beta2: float = 0.95
+    """AdamW β2 (0.95, as GPT-3 and Megatron use, is steadier than 0.999 at large batch)."""
+    eps: float = 1e-8
+    """AdamW ε."""
+    grad_clip: float = 1.0
+    """Clip the global gradient norm to this; 0 = off."""
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0:
+            raise UserError(f"optim.lr: must be positive, got {self.lr}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise UserError(f"optim.min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
+        if self.warmup_steps < 0:
+            raise UserError("optim.warmup_steps: must be >= 0")
+        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
+            raise UserError("optim.beta1/beta2: must be in [0, 1)")
+        if self.grad_clip < 0 or self.weight_decay < 0 or self.eps <= 0:
+            raise UserError("optim.grad_clip and optim.weight_decay must be >= 0, optim.eps > 0")
+
+
+@dataclass
+class EngineConfig:
+    """DeepSpeed: ZeRO stage, precision, batch geometry."""
+
+    zero_stage: int = 2
+    """ZeRO stage, 2 (shard optimizer state and gradients) or 3 (also parameters)."""
+    ds_config: str = "auto"
+    """DeepSpeed JSON; ``auto`` = ``ds_configs/zero{stage}.json`` on GPU, ``zero{stage}_cpu.json`` on CPU.
+    Fields lfr-ds derives (batch sizes, optimizer, scheduler, clipping) must be absent or ``"auto"``."""
+    precision: str = "auto"
+    """``auto`` (bf16 on GPU, fp32 on CPU), ``bf16`` or ``fp32``."""
+    micro_batch_size: int = 8
+    """Blocks per rank per forward/backward."""
+    global_batch_size: int = 32
+    """Blocks per optimizer step across all ranks; must be a multiple of micro_batch_size × ranks.
+    Gradient accumulation steps = global / (micro × ranks), so the data order never depends on ranks."""
+    backend: str = "auto"
+    """torch.distributed backend: ``auto`` (NCCL on GPU, gloo on CPU), ``nccl`` or ``gloo``."""
+
+    def __post_init__(self) -> None:
+        if self.zero_stage not in (2, 3):
+            raise UserError(f"engine.zero_stage: {self.zero_stage}; lfr-ds supports ZeRO stage 2 or 3")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise UserError(f"engine.precision: {self.precision!r}; use auto, bf16 or fp32")
+        if self.backend not in ("auto", "nccl", "gloo"):
+            raise UserError(f"engine.backend: {self.backend!r}; use auto, nccl or gloo")
+        if self.micro_batch_size < 1 or self.global_batch_size < 1:
+            raise UserError("engine.micro_batch_size and engine.global_batch_size: must be >= 1")
+        if self.global_batch_size % self.micro_batch_size:
+            raise UserError(
+                f"engine.global_batch_size {self.global_batch_size}: not a multiple of engine.micro_batch_size "
+                f"{self.micro_batch_size}"
+            )
+
+    def accumulation_steps(self, world_size: int) -> int:
+        per_step = self.micro_batch_size * world_size
+        if self.global_batch_size % per_step:
+            raise UserError(
+                f"engine.global_batch_size {self.global_batch_size} does not divide across {world_size} ranks × "
+                f"micro batch {self.micro_batch_size}; make it a multiple of {per_step}"
+            )
+        return self.global_batch_size // per_step
+
+
+@dataclass
+class CheckpointConfig:
+    """Checkpointing and resume."""
+
+    interval: int = 500
+    """Save every this many steps (and at the end of the run). 0 = only at the end."""
+    keep_last: int = 3
+    """Keep this many most recent checkpoints; older ones are deleted after a newer one is complete."""
+    resume: str = "auto"
+    """``auto``: continue from ``RUN_DIR/checkpoints/latest`` if it exists, else start fresh; ``never``;
+    or a checkpoint directory to resume from (an error if it holds no complete checkpoint)."""
+    shared_fs: bool = True
+    """All nodes see one checkpoint directory (Lustre, NFS…). ``False``: node-local disks; each node
+    finalises its own shards."""
+
+    def __post_init__(self) -> None:
+        if self.interval < 0 or self.keep_last < 1:
+            raise UserError("checkpoint.interval must be >= 0 and checkpoint.keep_last >= 1")
+
+
+@dataclass
+class LogConfig:
+    """TensorBoard, console and traces."""
+
+    interval: int = 10
+    """Console log line and TensorBoard scalars every this many steps."""
+    tensorboard: bool = True
+    """Write TensorBoard event files to ``RUN_DIR/tb`` (rank 0 only)."""
+    peak_tflops: float | None = None
+    """Per-device peak TFLOP/s for MFU. ``None`` = from the GPU name (H100/H200 989, A100 312 bf16
+    dense) or, on CPU, 0.15 (a 2-core AVX2 host's 2-thread fp32 GEMM peak)."""
+    trace_blocks: bool = False
+    """Append every step's gathered (block id, loss, tokens) to ``RUN_DIR/trace/steps.jsonl`` (rank 0).
+    Costs ~20 bytes per block per step: for tests and analysis, not for long runs."""
+    progress_bar: bool = True
+    """Show a progress bar with ETA on rank 0 (only when stderr is a terminal)."""
+
+    def __post_init__(self) -> None:
+        if self.interval < 1:
+            raise UserError("log.interval: must be >= 1")
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise UserError("log.peak_tflops: must be positive (or null for the default)")
+
+
+@dataclass
+class LFRConfig:
+    """Which blocks to train on, phase by phase (the Learn-Focus-Review schedule)."""
+
+    schedule: str = "random"
+    """``random`` (the baseline: a seeded shuffle of all blocks, epoch after epoch, for the whole run),
+    ``paper``, or a Learn-Focus-Review schedule such as ``learn:2000,focus:2000@0.5,review,focus:*@0.7``
+    (grammar in :mod:`lfr_ds.lfr.schedule`)."""
+    distribute: str = "shared_fs"
+    """How ranks other than 0 get each phase's sample index: ``shared_fs`` (read rank 0's file after a
+    barrier) or ``broadcast`` (rank 0 sends the bytes; for clusters without a shared filesystem)."""
+
+    def __post_init__(self) -> None:
+        if self.distribute not in ("shared_fs", "broadcast"):
+            raise UserError(f"lfr.distribute: {self.distribute!r}; use shared_fs or broadcast")
+
+
+@dataclass
+class TrainConfig:
+    """One training run."""
+
+    run_dir: str = "runs/default"
+    """Output directory: checkpoints, sample index files, TensorBoard, traces, the resolved config."""
+    steps: int = 1000
+    """Optimizer steps in the run (each ``engine.global_batch_size`` blocks)."""
+    seed: int = 1234
+    """Model init and dropout seed."""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """The GPT shape."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """The dataset and held-out data."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """AdamW and the learning-rate schedule."""
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    """DeepSpeed: ZeRO stage, precision, batch sizes."""
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    """Checkpoint interval, retention, resume."""
+    log: LogConfig = field(default_factory=LogConfig)
+    """TensorBoard, console, traces."""
+    lfr: LFRConfig = field(default_factory=LFRConfig)
+    """The data-selection schedule."""
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise UserError(f"steps: must be >= 1, got {self.steps}")
+        if not self.data.path:
+            raise UserError("data.path: required; set it to the dataset prefix written by lfr-preprocess")
+
+
+# ---- loading ---------------------------------------------------------------------------------------
+
+
+def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> TrainConfig:
+    """Build a :class:`TrainConfig` from a YAML/JSON file (optional) plus ``a.b=value`` overrides.
+
+    Every key is checked against the dataclasses: an unknown one is an error that suggests the closest
+    valid key. Override values are parsed as YAML scalars (``8``, ``1e-3``, ``true``, ``null``).
+    """
+    raw: dict = {}
+    if path is not None:
+        raw = _read_file(path)
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"override {item!r}: expected key=value, e.g. engine.micro_batch_size=4")
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise UserError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = _parse_scalar(value)
+    return _build(TrainConfig, raw, prefix="")
+
+
+def config_to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def _read_file(path: str) -> dict:
+    import yaml
+
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: config file not found")
+    try:
+        text = Path(path).read_text()
+        data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(
+            f"{path}: not valid {'JSON' if path.endswith('.json') else 'YAML'} ({first})"
+        ) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{path}: the top level must be a mapping of config sections")
+    return data
+
+
+def _parse_scalar(text: str):
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _build(cls, raw: dict, prefix: str):
+    if not isinstance(raw, dict):
+        raise UserError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {raw!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for key, value in raw.items():
+        if key not in fields:
+            valid = [prefix + k for k in fields]
+            close = difflib.get_close_matches(prefix + str(key), valid, n=1, cutoff=0.5)
+            hint = f"; did you mean {close[0]}?" if close else f"; valid keys: {', '.join(valid)}"
+            raise UserError(f"unknown config key {prefix}{key}{hint}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value or {}, prefix + key + ".")
+        else:
+            kwargs[key] = _coerce(value, hint, prefix + key)
+    return cls(**kwargs)
+
+
+def _coerce(value, hint, name: str):
+    """Check a value against a field's type (int, float, str, bool, or ``X | None``)."""
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    if value is None:
+        if optional:
+            return None
+        raise UserError(f"{name}: may not be null")
+    if isinstance(value, str) and base in (int, float):
+        # YAML 1.1 reads 6e-4 (no dot) as a string; accept any number Python can parse.
+        with contextlib.suppress(ValueError):
+            value = float(value)
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+    elif base is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif base is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    elif base is str:
+        if isinstance(value, str | int | float) and not isinstance(value, bool):
+            return str(value)
+    else:
+        return value
+    raise UserError(f"{name}: expected {base.__name__}, got {value!r}")

@@ -1,5 +1,5 @@
 """Shared fixtures: the real webmix corpus from ../shared/data, a tokenizer and a dataset built from it once
-per session, and a helper that runs a CLI in-process and captures its one-line error."""
+per session, and ``run_cli``, which runs a CLI in-process and captures its output."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from clitools import CliResult
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("LFR_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -45,12 +46,6 @@ def webmix_dataset(tmp_path_factory, webmix_train, webmix_tokenizer) -> Path:
     return prefix
 
 
-class CliResult:
-    def __init__(self, code: int, out: str, err: str) -> None:
-        self.code, self.out, self.err = code, out, err
-        self.err_lines = [line for line in err.splitlines() if line.strip()]
-
-
 @pytest.fixture
 def run_cli(capsys):
     """Run ``main(argv)`` of a CLI in-process; returns exit code, stdout and stderr."""
@@ -65,12 +60,3 @@ def run_cli(capsys):
         return CliResult(code, captured.out, captured.err)
 
     return run
-
-
-def assert_one_line_error(result: CliResult, *needles: str) -> None:
-    """The bad-input contract: non-zero exit, exactly one line on stderr, no traceback, naming the thing."""
-    assert result.code != 0, f"expected failure, got exit 0; stderr: {result.err}"
-    assert "Traceback" not in result.err
-    assert len(result.err_lines) == 1, f"expected one error line, got: {result.err_lines}"
-    for needle in needles:
-        assert needle in result.err_lines[0], f"{needle!r} not in {result.err_lines[0]!r}"

@@ -7,7 +7,7 @@ import os
 import shutil
 
 import pytest
-from conftest import assert_one_line_error
+from clitools import assert_one_line_error
 
 from lfr_ds.data import inspect, preprocess, tokenizer
 

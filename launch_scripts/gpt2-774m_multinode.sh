@@ -1,0 +1,5 @@
+#!/usr/bin/env bash
+# GPT-2 774m, random-sampling baseline, across the nodes of $HOSTFILE (see common.sh for the environment).
+#   DATA=prefix HOSTFILE=hosts MASTER_ADDR=node0 launch_scripts/gpt2-774m_multinode.sh [overrides]
+source "$(dirname "$0")/common.sh"
+multi_node gpt2-774m "$@"

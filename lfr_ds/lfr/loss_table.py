@@ -1,0 +1,97 @@
+"""The loss table: every block's training loss, gathered across data-parallel ranks at every step.
+
+Each rank computes the mean loss of each block it trained on in the ordinary training forward pass
+(no extra pass). :func:`gather_step` all-gathers those records as one float64 tensor: 3 numbers a
+block (id, loss, tokens), plus the sketch when on. Ranks hold consecutive slices of the global
+batch, so the gathered rows come back in global-batch order and every rank ends up with the same
+table. Cost at GPT-2 1.5B scale, global batch 512: 512 × 24 B = 12 KiB per step, next to a ~3 GB
+bf16 gradient reduce-scatter per step: far below 0.1 % of the step's communication.
+
+The table keeps, per block: the latest loss, the reference loss it is compared against (the mean
+loss of the global batch it was recorded in: same model, same step), how often it was seen, the
+step it was last seen, its loss at the end of every completed phase (its trajectory), and optionally
+its latest hidden-state sketch. It is saved with every checkpoint as plain numpy arrays.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+NAN = np.float32("nan")
+
+
+def gather_step(
+    ids: np.ndarray, losses: torch.Tensor, tokens: torch.Tensor, sketch: torch.Tensor | None
+) -> np.ndarray:
+    """All-gather this rank's ``(block id, mean loss, tokens[, sketch])`` rows; returns ``[global, 3(+k)]``."""
+    cols = [
+        torch.as_tensor(ids, dtype=torch.float64, device=losses.device)[:, None],
+        losses.double()[:, None],
+        tokens.double()[:, None],
+    ]
+    if sketch is not None:
+        cols.append(sketch.double())
+    mine = torch.cat(cols, dim=1).contiguous()
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return mine.cpu().numpy()
+    parts = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, mine)
+    return torch.cat(parts).cpu().numpy()
+
+
+class LossTable:
+    """Per-block statistics, identical on every rank."""
+
+    def __init__(self, num_blocks: int, num_phases: int, sketch_dim: int = 0) -> None:
+        self.loss = np.full(num_blocks, NAN, dtype=np.float32)
+        self.ref = np.full(num_blocks, NAN, dtype=np.float32)
+        self.seen = np.zeros(num_blocks, dtype=np.int32)
+        self.last_step = np.full(num_blocks, -1, dtype=np.int32)
+        # float16 keeps a 100M-block, 6-phase trajectory at 1.2 GB; its 3 significant digits are plenty
+        # for losses of 0.01-20 nats.
+        self.phase_loss = np.full((num_phases, num_blocks), np.float16("nan"), dtype=np.float16)
+        self.sketch = np.zeros((num_blocks, sketch_dim), dtype=np.float16) if sketch_dim else None
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.loss)
+
+    def update(self, rows: np.ndarray, step: int) -> None:
+        """Record one step's gathered rows (see :func:`gather_step`)."""
+        ids = rows[:, 0].astype(np.int64)
+        losses = rows[:, 1].astype(np.float32)
+        batch_mean = np.float32(rows[:, 1].mean())
+        # A focus phase samples with replacement, so a block can appear twice in one batch: its last
+        # row wins, and each appearance counts as a visit.
+        self.loss[ids] = losses
+        self.ref[ids] = batch_mean
+        np.add.at(self.seen, ids, 1)
+        self.last_step[ids] = step
+        if self.sketch is not None:
+            self.sketch[ids] = rows[:, 3:].astype(np.float16)
+
+    def end_phase(self, index: int) -> None:
+        """Snapshot every block's latest loss as its loss at the end of phase ``index``."""
+        self.phase_loss[index] = self.loss
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {
+            "loss": self.loss,
+            "ref": self.ref,
+            "seen": self.seen,
+            "last_step": self.last_step,
+            "phase_loss": self.phase_loss,
+        }
+        if self.sketch is not None:
+            out["sketch"] = self.sketch
+        return out
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> LossTable:
+        table = cls.__new__(cls)
+        table.loss, table.ref, table.seen = arrays["loss"], arrays["ref"], arrays["seen"]
+        table.last_step, table.phase_loss = arrays["last_step"], arrays["phase_loss"]
+        table.sketch = arrays.get("sketch")
+        return table

@@ -1,0 +1,190 @@
+"""TensorBoard scalars and the console line, with stable names.
+
+Names follow Megatron-LM where it has one (``lm loss``, ``learning-rate``, ``grad-norm``, ``loss-scale``,
+``iteration-time``, ``batch-size``, and the ``… vs samples`` / ``… vs tokens`` views, whose x-axis is samples
+or tokens consumed) and torchtitan's for throughput (``throughput(tps)``, ``tflops``, ``mfu(%)``).
+Only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import math
+import resource
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+
+#: Peak dense bf16 TFLOP/s per device, by substring of the CUDA device name.
+GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
+#: A 2-core AVX2 host's 2-thread fp32 GEMM peak (measured, STACK_NOTES): MFU on CPU is informational.
+CPU_PEAK_TFLOPS = 0.15
+
+
+def peak_tflops(configured: float | None) -> float:
+    if configured is not None:
+        return configured
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        return next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), 989.0)
+    return CPU_PEAK_TFLOPS
+
+
+@dataclass
+class StepStats:
+    step: int  # optimizer steps completed
+    phase: str
+    loss: float  # mean over the global batch
+    lr: float
+    grad_norm: float
+    loss_scale: float
+    samples: int  # consumed so far
+    tokens: int
+    step_time: float  # seconds for this step
+    batch_size: int  # blocks per optimizer step
+    tokens_per_step: int
+
+
+class Metrics:
+    """Writes scalars every ``interval`` steps (rank 0) and the console line."""
+
+    def __init__(
+        self,
+        run_dir: str,
+        *,
+        rank: int,
+        world_size: int,
+        flops_per_token: float,
+        peak: float | None,
+        interval: int,
+        tensorboard: bool,
+        total_steps: int,
+        progress_bar: bool,
+    ) -> None:
+        self.rank = rank
+        self.world_size = world_size
+        self.flops_per_token = flops_per_token
+        self.peak = peak_tflops(peak)
+        self.interval = interval
+        self.total_steps = total_steps
+        self.writer = None
+        if rank == 0 and tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=f"{run_dir}/tb")
+        self.bar = None
+        if rank == 0 and progress_bar and sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, file=sys.stderr)
+        self._window: list[StepStats] = []
+        self._summary: list[tuple[float, int]] = []  # (seconds, tokens) per step, after the first window
+        self._summary_path = f"{run_dir}/metrics.json"
+
+    def start(self, step: int) -> None:
+        if self.bar is not None:
+            self.bar.n = step
+            self.bar.refresh()
+
+    def step(self, s: StepStats) -> None:
+        if self.rank != 0:
+            return
+        self._window.append(s)
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix_str(f"{s.phase} loss {s.loss:.3f}", refresh=False)
+        if s.step % self.interval and s.step != self.total_steps:
+            return
+        w = self._window
+        self._window = []
+        if s.step > self.interval:  # the first window holds warm-up: allocator growth, lazy init, compiles
+            self._summary += [(x.step_time, x.tokens_per_step) for x in w]
+        secs = sum(x.step_time for x in w)
+        tokens = sum(x.tokens_per_step for x in w)
+        tps = tokens / max(secs, 1e-9)
+        tflops = tps * self.flops_per_token / 1e12 / self.world_size  # per device
+        mfu = 100.0 * tflops / self.peak
+        loss = sum(x.loss for x in w) / len(w)
+        mem = self._memory()
+        scalars = {
+            "lm loss": loss,
+            "lm loss ppl": math.exp(min(loss, 50.0)),
+            "learning-rate": s.lr,
+            "grad-norm": s.grad_norm,
+            "loss-scale": s.loss_scale,
+            "batch-size": s.batch_size,
+            "samples": s.samples,
+            "tokens": s.tokens,
+            "iteration-time": secs / len(w),
+            "throughput(tps)": tps,
+            "tflops": tflops,
+            "mfu(%)": mfu,
+            "mem-max-allocated-bytes" if torch.cuda.is_available() else "mem-max-rss-bytes": mem,
+        }
+        if self.writer is not None:
+            for name, value in scalars.items():
+                self.writer.add_scalar(name, value, s.step)
+            for name in ("lm loss", "learning-rate"):
+                self.writer.add_scalar(f"{name} vs samples", scalars[name], s.samples)
+                self.writer.add_scalar(f"{name} vs tokens", scalars[name], s.tokens)
+            self.writer.flush()
+        line = (
+            f"step {s.step:>6}/{self.total_steps} | {s.phase:<8} | loss {loss:.4f} | ppl {scalars['lm loss ppl']:8.2f} | "
+            f"lr {s.lr:.2e} | gnorm {s.grad_norm:.3f} | {tps:,.0f} tok/s | {tflops:.2f} TFLOP/s | mfu {mfu:.1f}% | "
+            f"{secs / len(w):.2f} s/it | {mem / 2**30:.1f} GiB"
+        )
+        self.log(line)
+
+    @staticmethod
+    def _memory() -> int:
+        """Peak GPU memory allocated, or on CPU the process's peak resident set."""
+        if torch.cuda.is_available():
+            return torch.cuda.max_memory_allocated()
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def log(self, line: str) -> None:
+        """A console line from rank 0 that does not break the progress bar."""
+        if self.rank != 0:
+            return
+        if self.bar is not None:
+            self.bar.write(line, file=sys.stderr)
+        else:
+            print(line, file=sys.stderr, flush=True)
+
+    def scalars(self, values: dict[str, float], step: int) -> None:
+        if self.writer is not None:
+            for name, value in values.items():
+                self.writer.add_scalar(name, value, step)
+
+    def close(self) -> None:
+        """Write ``RUN_DIR/metrics.json``, the run's steady-state throughput, and close the writers."""
+        if self.rank == 0 and self._summary:
+            from lfr_ds import atomic
+
+            secs = sum(t for t, _ in self._summary)
+            tps = sum(n for _, n in self._summary) / max(secs, 1e-9)
+            tflops = tps * self.flops_per_token / 1e12 / self.world_size
+            atomic.write_json(
+                self._summary_path,
+                {
+                    "steps_measured": len(self._summary),
+                    "iteration_time": secs / len(self._summary),
+                    "tokens_per_s": tps,
+                    "tflops_per_device": tflops,
+                    "mfu_percent": 100.0 * tflops / self.peak,
+                    "peak_tflops": self.peak,
+                    "peak_memory_bytes": self._memory(),
+                    "world_size": self.world_size,
+                },
+            )
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def timer() -> float:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter()

@@ -1,0 +1,300 @@
+"""``lfr-train``: the training loop, top to bottom.
+
+    deepspeed --num_gpus 8 -m lfr_ds.train --config cfg.yaml engine.zero_stage=3   # one node
+    torchrun --nproc-per-node 2 -m lfr_ds.train --config cfg.yaml                  # or torchrun
+    python -m lfr_ds.train --config cfg.yaml                                       # one process
+
+Every optimizer step: look up this rank's micro-batches in the current phase's sample index, run
+forward/backward through the DeepSpeed engine (per-block losses come out of that same forward),
+all-gather the (block id, loss, tokens) records into the loss table, log, and checkpoint on schedule.
+At each phase boundary the rewriter writes the next phase's sample index from the loss table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from lfr_ds import atomic
+from lfr_ds.config import TrainConfig, load_config
+from lfr_ds.data.blocks import BlockView
+from lfr_ds.data.dataset import open_dataset
+from lfr_ds.data.sampler import DataParallelSampler
+from lfr_ds.data.tokenizer import Tokenizer
+from lfr_ds.engine import (
+    build_engine,
+    find_checkpoint,
+    init_distributed,
+    load_checkpoint,
+    resolve_bf16,
+    save_checkpoint,
+)
+from lfr_ds.errors import ArgumentParser, UserError, cli
+from lfr_ds.lfr.loss_table import LossTable, gather_step
+from lfr_ds.lfr.rewriter import prepare_phase
+from lfr_ds.lfr.schedule import parse_schedule, phase_at
+from lfr_ds.metrics import Metrics, StepStats, timer
+
+
+@dataclass
+class StepRecord:
+    """What one optimizer step trained on."""
+
+    step: int  # optimizer steps completed, 1-based
+    phase: str
+    loss: float  # mean over the global batch
+    local: np.ndarray  # this rank's rows: [n, 3] (block id, mean loss, tokens)
+    rows: np.ndarray  # all ranks' rows in global-batch order: [global_batch, 3 (+ sketch)]
+
+
+def train(cfg: TrainConfig) -> Iterator[StepRecord]:
+    """Run (or resume) ``cfg``; yields a :class:`StepRecord` after every optimizer step, on every rank."""
+    # ---- check the inputs before starting any process group: bad input fails fast, in one line
+    dataset = open_dataset(cfg.data.path)
+    vocab_size = _vocab_size(cfg, dataset)
+    model_cfg = dataclasses.replace(cfg.model, vocab_size=vocab_size)
+    accumulation = cfg.engine.accumulation_steps(int(os.environ.get("WORLD_SIZE", "1")))
+    G, micro, seq = cfg.engine.global_batch_size, cfg.engine.micro_batch_size, model_cfg.seq_length
+    # Megatron cuts one epoch of the stream into floor((tokens - 1) / seq) blocks of seq + 1 tokens.
+    num_blocks = (dataset.num_tokens - 1) // seq
+    phases = parse_schedule(
+        cfg.lfr.schedule,
+        total_steps=cfg.steps,
+        tokens_per_step=G * seq,
+        review_steps=math.ceil(num_blocks / G),
+    )
+    resume = find_checkpoint(cfg)
+
+    info = init_distributed(cfg.engine.backend)
+    from lfr_ds.model.compat import setup_megatron
+    from lfr_ds.model.gpt import build_model, flops_per_token, per_block_loss
+
+    setup_megatron(cfg.seed)
+    run_dir = Path(cfg.run_dir)
+    # Rank 0 builds the block index cache; the others wait for it, then load it.
+    blocks = BlockView(dataset, seq, cfg.data.seed, rank=info.rank, barrier=dist.barrier)
+    assert blocks.num_blocks == num_blocks, (blocks.num_blocks, num_blocks)
+    block_source = blocks.block_source
+
+    # ---- model and engine
+    bf16 = resolve_bf16(cfg.engine.precision)
+    model = build_model(model_cfg, bf16=bf16)
+    engine = build_engine(model, cfg, info.world_size, bf16)
+
+    # ---- loss table, and where to start
+    table = LossTable(blocks.num_blocks, len(phases), model_cfg.sketch_dim)
+    step = 0
+    if resume is not None:
+        state, arrays = load_checkpoint(engine, info, resume)
+        _check_resumable(state, cfg, dataset.fingerprint)
+        step = state["step"]
+        table = LossTable.from_arrays(arrays)
+    if info.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(run_dir / "config.json", dataclasses.asdict(cfg))
+    trace = _open_trace(run_dir, step) if cfg.log.trace_blocks and info.rank == 0 else None
+    metrics = Metrics(
+        str(run_dir),
+        rank=info.rank,
+        world_size=info.world_size,
+        flops_per_token=flops_per_token(model_cfg),
+        peak=cfg.log.peak_tflops,
+        interval=cfg.log.interval,
+        tensorboard=cfg.log.tensorboard,
+        total_steps=cfg.steps,
+        progress_bar=cfg.log.progress_bar,
+    )
+    metrics.log(
+        f"lfr-ds: {info.world_size} rank(s), {info.device.type}, {'bf16' if bf16 else 'fp32'}, ZeRO-{cfg.engine.zero_stage}, "
+        f"{model_cfg.preset or 'custom'} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params on rank 0), "
+        f"{blocks.num_blocks:,} blocks of {seq + 1} tokens, global batch {G} = {micro} x {info.world_size} ranks x {accumulation} accum"
+        + (f"; resumed from {resume} at step {step}" if resume else "")
+    )
+    metrics.start(step)
+
+    phase, sampler = None, None
+    while step < cfg.steps:
+        # ---- phase boundary: the rewriter writes (rank 0) and distributes this phase's sample index
+        if phase is None or step >= phase.end:
+            phase = phase_at(phases, step)
+            order, manifest = prepare_phase(
+                phase,
+                run_dir=cfg.run_dir,
+                rank=info.rank,
+                distribute=cfg.lfr.distribute,
+                num_blocks=blocks.num_blocks,
+                global_batch=G,
+                seed=cfg.data.seed,
+                dataset=dataset.fingerprint,
+                table=table,
+                block_source=block_source,
+                sources=dataset.sources,
+                device=info.device if info.device.type == "cuda" else None,
+            )
+            sampler = DataParallelSampler(order, G, micro, info.rank, info.world_size)
+            metrics.log(
+                f"phase {phase.index} {phase.kind}: steps {phase.start}-{phase.end}, kept {manifest['kept']:,} "
+                f"of {blocks.num_blocks:,} blocks"
+                + (f" (drop {phase.drop:.0%})" if phase.kind == "focus" else "")
+            )
+
+        # ---- one optimizer step: forward/backward per micro-batch, DeepSpeed accumulates and steps
+        t0 = timer()
+        lr = engine.get_lr()[0]
+        local = []
+        sketches = []
+        for ids in sampler.micro_batches(step - phase.start):
+            batch = torch.from_numpy(blocks.batch(ids)).to(info.device)
+            tokens, labels = batch[:, :-1], batch[:, 1:]
+            out = per_block_loss(engine, tokens, labels, torch.ones_like(labels, dtype=torch.float32))
+            engine.backward(out.loss)
+            engine.step()
+            local.append(
+                torch.stack(
+                    [
+                        torch.as_tensor(ids, dtype=torch.float64, device=info.device),
+                        out.per_block.double(),
+                        out.tokens.double(),
+                    ],
+                    dim=1,
+                )
+            )
+            if out.sketch is not None:
+                sketches.append(out.sketch)
+        local = torch.cat(local)
+        rows = gather_step(
+            local[:, 0].cpu().numpy(), local[:, 1], local[:, 2], torch.cat(sketches) if sketches else None
+        )
+        table.update(rows, step)
+        step += 1
+        if step == phase.end:
+            table.end_phase(phase.index)
+
+        loss = float(rows[:, 1].mean())
+        metrics.step(
+            StepStats(
+                step=step,
+                phase=phase.kind,
+                loss=loss,
+                lr=lr,
+                grad_norm=float(engine.get_global_grad_norm() or 0.0),
+                loss_scale=1.0,
+                samples=step * G,
+                tokens=step * G * seq,
+                step_time=timer() - t0,
+                batch_size=G,
+                tokens_per_step=G * seq,
+            )
+        )
+        if trace is not None:
+            trace.write(
+                json.dumps(
+                    {
+                        "step": step,
+                        "phase": phase.index,
+                        "loss": loss,
+                        "ids": rows[:, 0].astype(int).tolist(),
+                        "losses": rows[:, 1].tolist(),
+                    }
+                )
+                + "\n"
+            )
+            trace.flush()
+        yield StepRecord(step, phase.kind, loss, local.cpu().numpy(), rows)
+
+        if step == cfg.steps or (cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0):
+            state = {
+                "step": step,
+                "samples": step * G,
+                "tokens": step * G * seq,
+                "phase": phase.index,
+                "dataset": dataset.fingerprint,
+                "global_batch_size": G,
+                "world_size": info.world_size,
+                "schedule": [dataclasses.asdict(p) for p in phases],
+                "config": dataclasses.asdict(cfg),
+            }
+            path = save_checkpoint(engine, info, cfg, step, state, table.arrays())
+            metrics.log(f"saved checkpoint {path}")
+    metrics.close()
+
+
+def _vocab_size(cfg: TrainConfig, dataset) -> int:
+    """The vocabulary: from the dataset's tokenizer (checked against the sidecar), or, for a plain Megatron
+    dataset with no sidecar and no ``data.tokenizer``, from ``model.vocab_size``."""
+    tok_path = cfg.data.tokenizer or (dataset.meta or {}).get("tokenizer", {}).get("path")
+    if tok_path is None:
+        if cfg.model.vocab_size is None:
+            raise UserError(
+                f"data.tokenizer: {dataset.prefix} has no lfr-ds sidecar naming its tokenizer; set data.tokenizer or model.vocab_size"
+            )
+        return cfg.model.vocab_size
+    tokenizer = Tokenizer(tok_path)
+    dataset.check_tokenizer(tokenizer)
+    if cfg.model.vocab_size is not None and cfg.model.vocab_size != tokenizer.vocab_size:
+        raise UserError(
+            f"model.vocab_size {cfg.model.vocab_size} does not match the dataset's tokenizer ({tokenizer.vocab_size}); "
+            "leave model.vocab_size unset to take it from the tokenizer"
+        )
+    return tokenizer.vocab_size
+
+
+def _check_resumable(state: dict, cfg: TrainConfig, fingerprint: str) -> None:
+    if state["dataset"] != fingerprint:
+        raise UserError(
+            "checkpoint.resume: the checkpoint was trained on another dataset (fingerprint differs); resume with its data.path"
+        )
+    if state["global_batch_size"] != cfg.engine.global_batch_size:
+        raise UserError(
+            f"engine.global_batch_size {cfg.engine.global_batch_size} differs from the checkpoint's {state['global_batch_size']}; "
+            "keep it to continue the same data order"
+        )
+
+
+def _open_trace(run_dir: Path, step: int):
+    """Open the block trace for appending, dropping lines past ``step`` left by a run that died after it."""
+    path = run_dir / "trace" / "steps.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists():
+        keep = [
+            line
+            for line in path.read_text().splitlines(keepends=True)
+            if line.strip() and json.loads(line)["step"] <= step
+        ]
+        atomic.write_bytes(path, "".join(keep).encode())
+    return open(path, "a")
+
+
+@cli
+def main(argv: Sequence[str] | None = None) -> int:
+    p = ArgumentParser(
+        prog="lfr-train",
+        description="Train a GPT-2 model with DeepSpeed on Learn-Focus-Review (or random) data order.",
+        epilog="Overrides: any config field as section.key=value, e.g. engine.zero_stage=3 lfr.schedule=paper steps=5000.",
+    )
+    p.add_argument("--config", "-c", help="YAML or JSON config (see configs/ and lfr_ds/config.py)")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, args.overrides)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*cuda_graph_scope.*")
+    for _ in train(cfg):
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

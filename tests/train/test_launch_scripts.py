@@ -1,0 +1,63 @@
+"""The launch scripts and their configs: every preset config resolves, and the GPU check runs in CPU mode."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lfr_ds.config import load_config
+from lfr_ds.engine import build_ds_config
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPTS = ROOT / "launch_scripts"
+
+
+@pytest.mark.parametrize("preset", ["gpt2-124m", "gpt2-345m", "gpt2-774m", "gpt2-1.5b"])
+def test_preset_configs_resolve_for_a_node_of_8(preset):
+    cfg = load_config(str(SCRIPTS / "configs" / f"{preset}.yaml"), ["data.path=x"])
+    assert cfg.model.preset == preset and cfg.model.seq_length == 1024
+    ds = build_ds_config(cfg, world_size=8, bf16=True)
+    assert (
+        ds["train_batch_size"]
+        == ds["train_micro_batch_size_per_gpu"] * 8 * ds["gradient_accumulation_steps"]
+        == 512
+    )
+    assert ds["bf16"]["enabled"] and ds["zero_optimization"]["stage"] == cfg.engine.zero_stage
+    assert (SCRIPTS / f"{preset}.sh").is_file() and (SCRIPTS / f"{preset}_multinode.sh").is_file()
+
+
+def test_scripts_parse():
+    for script in SCRIPTS.glob("*.sh"):
+        subprocess.run(["bash", "-n", str(script)], check=True)
+
+
+def test_multinode_script_names_what_is_missing():
+    proc = subprocess.run(
+        ["bash", str(SCRIPTS / "gpt2-124m_multinode.sh")],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "DATA": "x"},
+    )
+    assert proc.returncode != 0 and "HOSTFILE" in proc.stderr
+
+
+def test_gpu_check_cpu_mode_prints_the_table():
+    proc = subprocess.run(
+        [str(SCRIPTS / "gpu_check.sh"), "--cpu"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHON": sys.executable},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    result = json.loads(lines[-1])
+    assert [(r["preset"], r["zero"]) for r in result["results"]] == [("tiny", 2), ("tiny", 3)]
+    for r in result["results"]:
+        assert r["tokens_per_s"] > 0 and r["mfu_percent"] > 0 and r["peak_memory_gib"] > 0
+    assert sum("tok/s" in line and "MFU" in line for line in lines) == 2
