@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import itertools
 
 import pytest
 
@@ -23,7 +24,7 @@ def test_every_field_has_a_docstring():
     for node in tree.body:
         if isinstance(node, ast.ClassDef):
             body = node.body
-            for a, b in zip(body, body[1:], strict=False):
+            for a, b in itertools.pairwise(body):
                 if isinstance(a, ast.AnnAssign) and isinstance(b, ast.Expr) and isinstance(b.value, ast.Constant):
                     documented.setdefault(node.name, set()).add(a.target.id)
     for cls in _dataclasses():

@@ -65,7 +65,7 @@ def _encode_chunk(chunk: Chunk) -> EncodedChunk:
     for x, end, n in zip(ids, ends, lengths, strict=True):
         tokens[end - n : end - 1] = x
         tokens[end - 1] = tok.eod
-    return EncodedChunk(tokens, lengths, [d.source for d in kept], len(docs) - len(kept), len(chunk.data))
+    return EncodedChunk(tokens, lengths, [d.source for d in kept], len(docs) - len(kept), chunk.length or len(chunk.data))
 
 
 def _encoded_chunks(
@@ -76,8 +76,9 @@ def _encoded_chunks(
         _init_worker(model_path, opts, dtype)
         yield from map(_encode_chunk, chunks)
         return
-    # spawn, not fork: the parent may hold torch/OpenMP threads, which do not survive a fork.
-    ctx = mp.get_context("spawn")
+    # fork: workers start in milliseconds and inherit the imports. Safe here although the parent may have
+    # loaded torch: a child only parses JSON and runs sentencepiece single-threaded, never OpenMP.
+    ctx = mp.get_context("fork")
     with ctx.Pool(workers, initializer=_init_worker, initargs=(model_path, opts, dtype)) as pool:
         yield from pool.imap(_encode_chunk, chunks)
 

@@ -3,15 +3,17 @@
 A document is one JSON line (its text under ``json_key``, its optional source label under
 ``source_key``) or, for ``.txt``, one line or one blank-line-separated paragraph. Readers hand out
 *chunks* of raw bytes that end on a document boundary, tagged with the file and first line number,
-so workers can parse in parallel and still report ``file:line`` for bad input.
+so workers can parse in parallel and still report ``file:line`` for bad input. Uncompressed files are
+handed out as byte ranges that the workers read themselves.
 """
 
 from __future__ import annotations
 
 import gzip
-import io
 import json
+import mmap
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -20,6 +22,7 @@ from lfr_ds.errors import UserError
 SUFFIXES = (".jsonl", ".jsonl.gz", ".txt", ".txt.gz")
 #: Raw bytes per chunk handed to a worker: big enough to amortise IPC, small enough to balance load.
 CHUNK_BYTES = 1 << 20
+_BLANK_LINE = re.compile(rb"\n[ \t\r\f\v]*\n")
 
 
 @dataclass(frozen=True)
@@ -39,11 +42,21 @@ DEFAULT_READ = ReadOptions()
 
 @dataclass(frozen=True)
 class Chunk:
-    """Complete documents as raw bytes, with where they came from."""
+    """Whole documents: a byte range of an uncompressed file (read by the worker, so the main process
+    neither reads nor pickles the text), or, for gzip input, the decompressed bytes themselves."""
 
     path: str
     first_line: int
-    data: bytes
+    offset: int = 0
+    length: int = 0
+    data: bytes | None = None
+
+    def read(self) -> bytes:
+        if self.data is not None:
+            return self.data
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            return f.read(self.length)
 
 
 @dataclass
@@ -68,30 +81,50 @@ def check_inputs(paths: list[str]) -> list[str]:
     return paths
 
 
-def _open(path: str) -> io.BufferedIOBase:
-    return gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")
-
-
 def iter_chunks(paths: list[str], opts: ReadOptions, chunk_bytes: int = CHUNK_BYTES) -> Iterator[Chunk]:
     """Yield chunks of whole documents, in file order, so the concatenated output is deterministic."""
     for path in paths:
-        paragraphs = _is_txt(path) and opts.txt_mode == "paragraph"
-        lines: list[bytes] = []
-        size = 0
-        first = 1
-        lineno = 0
-        with _open(path) as f:
-            for line in f:
-                lineno += 1
-                lines.append(line)
-                size += len(line)
-                # A paragraph may only be cut at a blank line, so a chunk never splits a document.
-                at_boundary = not paragraphs or not line.strip()
-                if size >= chunk_bytes and at_boundary:
-                    yield Chunk(path, first, b"".join(lines))
-                    lines, size, first = [], 0, lineno + 1
-        if lines:
-            yield Chunk(path, first, b"".join(lines))
+        if path.endswith(".gz"):
+            yield from _gzip_chunks(path, opts, chunk_bytes)
+        else:
+            yield from _range_chunks(path, opts, chunk_bytes)
+
+
+def _boundary(mm: mmap.mmap, start: int, paragraphs: bool) -> int:
+    """First document boundary at or after ``start``: just past a newline (a blank line for paragraphs)."""
+    if not paragraphs:
+        nl = mm.find(b"\n", start)
+        return len(mm) if nl < 0 else nl + 1
+    m = _BLANK_LINE.search(mm, start)
+    return len(mm) if m is None else m.end()
+
+
+def _range_chunks(path: str, opts: ReadOptions, chunk_bytes: int) -> Iterator[Chunk]:
+    paragraphs = _is_txt(path) and opts.txt_mode == "paragraph"
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        start, line = 0, 1
+        while start < len(mm):
+            end = _boundary(mm, min(start + chunk_bytes, len(mm)) - 1, paragraphs) if start + chunk_bytes < len(mm) else len(mm)
+            yield Chunk(path, line, start, end - start)
+            line += mm[start:end].count(b"\n")
+            start = end
+
+
+def _gzip_chunks(path: str, opts: ReadOptions, chunk_bytes: int) -> Iterator[Chunk]:
+    paragraphs = _is_txt(path) and opts.txt_mode == "paragraph"
+    lines: list[bytes] = []
+    size, first, lineno = 0, 1, 0
+    with gzip.open(path, "rb") as f:
+        for raw in f:
+            lineno += 1
+            lines.append(raw)
+            size += len(raw)
+            # A paragraph may only be cut at a blank line, so a chunk never splits a document.
+            if size >= chunk_bytes and (not paragraphs or not raw.strip()):
+                yield Chunk(path, first, data=b"".join(lines))
+                lines, size, first = [], 0, lineno + 1
+    if lines:
+        yield Chunk(path, first, data=b"".join(lines))
 
 
 def parse_chunk(chunk: Chunk, opts: ReadOptions) -> list[Document]:
@@ -100,7 +133,7 @@ def parse_chunk(chunk: Chunk, opts: ReadOptions) -> list[Document]:
     txt = _is_txt(chunk.path)
     paragraph: list[str] = []
     # Split on b"\n" only, exactly as the file iterator in iter_chunks did, so line numbers agree.
-    raw_lines = chunk.data.split(b"\n")
+    raw_lines = chunk.read().split(b"\n")
     if raw_lines and raw_lines[-1] == b"":
         raw_lines.pop()
     for i, raw in enumerate(raw_lines):

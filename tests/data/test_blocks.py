@@ -86,7 +86,7 @@ def test_block_source_matches_middle_token_document(webmix_dataset):
 
 def test_cache_key_changes_with_every_input(tmp_path, webmix_train, webmix_tokenizer):
     src = tmp_path / "in.jsonl"
-    lines = webmix_train.read_text().splitlines(keepends=True)[:400]
+    lines = [line + "\n" for line in webmix_train.read_text().split("\n")[:400]]
     src.write_text("".join(lines))
     prefix = tmp_path / "ds"
     preprocess([str(src)], str(prefix), str(webmix_tokenizer), progress=False)
