@@ -63,9 +63,10 @@ class ModelConfig:
     """megatron-core's fused bias-GELU and bias-dropout-add, plus its fused cross entropy in bf16:
     ``auto`` = on GPU only (on CPU they go through torch.compile and cost 11-26 s of compiling for no
     gain); ``on`` / ``off``. Attention is fused either way (SDPA or Transformer Engine)."""
-    sketch_dim: int = 0
-    """If > 0, record a ``sketch_dim``-wide random projection of each block's mean final hidden state
-    during the training forward pass (an optional LFR clustering feature). 0 = off."""
+    sketch_dim: int = 16
+    """Width of the random projection of each block's mean final hidden state recorded during the
+    training forward pass, a Focus clustering feature (it separates kinds of text that loss alone
+    mixes up). Costs one [h, 16] matmul per micro-batch and 32 bytes per block in the loss table. 0 = off."""
 
     def __post_init__(self) -> None:
         if self.preset is not None:
@@ -262,10 +263,43 @@ class LFRConfig:
     distribute: str = "shared_fs"
     """How ranks other than 0 get each phase's sample index: ``shared_fs`` (read rank 0's file after a
     barrier) or ``broadcast`` (rank 0 sends the bytes; for clusters without a shared filesystem)."""
+    score: str = "relative"
+    """What ranks a block's difficulty: ``relative`` = its loss minus the mean loss of the global batch it
+    was recorded in (same model, same step: no drift from when it was seen), or ``raw`` = the recorded
+    loss itself, as in the paper (biased towards blocks seen early, when the model was worse)."""
+    selection: str = "capped"
+    """How Focus drops: ``capped`` = the easiest blocks overall, but no cluster loses more than
+    ``max_cluster_drop`` of its blocks (every region stays represented); ``paper`` = whole clusters,
+    easiest mean perplexity first."""
+    max_cluster_drop: float = 0.95
+    """``capped`` only: the largest fraction of any cluster's seen blocks one Focus may drop."""
+    clusters: int = 16
+    """Clusters after Ward merging of the k-means centroids."""
+    centroids: int = 256
+    """Mini-batch k-means centroids (the first clustering level)."""
+    unlearnable: str = "drop"
+    """``drop``: thin clusters that are harder than average yet make no progress between visits (noise,
+    garbage) to ``1 - max_cluster_drop`` of their blocks, on top of the drop fraction; ``keep``: rank
+    them like any other (loss-based selection then favours them, being hardest)."""
+    temperature: float = 1.0
+    """Focus sampling weight ∝ (relative) perplexity^(1/T): 1 samples a block e times more often per nat
+    of extra loss; larger is flatter (∞ = uniform over kept blocks)."""
 
     def __post_init__(self) -> None:
         if self.distribute not in ("shared_fs", "broadcast"):
             raise UserError(f"lfr.distribute: {self.distribute!r}; use shared_fs or broadcast")
+        if self.score not in ("relative", "raw"):
+            raise UserError(f"lfr.score: {self.score!r}; use relative or raw")
+        if self.selection not in ("capped", "paper"):
+            raise UserError(f"lfr.selection: {self.selection!r}; use capped or paper")
+        if not 0.0 < self.max_cluster_drop <= 1.0:
+            raise UserError(f"lfr.max_cluster_drop: {self.max_cluster_drop} must be in (0, 1]")
+        if self.clusters < 1 or self.centroids < self.clusters:
+            raise UserError(f"lfr.clusters ({self.clusters}) must be >= 1 and lfr.centroids ({self.centroids}) >= clusters")
+        if self.unlearnable not in ("drop", "keep"):
+            raise UserError(f"lfr.unlearnable: {self.unlearnable!r}; use drop or keep")
+        if not self.temperature > 0:
+            raise UserError(f"lfr.temperature: {self.temperature} must be positive")
 
 
 @dataclass
@@ -326,8 +360,9 @@ def load_config(path: str | None = None, overrides: Sequence[str] = ()) -> Train
     return _build(TrainConfig, raw, prefix="")
 
 
-def config_to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+def config_from_dict(raw: dict) -> TrainConfig:
+    """A :class:`TrainConfig` from its ``dataclasses.asdict`` form (as saved in checkpoints)."""
+    return _build(TrainConfig, raw, prefix="")
 
 
 def _read_file(path: str) -> dict:

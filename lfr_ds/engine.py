@@ -22,6 +22,7 @@ import torch.distributed as dist
 from lfr_ds import atomic
 from lfr_ds.config import TrainConfig
 from lfr_ds.errors import UserError
+from lfr_ds.faults import crash_point
 
 DS_CONFIG_DIR = Path(__file__).resolve().parents[1] / "ds_configs"
 #: ds_config fields lfr-ds derives from TrainConfig; a JSON may leave them out or set them to "auto".
@@ -217,6 +218,7 @@ def save_checkpoint(
         shutil.rmtree(root / partial, ignore_errors=True)
     dist.barrier()
     engine.save_checkpoint(str(root), tag=partial, client_state={}, save_latest=False)
+    crash_point("save", step)
     lfr_dir = root / partial / "lfr"
     lfr_dir.mkdir(exist_ok=True)
     _save_rng(lfr_dir / f"rng_rank{info.rank:05d}.npz")

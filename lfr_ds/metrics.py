@@ -14,6 +14,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 #: Peak dense bf16 TFLOP/s per device, by substring of the CUDA device name.
@@ -152,10 +153,38 @@ class Metrics:
         else:
             print(line, file=sys.stderr, flush=True)
 
-    def scalars(self, values: dict[str, float], step: int) -> None:
-        if self.writer is not None:
-            for name, value in values.items():
-                self.writer.add_scalar(name, value, step)
+    def phase_start(self, phase, manifest: dict, table, step: int) -> None:
+        """At a phase boundary: the console line, the phase's kept fraction and source shares, and a
+        histogram of block perplexity as the phase starts."""
+        num_blocks = manifest["num_blocks"]
+        line = (f"phase {phase.index} {phase.kind}: steps {phase.start}-{phase.end}, keeps {manifest['kept']:,} of "
+                f"{num_blocks:,} blocks")
+        if phase.kind == "focus":
+            drops = ", ".join(f"{s} {f:.0%}" for s, f in manifest["source_drop_fraction"].items())
+            line += f" (drops {phase.drop:.0%} of seen blocks; per source: {drops})"
+        self.log(line)
+        if self.writer is None:
+            return
+        self.writer.add_scalar("lfr/phase", phase.index, step)
+        self.writer.add_scalar("lfr/kept fraction", manifest["kept"] / num_blocks, step)
+        for source, share in manifest["source_share"].items():
+            self.writer.add_scalar(f"lfr/source share/{source}", share, step)
+        seen = table.loss[table.seen > 0]
+        if len(seen):
+            self.writer.add_histogram("lfr/block ppl", np.exp(np.minimum(seen, 20.0)), step)
+
+    def loss_table(self, table, step: int) -> None:
+        """Coverage and loss-table quantiles (on an evenly spaced sample of at most 1M blocks)."""
+        if self.writer is None:
+            return
+        stride = max(1, table.num_blocks // 1_000_000)
+        sample = table.loss[::stride]
+        sample = sample[~np.isnan(sample)]
+        self.writer.add_scalar("lfr/blocks seen", int(table.seen.sum(dtype=np.int64)), step)
+        self.writer.add_scalar("lfr/unique blocks seen", int(np.count_nonzero(table.seen)), step)
+        if len(sample):
+            for q, v in zip((10, 50, 90), np.percentile(sample, (10, 50, 90)), strict=True):
+                self.writer.add_scalar(f"lfr/block loss p{q}", float(v), step)
 
     def close(self) -> None:
         """Write ``RUN_DIR/metrics.json``, the run's steady-state throughput, and close the writers."""

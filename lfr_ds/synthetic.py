@@ -111,8 +111,9 @@ _FACT_PATTERNS = (
 )
 
 
-def generate(n_docs: int, seed: int = 0, mix: tuple[float, float, float] = (0.4, 0.4, 0.2)) -> list[dict]:
-    """``n_docs`` documents ``{"text", "source"}`` in shuffled order; ``mix`` = trivial/learnable/noise shares."""
+def generate(n_docs: int, seed: int = 0, mix: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)) -> list[dict]:
+    """``n_docs`` documents ``{"text", "source"}`` in shuffled order; ``mix`` = trivial/learnable/noise shares
+    of the documents. Documents are long (~500 tokens) so that most blocks hold one kind of text."""
     rng = random.Random(seed)
     world = {
         n: dict(c=rng.choice(_CITIES), j=rng.choice(_JOBS), p=rng.choice(_PETS), f=rng.choice(_NAMES))
@@ -127,19 +128,19 @@ def generate(n_docs: int, seed: int = 0, mix: tuple[float, float, float] = (0.4,
         template, start = rng.choice(_TEMPLATES), rng.randrange(1000)
         docs.append(
             {
-                "text": " ".join(template.format(i=start + k) for k in range(rng.randint(8, 16))),
+                "text": " ".join(template.format(i=start + k) for k in range(rng.randint(50, 80))),
                 "source": "trivial",
             }
         )
     for _ in range(counts[1]):
         sentences = []
-        for _ in range(rng.randint(8, 16)):
+        for _ in range(rng.randint(50, 80)):
             n = rng.choice(_NAMES)
             sentences.append(rng.choice(_FACT_PATTERNS).format(n=n, **world[n]))
         docs.append({"text": " ".join(sentences), "source": "learnable"})
     for _ in range(counts[2]):
         docs.append(
-            {"text": " ".join(rng.choice(words) for _ in range(rng.randint(80, 160))), "source": "noise"}
+            {"text": " ".join(rng.choice(words) for _ in range(rng.randint(300, 450))), "source": "noise"}
         )
     rng.shuffle(docs)
     return docs

@@ -42,6 +42,7 @@ from lfr_ds.engine import (
     save_checkpoint,
 )
 from lfr_ds.errors import ArgumentParser, UserError, cli
+from lfr_ds.faults import crash_point
 from lfr_ds.lfr.loss_table import LossTable, gather_step
 from lfr_ds.lfr.rewriter import prepare_phase
 from lfr_ds.lfr.schedule import parse_schedule, phase_at
@@ -135,20 +136,18 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
                 rank=info.rank,
                 distribute=cfg.lfr.distribute,
                 num_blocks=blocks.num_blocks,
+                seq_length=seq,
                 global_batch=G,
                 seed=cfg.data.seed,
                 dataset=dataset.fingerprint,
                 table=table,
                 block_source=block_source,
                 sources=dataset.sources,
+                options=cfg.lfr,
                 device=info.device if info.device.type == "cuda" else None,
             )
             sampler = DataParallelSampler(order, G, micro, info.rank, info.world_size)
-            metrics.log(
-                f"phase {phase.index} {phase.kind}: steps {phase.start}-{phase.end}, kept {manifest['kept']:,} "
-                f"of {blocks.num_blocks:,} blocks"
-                + (f" (drop {phase.drop:.0%})" if phase.kind == "focus" else "")
-            )
+            metrics.phase_start(phase, manifest, table, step)
 
         # ---- one optimizer step: forward/backward per micro-batch, DeepSpeed accumulates and steps
         t0 = timer()
@@ -160,6 +159,7 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
             tokens, labels = batch[:, :-1], batch[:, 1:]
             out = per_block_loss(engine, tokens, labels, torch.ones_like(labels, dtype=torch.float32))
             engine.backward(out.loss)
+            crash_point("step", step + 1)
             engine.step()
             local.append(
                 torch.stack(
@@ -198,6 +198,8 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
                 tokens_per_step=G * seq,
             )
         )
+        if step % cfg.log.interval == 0:
+            metrics.loss_table(table, step)
         if trace is not None:
             trace.write(
                 json.dumps(

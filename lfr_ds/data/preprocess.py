@@ -33,6 +33,7 @@ from lfr_ds.data.dataset import sha256_file
 from lfr_ds.data.reader import DEFAULT_READ, Chunk, ReadOptions, check_inputs, iter_chunks, parse_chunk
 from lfr_ds.data.tokenizer import Tokenizer
 from lfr_ds.errors import ArgumentParser, UserError, cli
+from lfr_ds.faults import crash_point
 
 UNKNOWN_SOURCE = "unknown"
 
@@ -132,11 +133,12 @@ def preprocess(
         bin_tmp = stack.enter_context(atomic.atomic_path(output_prefix + ".bin"))
         builder = IndexedDatasetBuilder(str(bin_tmp), dtype=dtype_cls)
         try:
-            for enc in _encoded_chunks(inputs, tokenizer_path, opts, dtype.name, workers):
+            for chunk_index, enc in enumerate(_encoded_chunks(inputs, tokenizer_path, opts, dtype.name, workers), 1):
                 offset = 0
                 for n in enc.lengths:
                     builder.add_document(enc.tokens[offset : offset + n], [int(n)])
                     offset += n
+                crash_point("preprocess", chunk_index)
                 names = [s if s is not None else UNKNOWN_SOURCE for s in enc.sources]
                 codes = np.array(
                     [source_codes.setdefault(s, len(source_codes)) for s in names], dtype=np.int32

@@ -23,6 +23,7 @@ import numpy as np
 from lfr_ds import atomic
 from lfr_ds.data.dataset import sha256_file
 from lfr_ds.errors import UserError
+from lfr_ds.faults import crash_point
 
 FORMAT = "lfr-ds-sample-index/1"
 
@@ -48,6 +49,7 @@ def write_sample_index(path: str | os.PathLike, ids: np.ndarray, manifest: dict)
         with open(tmp, "wb") as f:
             np.save(f, ids, allow_pickle=False)
         digest = sha256_file(tmp)
+    crash_point("rewrite", int(manifest.get("index", -1)))
     full = {"format": FORMAT, **manifest, "length": len(ids), "sha256": digest}
     atomic.write_json(_manifest_path(path), full)
     return full

@@ -6,7 +6,7 @@
 
 Rank 0 writes ``RUN_DIR/index/<phase>.npy`` + ``.json`` atomically. Other ranks get it either from the
 shared filesystem after a barrier, or, for clusters without one, by broadcast (the bytes of both files,
-re-written locally and checksum-verified on read). A file is reused only if its manifest records the
+written to ``RUN_DIR/index/rank<r>/`` and checksum-verified on read). A file is reused only if its manifest records the
 same inputs (phase, seed, dataset, batch geometry and a digest of the loss table): rewriting is
 deterministic, so a resumed run writes the same bytes an uninterrupted one did.
 """
@@ -22,8 +22,10 @@ import torch
 import torch.distributed as dist
 
 from lfr_ds import atomic
+from lfr_ds.config import LFRConfig
 from lfr_ds.data.sample_index import read_sample_index, write_sample_index
 from lfr_ds.data.sampler import shuffled_order
+from lfr_ds.lfr.focus import focus_order
 from lfr_ds.lfr.loss_table import LossTable
 from lfr_ds.lfr.schedule import Phase
 
@@ -32,12 +34,27 @@ def phase_seed(seed: int, phase: Phase) -> list[int]:
     return [seed, phase.index]
 
 
-def inputs_digest(phase: Phase, seed: int, dataset: str, global_batch: int, table: LossTable | None) -> str:
-    h = hashlib.sha256(
-        json.dumps(
-            [phase.kind, phase.index, phase.start, phase.steps, phase.drop, seed, dataset, global_batch]
-        ).encode()
-    )
+def inputs_digest(
+    phase: Phase,
+    seed: int,
+    dataset: str,
+    global_batch: int,
+    table: LossTable | None,
+    options: LFRConfig | None,
+) -> str:
+    """Everything the phase's order depends on; a file whose manifest records the same digest is reused."""
+    settings = [phase.kind, phase.index, phase.start, phase.steps, phase.drop, seed, dataset, global_batch]
+    if phase.kind == "focus" and options is not None:
+        settings += [
+            options.score,
+            options.selection,
+            options.max_cluster_drop,
+            options.clusters,
+            options.centroids,
+            options.unlearnable,
+            options.temperature,
+        ]
+    h = hashlib.sha256(json.dumps(settings).encode())
     if table is not None and phase.kind == "focus":
         for arr in table.arrays().values():
             h.update(np.ascontiguousarray(arr).tobytes())
@@ -52,22 +69,41 @@ def build_order(
     seed: int,
     table: LossTable | None,
     block_source: np.ndarray,
-    focus_options=None,
-) -> tuple[np.ndarray, dict]:
-    """The phase's block order and the manifest fields that describe it."""
+    sources: list[str],
+    options: LFRConfig | None,
+) -> tuple[np.ndarray, dict, np.ndarray | None]:
+    """The phase's block order, the manifest fields that describe it and (focus only) the kept mask."""
     length = phase.steps * global_batch
     if phase.kind != "focus":
-        return shuffled_order(num_blocks, length, phase_seed(seed, phase)), {"kept": num_blocks, "dropped": 0}
-    from lfr_ds.lfr.focus import focus_order
+        return shuffled_order(num_blocks, length, phase_seed(seed, phase)), {"kept": num_blocks, "dropped": 0}, None
+    return focus_order(table, phase, length=length, seed=phase_seed(seed, phase), block_source=block_source,
+                       sources=sources, options=options or LFRConfig())
 
-    return focus_order(
-        table,
-        phase,
-        length=length,
-        seed=phase_seed(seed, phase),
-        block_source=block_source,
-        options=focus_options,
-    )
+
+def write_phase_index(path: Path, phase: Phase, order: np.ndarray, fields: dict, keep: np.ndarray | None, *, seed: int,
+                      dataset: str, num_blocks: int, seq_length: int, global_batch: int, digest: str,
+                      block_source: np.ndarray, sources: list[str]) -> dict:
+    """Write ``path`` (+ manifest, + ``<name>.kept.npy``, the packed kept mask of a focus phase)."""
+    if keep is not None:
+        kept_path = path.with_name(path.stem + ".kept.npy")
+        atomic.save_npy(kept_path, np.packbits(keep))
+        fields = {**fields, "kept_mask": kept_path.name}
+    counts = np.bincount(block_source[np.asarray(order, dtype=np.int64)], minlength=len(sources))
+    return write_sample_index(path, order, {
+        "phase": phase.name, "kind": phase.kind, "index": phase.index, "start_step": phase.start, "steps": phase.steps,
+        "drop_fraction": phase.drop, "seed": phase_seed(seed, phase), "dataset": dataset, "num_blocks": num_blocks,
+        "seq_length": seq_length, "global_batch_size": global_batch, "inputs_sha256": digest,
+        "source_share": {s: round(float(c) / max(1, len(order)), 6) for s, c in zip(sources, counts, strict=True)},
+        **fields,
+    })
+
+
+def read_kept_mask(path: Path, manifest: dict) -> np.ndarray | None:
+    """The kept mask a focus phase's manifest points to (bool [num_blocks]), or ``None``."""
+    name = manifest.get("kept_mask")
+    if name is None:
+        return None
+    return np.unpackbits(np.load(Path(path).parent / name, allow_pickle=False), count=manifest["num_blocks"]).astype(bool)
 
 
 def prepare_phase(
@@ -77,63 +113,34 @@ def prepare_phase(
     rank: int,
     distribute: str,
     num_blocks: int,
+    seq_length: int,
     global_batch: int,
     seed: int,
     dataset: str,
     table: LossTable | None,
     block_source: np.ndarray,
     sources: list[str],
-    focus_options=None,
+    options: LFRConfig | None = None,
     device: torch.device | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Make ``phase``'s sample index available on every rank; returns ``(order, manifest)`` (same on all)."""
     path = Path(run_dir) / "index" / f"{phase.name}.npy"
-    digest = inputs_digest(phase, seed, dataset, global_batch, table)
+    digest = inputs_digest(phase, seed, dataset, global_batch, table, options)
     if rank == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
         if not _reusable(path, digest, dataset):
-            order, fields = build_order(
-                phase,
-                num_blocks=num_blocks,
-                global_batch=global_batch,
-                seed=seed,
-                table=table,
-                block_source=block_source,
-                focus_options=focus_options,
-            )
-            counts = np.bincount(block_source[np.asarray(order, dtype=np.int64)], minlength=len(sources))
-            write_sample_index(
-                path,
-                order,
-                {
-                    "phase": phase.name,
-                    "kind": phase.kind,
-                    "index": phase.index,
-                    "start_step": phase.start,
-                    "steps": phase.steps,
-                    "drop_fraction": phase.drop,
-                    "seed": phase_seed(seed, phase),
-                    "dataset": dataset,
-                    "num_blocks": num_blocks,
-                    "global_batch_size": global_batch,
-                    "inputs_sha256": digest,
-                    "source_share": {
-                        s: round(float(c) / max(1, len(order)), 6)
-                        for s, c in zip(sources, counts, strict=True)
-                    },
-                    **fields,
-                },
-            )
+            order, fields, keep = build_order(phase, num_blocks=num_blocks, global_batch=global_batch, seed=seed, table=table,
+                                              block_source=block_source, sources=sources, options=options)
+            write_phase_index(path, phase, order, fields, keep, seed=seed, dataset=dataset, num_blocks=num_blocks,
+                              seq_length=seq_length, global_batch=global_batch, digest=digest, block_source=block_source, sources=sources)
     if dist.is_initialized() and dist.get_world_size() > 1:
         if distribute == "broadcast":
-            _broadcast_files(path, rank, device or torch.device("cpu"))
+            path = _broadcast_files(path, rank, device or torch.device("cpu"))
         else:
             dist.barrier()
     order, manifest = read_sample_index(path, dataset=dataset)
     if manifest.get("inputs_sha256") != digest:
-        raise RuntimeError(
-            f"{path}: written for other inputs than this rank's; ranks disagree on the loss table"
-        )
+        raise RuntimeError(f"{path}: written for other inputs than this rank's; ranks disagree on the loss table")
     return order, manifest
 
 
@@ -151,16 +158,19 @@ def _reusable(path: Path, digest: str, dataset: str) -> bool:
     return True
 
 
-def _broadcast_files(path: Path, rank: int, device: torch.device) -> None:
-    """Send rank 0's ``.npy`` and ``.json`` to every rank; each writes its own copy atomically."""
-    for p in (path, path.with_suffix(".json")):  # manifest last: it marks the pair complete
-        size = torch.tensor([p.stat().st_size if rank == 0 else 0], dtype=torch.int64, device=device)
+def _broadcast_files(path: Path, rank: int, device: torch.device) -> Path:
+    """Send rank 0's ``.npy`` and ``.json`` to every rank. Each other rank writes its copy atomically under
+    ``index/rank<r>/`` (its own even when the filesystem happens to be shared) and returns that path."""
+    local = path if rank == 0 else path.parent / f"rank{rank}" / path.name
+    for src, dst in ((path, local), (path.with_suffix(".json"), local.with_suffix(".json"))):  # manifest last
+        size = torch.tensor([src.stat().st_size if rank == 0 else 0], dtype=torch.int64, device=device)
         dist.broadcast(size, src=0)
         buf = torch.empty(int(size.item()), dtype=torch.uint8, device=device)
         if rank == 0:
-            buf.copy_(torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.uint8))
+            buf.copy_(torch.frombuffer(bytearray(src.read_bytes()), dtype=torch.uint8))
         dist.broadcast(buf, src=0)
         if rank != 0:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            atomic.write_bytes(p, buf.cpu().numpy().tobytes())
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            atomic.write_bytes(dst, buf.cpu().numpy().tobytes())
     dist.barrier()
+    return local

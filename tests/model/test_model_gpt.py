@@ -18,7 +18,7 @@ from lfr_ds.model.gpt import build_model, count_parameters, flops_per_token, per
 VOCAB = 512
 #: A small shape so each forward/backward takes milliseconds on two cores.
 SMALL = ModelConfig(
-    preset=None, num_layers=2, hidden_size=64, num_attention_heads=4, seq_length=64, vocab_size=VOCAB
+    preset=None, num_layers=2, hidden_size=64, num_attention_heads=4, seq_length=64, vocab_size=VOCAB, sketch_dim=0
 )
 
 

@@ -1,0 +1,89 @@
+"""``lfr-rewrite``: run a phase's sample index rewrite offline, from a checkpoint's saved loss table.
+
+    lfr-rewrite runs/x/checkpoints/step_00002000 --out /tmp/focus.npy                # the next phase, as training would
+    lfr-rewrite runs/x/checkpoints/step_00002000 --out /tmp/raw.npy lfr.score=raw    # the same with the paper's raw losses
+    lfr-rewrite CKPT --phase 3 --drop 0.6 --out /tmp/p3.npy lfr.temperature=2        # any phase, any settings
+
+The result is byte-identical to what training writes for the same inputs (same code path), so it is
+also how to try selection settings on a real loss table without training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lfr_ds.config import config_from_dict, load_config
+from lfr_ds.data.blocks import BlockView
+from lfr_ds.data.dataset import open_dataset
+from lfr_ds.errors import ArgumentParser, UserError, cli
+from lfr_ds.lfr.loss_table import LossTable
+from lfr_ds.lfr.rewriter import build_order, inputs_digest, write_phase_index
+from lfr_ds.lfr.schedule import Phase
+
+
+def load_checkpoint_state(path: str) -> tuple[dict, LossTable]:
+    """``(state, loss table)`` of an lfr-ds checkpoint directory, without DeepSpeed or a model."""
+    lfr_dir = Path(path) / "lfr"
+    if not (lfr_dir / "state.json").is_file() or not (lfr_dir / "arrays.npz").is_file():
+        raise UserError(f"{path}: not an lfr-ds checkpoint (no lfr/state.json); give a step_* directory under RUN_DIR/checkpoints")
+    state = json.loads((lfr_dir / "state.json").read_text())
+    with np.load(lfr_dir / "arrays.npz", allow_pickle=False) as z:
+        table = LossTable.from_arrays({k: z[k] for k in z.files})
+    return state, table
+
+
+@cli
+def main(argv: Sequence[str] | None = None) -> int:
+    p = ArgumentParser(prog="lfr-rewrite", description="Write a phase's sample index offline from a checkpoint's loss table.")
+    p.add_argument("checkpoint", help="a RUN_DIR/checkpoints/step_* directory")
+    p.add_argument("--out", "-o", required=True, help="the .npy to write (its .json manifest goes next to it)")
+    p.add_argument("--phase", type=int, help="schedule phase index (default: the first phase starting at or after the checkpoint)")
+    p.add_argument("--drop", type=float, help="override the phase's drop fraction (focus)")
+    p.add_argument("--data", help="dataset prefix (default: the checkpoint config's data.path)")
+    p.add_argument("overrides", nargs="*", help="lfr.* settings as key=value, e.g. lfr.score=raw lfr.temperature=2")
+    args = p.parse_args(argv)
+
+    state, table = load_checkpoint_state(args.checkpoint)
+    cfg = config_from_dict(state["config"])
+    if args.overrides:
+        bad = [o for o in args.overrides if not o.startswith("lfr.")]
+        if bad:
+            raise UserError(f"override {bad[0]!r}: only lfr.* settings change a rewrite")
+        cfg = dataclasses.replace(cfg, lfr=load_config(None, [f"data.path={cfg.data.path}", *args.overrides]).lfr)
+    phases = [Phase(**d) for d in state["schedule"]]
+    if args.phase is None:
+        later = [ph for ph in phases if ph.start >= state["step"]]
+        if not later:
+            raise UserError(f"{args.checkpoint}: the run ends at step {state['step']}, no phase left; pass --phase")
+        phase = later[0]
+    elif 0 <= args.phase < len(phases):
+        phase = phases[args.phase]
+    else:
+        raise UserError(f"--phase {args.phase}: the schedule has phases 0..{len(phases) - 1}")
+    if args.drop is not None:
+        if not 0 <= args.drop < 1:
+            raise UserError(f"--drop {args.drop}: must be in [0, 1)")
+        phase = dataclasses.replace(phase, drop=args.drop)
+    out = Path(args.out)
+    if out.suffix != ".npy" or not out.parent.is_dir():
+        raise UserError(f"--out {out}: must be a .npy path in an existing directory")
+
+    dataset = open_dataset(args.data or cfg.data.path)
+    if dataset.fingerprint != state["dataset"]:
+        raise UserError(f"{dataset.prefix}: not the dataset this checkpoint was trained on (fingerprint differs); pass --data")
+    blocks = BlockView(dataset, cfg.model.seq_length, cfg.data.seed)
+    G = cfg.engine.global_batch_size
+    digest = inputs_digest(phase, cfg.data.seed, dataset.fingerprint, G, table, cfg.lfr)
+    order, fields, keep = build_order(phase, num_blocks=blocks.num_blocks, global_batch=G, seed=cfg.data.seed, table=table,
+                                      block_source=blocks.block_source, sources=dataset.sources, options=cfg.lfr)
+    manifest = write_phase_index(out, phase, order, fields, keep, seed=cfg.data.seed, dataset=dataset.fingerprint,
+                                 num_blocks=blocks.num_blocks, seq_length=cfg.model.seq_length, global_batch=G, digest=digest,
+                                 block_source=blocks.block_source, sources=dataset.sources)
+    print(f"wrote {out}: {phase.name}, {manifest['length']:,} samples, kept {manifest['kept']:,} of {blocks.num_blocks:,} blocks", file=sys.stderr)
+    return 0
