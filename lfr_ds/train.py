@@ -96,12 +96,13 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
 
     # ---- loss table, and where to start
     table = LossTable(blocks.num_blocks, len(phases), model_cfg.sketch_dim)
-    step = 0
+    step, resumed_digest = 0, None
     if resume is not None:
         state, arrays = load_checkpoint(engine, info, resume)
         _check_resumable(state, cfg, dataset.fingerprint)
         step = state["step"]
         table = LossTable.from_arrays(arrays)
+        resumed_digest = state["phase_digest"]
     if info.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic.write_json(run_dir / "config.json", dataclasses.asdict(cfg))
@@ -145,6 +146,7 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
                 sources=dataset.sources,
                 options=cfg.lfr,
                 device=info.device if info.device.type == "cuda" else None,
+                resumed_digest=resumed_digest if step > phase.start else None,
             )
             sampler = DataParallelSampler(order, G, micro, info.rank, info.world_size)
             metrics.phase_start(phase, manifest, table, step)
@@ -222,6 +224,7 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
                 "samples": step * G,
                 "tokens": step * G * seq,
                 "phase": phase.index,
+                "phase_digest": manifest["inputs_sha256"],
                 "dataset": dataset.fingerprint,
                 "global_batch_size": G,
                 "world_size": info.world_size,
@@ -289,7 +292,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--config", "-c", help="YAML or JSON config (see configs/ and lfr_ds/config.py)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides")
     p.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # key=value overrides may follow options
     cfg = load_config(args.config, args.overrides)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*cuda_graph_scope.*")

@@ -47,7 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--drop", type=float, help="override the phase's drop fraction (focus)")
     p.add_argument("--data", help="dataset prefix (default: the checkpoint config's data.path)")
     p.add_argument("overrides", nargs="*", help="lfr.* settings as key=value, e.g. lfr.score=raw lfr.temperature=2")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # key=value overrides may follow options
 
     state, table = load_checkpoint_state(args.checkpoint)
     cfg = config_from_dict(state["config"])

@@ -25,6 +25,7 @@ from lfr_ds import atomic
 from lfr_ds.config import LFRConfig
 from lfr_ds.data.sample_index import read_sample_index, write_sample_index
 from lfr_ds.data.sampler import shuffled_order
+from lfr_ds.errors import UserError
 from lfr_ds.lfr.focus import focus_order
 from lfr_ds.lfr.loss_table import LossTable
 from lfr_ds.lfr.schedule import Phase
@@ -122,12 +123,23 @@ def prepare_phase(
     sources: list[str],
     options: LFRConfig | None = None,
     device: torch.device | None = None,
+    resumed_digest: str | None = None,
 ) -> tuple[np.ndarray, dict]:
-    """Make ``phase``'s sample index available on every rank; returns ``(order, manifest)`` (same on all)."""
+    """Make ``phase``'s sample index available on every rank; returns ``(order, manifest)`` (same on all).
+
+    At the phase's first step the order follows from the current loss table. A run resumed in the middle
+    of a phase passes ``resumed_digest`` (saved in its checkpoint) instead: the table has moved on since
+    the phase began, so the file written then must be reused as it is, never rebuilt.
+    """
     path = Path(run_dir) / "index" / f"{phase.name}.npy"
-    digest = inputs_digest(phase, seed, dataset, global_batch, table, options)
+    digest = resumed_digest or inputs_digest(phase, seed, dataset, global_batch, table, options)
     if rank == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
+        if resumed_digest is not None and not _reusable(path, digest, dataset):
+            raise UserError(
+                f"{path}: missing or not the file this run was using when it was checkpointed; it cannot be rebuilt "
+                f"mid-phase (the loss table has moved on): restore it, or resume from a checkpoint before step {phase.start + 1}"
+            )
         if not _reusable(path, digest, dataset):
             order, fields, keep = build_order(phase, num_blocks=num_blocks, global_batch=global_batch, seed=seed, table=table,
                                               block_source=block_source, sources=sources, options=options)

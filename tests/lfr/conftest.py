@@ -1,0 +1,62 @@
+"""Corpora with known difficulty for the LFR tests, built once per session."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lfr_ds import synthetic
+from lfr_ds.data.preprocess import preprocess
+from lfr_ds.data.tokenizer import train_tokenizer
+
+#: A 2-layer, 64-wide GPT on 64-token blocks: each step takes milliseconds, and it still learns the
+#: planted corpus' three kinds of text apart within two passes.
+SMALL_MODEL = ["model.preset=null", "model.num_layers=2", "model.hidden_size=64", "model.num_attention_heads=4",
+               "model.seq_length=64", "optim.lr=3e-3", "optim.warmup_steps=5", "log.tensorboard=false"]
+
+
+def planted(tmp_path_factory, docs: int, name: str) -> str:
+    d = tmp_path_factory.mktemp(name)
+    corpus = d / "planted.jsonl"
+    synthetic.write_jsonl(corpus, synthetic.generate(docs, seed=0))
+    train_tokenizer([str(corpus)], str(d / "tok.model"), 512)
+    preprocess([str(corpus)], str(d / "data"), str(d / "tok.model"), progress=False)
+    return str(d / "data")
+
+
+@pytest.fixture(scope="session")
+def planted_dataset(tmp_path_factory) -> str:
+    """Trivial / learnable / noise documents, a third each (~180k tokens, ~2,800 blocks of 65)."""
+    return planted(tmp_path_factory, 200, "planted")
+
+
+@pytest.fixture(scope="session")
+def planted_small(tmp_path_factory) -> str:
+    """The same kinds of text, ~840 blocks: for multi-process runs that must be quick."""
+    return planted(tmp_path_factory, 60, "planted_small")
+
+
+@pytest.fixture(scope="session")
+def equal_dataset(tmp_path_factory) -> str:
+    """Every block equally hard: tokens from one fixed random bigram chain (vocab 256), written with
+    megatron-core's builder. The model learns it during Learn, so raw losses drift with visit order."""
+    import torch
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    rng = np.random.default_rng(0)
+    transition = rng.dirichlet(np.full(256, 0.1), size=256)  # peaked rows: a learnable chain
+    cdf = transition.cumsum(1)
+    prefix = str(tmp_path_factory.mktemp("equal") / "data")
+    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.uint16)
+    for _ in range(40):
+        n = 3000
+        tokens = np.empty(n, dtype=np.int64)
+        tokens[0] = 3
+        u = rng.random(n)
+        for i in range(1, n):
+            tokens[i] = min(int(np.searchsorted(cdf[tokens[i - 1]], u[i])), 255)
+        tokens = np.maximum(tokens, 3)
+        tokens[-1] = 2
+        builder.add_document(torch.from_numpy(tokens), [n])
+    builder.finalize(prefix + ".idx")
+    return prefix
