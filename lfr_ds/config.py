@@ -120,14 +120,6 @@ class DataConfig:
     """Tokenizer ``.model``; ``None`` = the one recorded in the dataset's sidecar. A different one is refused."""
     seed: int = 1234
     """Seeds the document shuffle that defines blocks (so block ids) and every sample-order shuffle."""
-    valid_path: str | None = None
-    """Held-out data for periodic evaluation: a dataset prefix or a ``.jsonl`` file. ``None`` = no evaluation."""
-    valid_blocks: int = 64
-    """Held-out blocks scored at each evaluation (fixed, evenly spaced)."""
-
-    def __post_init__(self) -> None:
-        if self.valid_blocks < 1:
-            raise UserError("data.valid_blocks: must be >= 1")
 
 
 @dataclass
@@ -303,6 +295,27 @@ class LFRConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Evaluation during training: held-out loss per source and BLiMP accuracy, to TensorBoard and
+    ``RUN_DIR/eval.jsonl`` (the held-out curve ``lfr-compare`` plots)."""
+
+    interval: int = 0
+    """Evaluate every this many steps, and after the last; 0 = only after the last step."""
+    valid_path: str | None = None
+    """Held-out data: a dataset prefix or a raw ``.jsonl`` (tokenized with the run's tokenizer). ``None`` = none."""
+    valid_blocks: int = 64
+    """Held-out blocks scored per evaluation (a fixed subset: evenly spaced, or after a seeded document shuffle)."""
+    blimp: str | None = None
+    """BLiMP directory (or one ``.jsonl``) of minimal pairs; ``None`` = none."""
+    blimp_pairs: int = 10
+    """Pairs taken from the start of each BLiMP file per evaluation (67 files: 670 pairs at 10)."""
+
+    def __post_init__(self) -> None:
+        if self.interval < 0 or self.valid_blocks < 1 or self.blimp_pairs < 1:
+            raise UserError("eval.interval must be >= 0, eval.valid_blocks and eval.blimp_pairs >= 1")
+
+
+@dataclass
 class TrainConfig:
     """One training run."""
 
@@ -326,6 +339,8 @@ class TrainConfig:
     """TensorBoard, console, traces."""
     lfr: LFRConfig = field(default_factory=LFRConfig)
     """The data-selection schedule."""
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    """Evaluation during training."""
 
     def __post_init__(self) -> None:
         if self.steps < 1:

@@ -153,6 +153,25 @@ class Metrics:
         else:
             print(line, file=sys.stderr, flush=True)
 
+    def evaluation(self, results: dict) -> None:
+        """Held-out loss (overall and per source) and BLiMP accuracy, against steps and tokens."""
+        step, tokens = results["step"], results["tokens"]
+        parts = []
+        if "valid" in results:
+            v = results["valid"]
+            parts.append(f"valid loss {v['loss']:.4f} (ppl {v['ppl']:.2f})")
+            if self.writer is not None:
+                self.writer.add_scalar("lm loss validation", v["loss"], step)
+                self.writer.add_scalar("lm loss validation ppl", v["ppl"], step)
+                self.writer.add_scalar("lm loss validation vs tokens", v["loss"], tokens)
+                for source, s in v["per_source"].items():
+                    self.writer.add_scalar(f"lm loss validation/{source}", s["loss"], step)
+        if "blimp" in results:
+            parts.append(f"BLiMP {results['blimp']['acc']:.3f}")
+            if self.writer is not None:
+                self.writer.add_scalar("blimp acc", results["blimp"]["acc"], step)
+        self.log(f"eval step {step}: " + ", ".join(parts))
+
     def phase_start(self, phase, manifest: dict, table, step: int) -> None:
         """At a phase boundary: the console line, the phase's kept fraction and source shares, and a
         histogram of block perplexity as the phase starts."""

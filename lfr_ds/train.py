@@ -42,6 +42,7 @@ from lfr_ds.engine import (
     save_checkpoint,
 )
 from lfr_ds.errors import ArgumentParser, UserError, cli
+from lfr_ds.eval.periodic import PeriodicEval
 from lfr_ds.faults import crash_point
 from lfr_ds.lfr.loss_table import LossTable, gather_step
 from lfr_ds.lfr.rewriter import prepare_phase
@@ -64,7 +65,7 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
     """Run (or resume) ``cfg``; yields a :class:`StepRecord` after every optimizer step, on every rank."""
     # ---- check the inputs before starting any process group: bad input fails fast, in one line
     dataset = open_dataset(cfg.data.path)
-    vocab_size = _vocab_size(cfg, dataset)
+    tokenizer, vocab_size = _tokenizer(cfg, dataset)
     model_cfg = dataclasses.replace(cfg.model, vocab_size=vocab_size)
     accumulation = cfg.engine.accumulation_steps(int(os.environ.get("WORLD_SIZE", "1")))
     G, micro, seq = cfg.engine.global_batch_size, cfg.engine.micro_batch_size, model_cfg.seq_length
@@ -88,6 +89,8 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
     blocks = BlockView(dataset, seq, cfg.data.seed, rank=info.rank, barrier=dist.barrier)
     assert blocks.num_blocks == num_blocks, (blocks.num_blocks, num_blocks)
     block_source = blocks.block_source
+    evaluator = PeriodicEval(cfg.eval, tokenizer=tokenizer, seq_length=seq, seed=cfg.data.seed, micro_batch_size=micro,
+                             rank=info.rank, barrier=dist.barrier)
 
     # ---- model and engine
     bf16 = resolve_bf16(cfg.engine.precision)
@@ -106,7 +109,8 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
     if info.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic.write_json(run_dir / "config.json", dataclasses.asdict(cfg))
-    trace = _open_trace(run_dir, step) if cfg.log.trace_blocks and info.rank == 0 else None
+    trace = _open_log(run_dir / "trace" / "steps.jsonl", step) if cfg.log.trace_blocks and info.rank == 0 else None
+    eval_log = _open_log(run_dir / "eval.jsonl", step) if evaluator.enabled and info.rank == 0 else None
     metrics = Metrics(
         str(run_dir),
         rank=info.rank,
@@ -218,6 +222,13 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
             trace.flush()
         yield StepRecord(step, phase.kind, loss, local.cpu().numpy(), rows)
 
+        if evaluator.due(step, cfg.steps):
+            results = {"step": step, "tokens": step * G * seq, "phase": phase.index, **evaluator.run(engine)}
+            metrics.evaluation(results)
+            if eval_log is not None:
+                eval_log.write(json.dumps(results) + "\n")
+                eval_log.flush()
+
         if step == cfg.steps or (cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0):
             state = {
                 "step": step,
@@ -236,16 +247,16 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
     metrics.close()
 
 
-def _vocab_size(cfg: TrainConfig, dataset) -> int:
-    """The vocabulary: from the dataset's tokenizer (checked against the sidecar), or, for a plain Megatron
-    dataset with no sidecar and no ``data.tokenizer``, from ``model.vocab_size``."""
+def _tokenizer(cfg: TrainConfig, dataset) -> tuple[Tokenizer | None, int]:
+    """The run's tokenizer (checked against the dataset's sidecar) and vocabulary size. A plain Megatron
+    dataset with no sidecar and no ``data.tokenizer`` has no tokenizer: ``model.vocab_size`` must be set."""
     tok_path = cfg.data.tokenizer or (dataset.meta or {}).get("tokenizer", {}).get("path")
     if tok_path is None:
         if cfg.model.vocab_size is None:
             raise UserError(
                 f"data.tokenizer: {dataset.prefix} has no lfr-ds sidecar naming its tokenizer; set data.tokenizer or model.vocab_size"
             )
-        return cfg.model.vocab_size
+        return None, cfg.model.vocab_size
     tokenizer = Tokenizer(tok_path)
     dataset.check_tokenizer(tokenizer)
     if cfg.model.vocab_size is not None and cfg.model.vocab_size != tokenizer.vocab_size:
@@ -253,7 +264,7 @@ def _vocab_size(cfg: TrainConfig, dataset) -> int:
             f"model.vocab_size {cfg.model.vocab_size} does not match the dataset's tokenizer ({tokenizer.vocab_size}); "
             "leave model.vocab_size unset to take it from the tokenizer"
         )
-    return tokenizer.vocab_size
+    return tokenizer, tokenizer.vocab_size
 
 
 def _check_resumable(state: dict, cfg: TrainConfig, fingerprint: str) -> None:
@@ -268,17 +279,12 @@ def _check_resumable(state: dict, cfg: TrainConfig, fingerprint: str) -> None:
         )
 
 
-def _open_trace(run_dir: Path, step: int):
-    """Open the block trace for appending, dropping lines past ``step`` left by a run that died after it."""
-    path = run_dir / "trace" / "steps.jsonl"
+def _open_log(path: Path, step: int):
+    """Open a JSON-lines log for appending, dropping lines past ``step`` left by a run that died after it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
-        keep = [
-            line
-            for line in path.read_text().splitlines(keepends=True)
-            if line.strip() and json.loads(line)["step"] <= step
-        ]
-        atomic.write_bytes(path, "".join(keep).encode())
+        keep = [line for line in path.read_text().split("\n") if line.strip() and json.loads(line)["step"] <= step]
+        atomic.write_bytes(path, "".join(line + "\n" for line in keep).encode())
     return open(path, "a")
 
 
