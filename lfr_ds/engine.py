@@ -5,6 +5,9 @@ This module never decides which blocks to train on; it only runs and persists wh
 
 from __future__ import annotations
 
+import argparse
+import contextlib
+import io
 import json
 import logging
 import math
@@ -23,6 +26,7 @@ from lfr_ds import atomic
 from lfr_ds.config import TrainConfig
 from lfr_ds.errors import UserError
 from lfr_ds.faults import crash_point
+from lfr_ds.safe_load import check_checkpoint_files, load_arrays, weights_only_loads
 
 DS_CONFIG_DIR = Path(__file__).resolve().parents[1] / "ds_configs"
 #: ds_config fields lfr-ds derives from TrainConfig; a JSON may leave them out or set them to "auto".
@@ -36,6 +40,7 @@ DERIVED_KEYS = (
 )
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
+UNIVERSAL = ".universal"  # scratch space of an elastic resume, under checkpoints/
 
 
 @dataclass(frozen=True)
@@ -195,8 +200,12 @@ def build_engine(model: torch.nn.Module, cfg: TrainConfig, world_size: int, bf16
 # A save writes everything into ``step_X.partial``; once every rank has finished, the finaliser renames
 # it to ``step_X`` and only then rewrites ``latest``. A crash at any point leaves ``latest`` pointing at
 # the previous complete checkpoint and, at worst, a ``.partial`` directory that is never loaded and is
-# removed by the next save.
-
+# removed by the next save. Old checkpoints are renamed to ``*.partial`` before they are deleted, so a
+# crash mid-delete never leaves a half-deleted ``step_X`` behind.
+#
+# Resuming on another number of data-parallel ranks (elastic resume) goes through DeepSpeed's universal
+# checkpoint format: the ZeRO shards are converted (``ds_to_universal``) into per-parameter fp32 weights
+# and Adam moments in ``checkpoints/.universal/``, which DeepSpeed re-partitions over the new ranks.
 
 def checkpoint_root(run_dir: str) -> Path:
     return Path(run_dir) / CHECKPOINTS
@@ -229,26 +238,32 @@ def save_checkpoint(
     dist.barrier()
     if _is_finaliser(info, cfg.checkpoint.shared_fs):
         atomic._fsync_tree(root / partial)
-        if (root / tag).exists():  # a re-save of the same step after a resume
-            shutil.rmtree(root / tag)
+        if (root / tag).exists():  # a re-save of the same step after a resume: move the old one aside first
+            shutil.rmtree(root / f"{tag}.replaced.partial", ignore_errors=True)
+            os.rename(root / tag, root / f"{tag}.replaced.partial")
         os.rename(root / partial, root / tag)
         atomic.fsync_dir(root)
+        crash_point("publish", step)
         atomic.write_bytes(root / LATEST, tag.encode())
-        _prune(root, cfg.checkpoint.keep_last)
+        _prune(root, tag, cfg.checkpoint.keep_last)
     dist.barrier()
     return root / tag
 
 
-def _prune(root: Path, keep_last: int) -> None:
+def _prune(root: Path, latest: str, keep_last: int) -> None:
+    """Delete crash leftovers, and all but the newest ``keep_last`` checkpoints up to ``latest``. Later
+    ones are left alone: they are from before a crash that kept ``latest`` behind them, and the resumed
+    run overwrites them as it gets there. A doomed checkpoint becomes a ``.partial`` before it is deleted."""
+    for p in [*root.glob("*.partial"), root / UNIVERSAL]:  # no save is in progress: all are leftovers
+        shutil.rmtree(p, ignore_errors=True)
     tags = sorted(
         p.name
         for p in root.iterdir()
-        if p.is_dir() and p.name.startswith("step_") and not p.name.endswith(".partial")
+        if p.is_dir() and p.name.startswith("step_") and not p.name.endswith(".partial") and p.name <= latest
     )
     for name in tags[:-keep_last]:
-        shutil.rmtree(root / name, ignore_errors=True)
-    for p in root.glob("*.partial"):
-        shutil.rmtree(p, ignore_errors=True)
+        os.rename(root / name, root / f"{name}.partial")
+        shutil.rmtree(root / f"{name}.partial")
 
 
 def find_checkpoint(cfg: TrainConfig) -> Path | None:
@@ -272,22 +287,103 @@ def find_checkpoint(cfg: TrainConfig) -> Path | None:
     return path
 
 
-def load_checkpoint(engine, info: DistInfo, path: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """Restore engine, RNG and lfr-ds state from ``path``; returns ``(state, arrays)``."""
-    loaded, _ = engine.load_checkpoint(
-        str(path.parent), tag=path.name, load_optimizer_states=True, load_lr_scheduler_states=True
-    )
-    if loaded is None:
-        raise UserError(
-            f"{path}: DeepSpeed could not load this checkpoint (see the log above); check the ZeRO stage and rank count"
-        )
+def load_checkpoint(engine, info: DistInfo, cfg: TrainConfig, path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """Restore engine, RNG and lfr-ds state from ``path``; returns ``(state, arrays)``.
+
+    On the checkpoint's number of data-parallel ranks this is DeepSpeed's own load, exact to the bit. On
+    another number it goes through a universal checkpoint (see above); ZeRO-2 and ZeRO-3 alike.
+    """
     lfr_dir = path / "lfr"
     state = json.loads((lfr_dir / "state.json").read_text())
-    with np.load(lfr_dir / "arrays.npz", allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    rng = lfr_dir / f"rng_rank{info.rank:05d}.npz"
-    _load_rng(rng if rng.is_file() else lfr_dir / "rng_rank00000.npz")
+    check_checkpoint_files(path)  # before any unpickling, on every rank: all refuse together
+    same_ranks = state["world_size"] == info.world_size
+    with weights_only_loads():
+        if same_ranks:
+            loaded, _ = engine.load_checkpoint(
+                str(path.parent), tag=path.name, load_optimizer_states=True, load_lr_scheduler_states=True
+            )
+        else:
+            loaded = _load_resharded(engine, info, cfg, path, state["world_size"])
+    if loaded is None:
+        raise UserError(
+            f"{path}: DeepSpeed could not load this checkpoint (see the log above); check the ZeRO stage"
+        )
+    arrays = load_arrays(lfr_dir / "arrays.npz")
+    # Every rank of a job starts from the same seed (setup_megatron), so a new rank count takes rank 0's
+    # state on every rank: which rank's dropout stream continues where is undefined across sizes anyway.
+    _load_rng(lfr_dir / f"rng_rank{info.rank if same_ranks else 0:05d}.npz")
     return state, arrays
+
+
+def _load_resharded(engine, info: DistInfo, cfg: TrainConfig, path: Path, saved_ranks: int):
+    """Load ``path``, saved by ``saved_ranks`` data-parallel ranks, into ``engine`` on ``info.world_size``."""
+    if not cfg.checkpoint.shared_fs:
+        raise UserError(
+            f"{path}: written by {saved_ranks} ranks on node-local disks, and resuming on {info.world_size} needs "
+            "every rank's ZeRO shards in one place; resume on the same number of ranks, or gather the step "
+            "directories onto a shared filesystem and set checkpoint.shared_fs=true"
+        )
+    scratch = checkpoint_root(cfg.run_dir) / UNIVERSAL
+    if info.rank == 0:
+        shutil.rmtree(scratch, ignore_errors=True)
+        _to_universal(path, scratch / path.name)
+    dist.barrier()
+    # Two slips of ZeRO-3's universal load are undone below: it copies parameter group 0's hyperparameters
+    # onto every group (lfr-ds's groups differ in weight decay, none on biases and norms: config, put
+    # back), and it hands every group the same Adam step tensor, which torch's AdamW then advances once
+    # per group per step (each gets its own copy).
+    decay = [g["weight_decay"] for g in engine.optimizer.param_groups]
+    # The engine was built for a regular load; this one load reads the universal layout instead.
+    engine._config.load_universal_checkpoint = True
+    try:
+        loaded, _ = engine.load_checkpoint(
+            str(scratch), tag=path.name, load_optimizer_states=True, load_lr_scheduler_states=True
+        )
+    finally:
+        engine._config.load_universal_checkpoint = False
+    for group, wd in zip(engine.optimizer.param_groups, decay, strict=True):
+        group["weight_decay"] = wd
+    for st in engine.optimizer.optimizer.state.values():
+        if torch.is_tensor(st.get("step")):
+            st["step"] = st["step"].clone()
+    dist.barrier()
+    if info.rank == 0:
+        shutil.rmtree(scratch)
+    return loaded
+
+
+def _to_universal(src: Path, dst: Path) -> None:
+    """``ds_to_universal`` from ``src`` into ``dst``, in this process (one worker: no pool to fork).
+
+    Its step that fills in weights without optimizer fragments calls ``.float()`` on every ``module``
+    entry, and megatron's modules also save ``_extra_state`` entries that are ``None``, so it reads a view of
+    ``src`` whose model-states files hold only tensors; the ZeRO shards are symlinked, not copied.
+    """
+    from deepspeed.checkpoint import ds_to_universal
+
+    view = dst.parent / f"{dst.name}.input"
+    view.mkdir(parents=True)
+    for f in src.glob("*.pt"):
+        if f.name.endswith("model_states.pt"):
+            sd = torch.load(f, map_location="cpu", weights_only=True)
+            if isinstance(sd.get("module"), dict):
+                sd["module"] = {k: v for k, v in sd["module"].items() if torch.is_tensor(v)}
+            torch.save(sd, view / f.name)
+        else:
+            (view / f.name).symlink_to(f.resolve())
+    args = argparse.Namespace(
+        input_folder=str(view),
+        output_folder=str(dst),
+        num_extract_workers=1,
+        num_merge_workers=1,
+        keep_temp_folder=False,
+        strict=True,
+        inject_missing_state=True,  # the info block models wrapped by Megatron-DeepSpeed carry; ours has none
+    )
+    # It narrates with print() and progress bars.
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        ds_to_universal.main(args)
+    shutil.rmtree(view)
 
 
 def _save_rng(path: Path) -> None:
@@ -305,10 +401,10 @@ def _save_rng(path: Path) -> None:
 def _load_rng(path: Path) -> None:
     from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
 
-    with np.load(path, allow_pickle=False) as z:
-        torch.set_rng_state(torch.from_numpy(z["torch_cpu"]))
-        if torch.cuda.is_available() and "torch_cuda" in z.files:
-            torch.cuda.set_rng_state(torch.from_numpy(z["torch_cuda"]))
-        tracker = {k.split("/", 1)[1]: torch.from_numpy(z[k]) for k in z.files if k.startswith("tracker/")}
+    z = load_arrays(path)
+    torch.set_rng_state(torch.from_numpy(z["torch_cpu"]))
+    if torch.cuda.is_available() and "torch_cuda" in z:
+        torch.cuda.set_rng_state(torch.from_numpy(z["torch_cuda"]))
+    tracker = {k.split("/", 1)[1]: torch.from_numpy(v) for k, v in z.items() if k.startswith("tracker/")}
     if tracker:
         get_cuda_rng_tracker().set_states(tracker)

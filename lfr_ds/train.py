@@ -101,7 +101,7 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
     table = LossTable(blocks.num_blocks, len(phases), model_cfg.sketch_dim)
     step, resumed_digest = 0, None
     if resume is not None:
-        state, arrays = load_checkpoint(engine, info, resume)
+        state, arrays = load_checkpoint(engine, info, cfg, resume)
         _check_resumable(state, cfg, dataset.fingerprint)
         step = state["step"]
         table = LossTable.from_arrays(arrays)
@@ -280,12 +280,20 @@ def _check_resumable(state: dict, cfg: TrainConfig, fingerprint: str) -> None:
 
 
 def _open_log(path: Path, step: int):
-    """Open a JSON-lines log for appending, dropping lines past ``step`` left by a run that died after it."""
+    """Open a JSON-lines log for appending, dropping lines past ``step`` left by a run that died after it
+    (and a line it may have torn, killed mid-write)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
-        keep = [line for line in path.read_text().split("\n") if line.strip() and json.loads(line)["step"] <= step]
+        keep = [line for line in path.read_text().split("\n") if _logged_step(line) <= step]
         atomic.write_bytes(path, "".join(line + "\n" for line in keep).encode())
     return open(path, "a")
+
+
+def _logged_step(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):  # blank, or torn
+        return math.inf
 
 
 @cli

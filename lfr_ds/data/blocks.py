@@ -45,6 +45,23 @@ class _Tokenizer:
         self.unique_identifiers = {"sha256": tok.get("sha256")}
 
 
+def _check_cache(cache_dir: str) -> None:
+    """megatron-core loads its index arrays with ``allow_pickle=True``, so a pickle planted under a
+    cache's name would run code: each must be a plain array before megatron opens it."""
+    for name in sorted(os.listdir(cache_dir)):
+        if not name.endswith(".npy"):
+            continue
+        path = os.path.join(cache_dir, name)
+        try:
+            ok = isinstance(np.load(path, mmap_mode="r", allow_pickle=False), np.ndarray)
+        except (ValueError, OSError):
+            ok = False
+        if not ok:
+            raise UserError(
+                f"{path}: not a plain numpy array, and lfr-ds never unpickles; delete {cache_dir} to rebuild it"
+            )
+
+
 class BlockView:
     """Blocks of ``dataset`` for ``seq_length`` and ``seed``; identical in every process and rerun."""
 
@@ -64,6 +81,7 @@ class BlockView:
             self._build_cache()
         if barrier is not None:
             barrier()
+        _check_cache(self.cache_dir)
         self._gpt = self._make_gpt_dataset(self.cache_dir)
         self._gpt.shuffle_index = _IdentityShuffle()
         self.num_blocks = len(self._gpt.sample_index) - 1

@@ -29,6 +29,7 @@ from lfr_ds.config import ModelConfig
 from lfr_ds.data.tokenizer import Tokenizer
 from lfr_ds.engine import CHECKPOINTS, LATEST
 from lfr_ds.errors import UserError
+from lfr_ds.safe_load import check_checkpoint_files, weights_only_loads
 
 
 @dataclass
@@ -127,8 +128,9 @@ def consolidated_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
+    check_checkpoint_files(ckpt)  # zero_to_fp32 unpickles with weights_only=False: refuse what could run code
     # DeepSpeed narrates the consolidation with print() and progress bars; the CLI's stdout is for results.
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()), weights_only_loads():
         try:
             state_dict = get_fp32_state_dict_from_zero_checkpoint(str(ckpt.parent), tag=ckpt.name)
         except (FileNotFoundError, ValueError) as e:

@@ -16,8 +16,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
-
 from lfr_ds.config import config_from_dict, load_config
 from lfr_ds.data.blocks import BlockView
 from lfr_ds.data.dataset import open_dataset
@@ -25,6 +23,7 @@ from lfr_ds.errors import ArgumentParser, UserError, cli
 from lfr_ds.lfr.loss_table import LossTable
 from lfr_ds.lfr.rewriter import build_order, inputs_digest, write_phase_index
 from lfr_ds.lfr.schedule import Phase
+from lfr_ds.safe_load import load_arrays
 
 
 def load_checkpoint_state(path: str) -> tuple[dict, LossTable]:
@@ -33,8 +32,7 @@ def load_checkpoint_state(path: str) -> tuple[dict, LossTable]:
     if not (lfr_dir / "state.json").is_file() or not (lfr_dir / "arrays.npz").is_file():
         raise UserError(f"{path}: not an lfr-ds checkpoint (no lfr/state.json); give a step_* directory under RUN_DIR/checkpoints")
     state = json.loads((lfr_dir / "state.json").read_text())
-    with np.load(lfr_dir / "arrays.npz", allow_pickle=False) as z:
-        table = LossTable.from_arrays({k: z[k] for k in z.files})
+    table = LossTable.from_arrays(load_arrays(lfr_dir / "arrays.npz"))
     return state, table
 
 

@@ -4,11 +4,11 @@ Grammar (comma-separated phases)::
 
     PHASE  := KIND [":" LENGTH] ["@" DROP]
     KIND   := random | learn | focus | review
-    LENGTH := NUMBER [k|M|B] ["t"]  |  NUMBER "%"  |  "*"
+    LENGTH := NUMBER [k|M|B] ["t"]  |  NUMBER "ep"  |  NUMBER "%"  |  "*"
     DROP   := fraction of the seen blocks a focus phase drops, in [0, 1)
 
-A bare number is optimizer steps; a ``t`` suffix is tokens (rounded to whole steps); ``%`` is a share of
-the run's steps; ``*`` takes whatever steps remain (at most one phase). A review without a length is one
+A bare number is optimizer steps; a ``t`` suffix is tokens (rounded to whole steps); ``ep`` is passes
+over all blocks (``1ep`` = one review); ``%`` is a share of the run's steps; ``*`` takes whatever steps remain (at most one phase). A review without a length is one
 pass over every block, so each block's loss is fresh before the next Focus. The lengths must add up to
 the run's ``steps``. Named presets: ``random`` (the baseline) and ``paper`` (see ``PRESETS``).
 
@@ -123,7 +123,12 @@ def _length(
     text = text.strip()
     if text == "*":
         return None
-    if text.endswith("%"):
+    if text.endswith("ep"):
+        try:
+            steps = round(float(text[:-2]) * review_steps)
+        except ValueError:
+            raise UserError(f"{where}: bad number of passes {text!r}") from None
+    elif text.endswith("%"):
         try:
             share = float(text[:-1])
         except ValueError:
@@ -133,7 +138,7 @@ def _length(
         m = _LENGTH.match(text)
         if not m:
             raise UserError(
-                f"{where}: bad length {text!r}; use steps (2000), tokens (5Mt), a percentage (20%) or *"
+                f"{where}: bad length {text!r}; use steps (2000), tokens (5Mt), passes (1.5ep), a percentage (20%) or *"
             )
         value = float(m["num"]) * _MULT[m["mult"]]
         steps = round(value / tokens_per_step) if m["unit"] else math.floor(value)
