@@ -6,8 +6,8 @@
 Arms (each one ``lfr-train`` run per seed, same steps and global batch, so the same tokens):
 
 - ``random``: a fresh seeded shuffle of all blocks every pass: the baseline.
-- ``lfr``: the recipe's default LFR (relative difficulty, capped drops, unlearnable clusters thinned).
-- ``lfr_raw``: paper-faithful LFR: raw recorded losses, whole easiest clusters dropped, no noise rule.
+- ``lfr``: the recipe's default LFR (drift-corrected difficulty, drops capped per cluster).
+- ``lfr_raw``: paper-faithful LFR: raw recorded losses, whole easiest clusters dropped.
 
 Data: a seeded, document-level subset of ``--train`` (whole documents until ``unique_tokens`` is reached)
 with a tokenizer trained on it; held-out loss on ``--valid`` (documents shuffled before subsetting: the
@@ -83,7 +83,7 @@ PRESETS = {
 ARMS = {
     "random": ("lfr.schedule=random",),
     "lfr": (),
-    "lfr_raw": ("lfr.score=raw", "lfr.selection=paper", "lfr.unlearnable=keep"),
+    "lfr_raw": ("lfr.score=raw", "lfr.selection=paper"),
 }
 
 

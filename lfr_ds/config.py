@@ -269,10 +269,6 @@ class LFRConfig:
     """Clusters after Ward merging of the k-means centroids."""
     centroids: int = 256
     """Mini-batch k-means centroids (the first clustering level)."""
-    unlearnable: str = "drop"
-    """``drop``: thin clusters that are harder than average yet make no progress between visits (noise,
-    garbage) to ``1 - max_cluster_drop`` of their blocks, on top of the drop fraction; ``keep``: rank
-    them like any other (loss-based selection then favours them, being hardest)."""
     temperature: float = 1.0
     """Focus sampling weight ∝ (relative) perplexity^(1/T): 1 samples a block e times more often per nat
     of extra loss; larger is flatter (∞ = uniform over kept blocks)."""
@@ -288,8 +284,6 @@ class LFRConfig:
             raise UserError(f"lfr.max_cluster_drop: {self.max_cluster_drop} must be in (0, 1]")
         if self.clusters < 1 or self.centroids < self.clusters:
             raise UserError(f"lfr.clusters ({self.clusters}) must be >= 1 and lfr.centroids ({self.centroids}) >= clusters")
-        if self.unlearnable not in ("drop", "keep"):
-            raise UserError(f"lfr.unlearnable: {self.unlearnable!r}; use drop or keep")
         if not self.temperature > 0:
             raise UserError(f"lfr.temperature: {self.temperature} must be positive")
 

@@ -296,6 +296,12 @@ def load_checkpoint(engine, info: DistInfo, cfg: TrainConfig, path: Path) -> tup
     lfr_dir = path / "lfr"
     state = json.loads((lfr_dir / "state.json").read_text())
     check_checkpoint_files(path)  # before any unpickling, on every rank: all refuse together
+    saved_stage = state["config"]["engine"]["zero_stage"]
+    if saved_stage != engine.zero_optimization_stage():
+        raise UserError(
+            f"{path}: written under ZeRO-{saved_stage}, and this run uses ZeRO-{engine.zero_optimization_stage()}; "
+            f"resume with engine.zero_stage={saved_stage}"
+        )
     same_ranks = state["world_size"] == info.world_size
     with weights_only_loads():
         if same_ranks:

@@ -59,7 +59,7 @@ def build_report(run_dir: Path, delta: float, examples: int) -> tuple[dict, dict
             m = json.loads(mpath.read_text())
             drops.append({"phase": m["phase"], "kind": m["kind"], "drop_fraction": m["drop_fraction"], "kept": m["kept"],
                           "dropped": m["dropped"], "source_drop_fraction": m.get("source_drop_fraction", {}),
-                          "source_share": m["source_share"], "unlearnable_dropped": m.get("unlearnable_dropped", 0)})
+                          "source_share": m["source_share"]})
 
     completed = [ph for ph in phases if ph["start"] + ph["steps"] <= state["step"]]
     snaps = [(ph, table.phase_loss[ph["index"]].astype(np.float32)) for ph in completed]

@@ -111,9 +111,10 @@ _FACT_PATTERNS = (
 )
 
 
-def generate(n_docs: int, seed: int = 0, mix: tuple[float, float, float] = (1 / 3, 1 / 3, 1 / 3)) -> list[dict]:
+def generate(n_docs: int, seed: int = 0, mix: tuple[float, float, float] = (0.5, 0.35, 0.15)) -> list[dict]:
     """``n_docs`` documents ``{"text", "source"}`` in shuffled order; ``mix`` = trivial/learnable/noise shares
-    of the documents. Documents are long (~900 tokens) so that most blocks hold one kind of text."""
+    of the documents (by default web-like: mostly boilerplate, some text worth learning, a little
+    garbage). Documents are long (~900 tokens) so that most blocks hold one kind of text."""
     # The facts are one fixed world whatever the seed, so documents of any seed (training or held-out)
     # state the same facts.
     facts = random.Random(0)

@@ -5,21 +5,18 @@
    free of the drift that makes raw losses incomparable (a block seen early in Learn looks hard only
    because the model was worse then: in a pilot, raw loss correlated -0.77 with visit position).
    ``raw``: the recorded loss, as the paper does.
-2. **Progress:** how much a block's relative loss fell between its last two visits (positive = it is
-   being learned faster than the data as a whole; about 0 = no faster than average, as for noise).
-3. **Clusters** of blocks with similar difficulty and hidden-state sketch (standardised):
+2. **Trajectory:** how much a block's relative loss fell between its last two visits (positive = it is
+   being learned faster than the data as a whole, negative = forgotten; 0 for blocks seen once).
+3. **Clusters** of blocks with similar difficulty, progress and hidden-state sketch (standardised):
    mini-batch k-means to ``centroids`` centroids, then Ward merging into ``clusters``
    (:func:`lfr_ds.lfr.cluster.hierarchical_clusters`). Never-seen blocks form a cluster of their own.
-4. **Unlearnable clusters** (``unlearnable="drop"``): a cluster harder than average whose blocks, on
-   average, make no progress is what loss-based selection gets wrong: random noise, boilerplate in an
-   unknown script, corrupted text. Such clusters are thinned to ``1 - max_cluster_drop`` of their
-   blocks (those with the most progress stay), in addition to the phase's drop fraction.
-5. **Drop** the phase's fraction of the remaining seen blocks, easiest first
-   (:func:`~lfr_ds.lfr.select.focus_keep_mask`): ``capped`` (default) never takes more than
+4. **Drop** the phase's fraction of the seen blocks, easiest first
+   (:func:`~lfr_ds.lfr.select.focus_keep_mask`), ranked halfway to their cluster's mean difficulty (one
+   visit's loss is a noisy sample): ``capped`` (default) never takes more than
    ``max_cluster_drop`` of one cluster, so no region of the data is starved (a pilot that dropped whole
    easy clusters lost 97.6% of one source and with it 0.21 nats on that source); ``paper`` drops whole
    clusters. Never-seen blocks are never dropped.
-6. **Draw** the order with replacement, cluster first (∝ kept blocks × exp(mean difficulty / T)), then
+5. **Draw** the order with replacement, cluster first (∝ kept blocks × exp(mean difficulty / T)), then
    block (∝ exp(difficulty / T)), deterministic for the phase seed.
 """
 
@@ -51,12 +48,12 @@ def progress(table: LossTable) -> np.ndarray:
     return (table.prev_loss - table.prev_ref) - (table.loss - table.ref)
 
 
-def block_features(table: LossTable, score: np.ndarray, eligible: np.ndarray) -> np.ndarray:
-    """Standardised clustering features of the eligible blocks, float32 ``[n_eligible, d]``: difficulty and
-    the hidden-state sketch. Progress is deliberately left out: it is noisy per block, and clustering on
-    it would split noise into a "lucky" cluster that seems to progress and an "unlucky" one that does not,
-    so a cluster's mean progress would no longer say anything about its content."""
+def block_features(table: LossTable, score: np.ndarray, trajectory: np.ndarray, eligible: np.ndarray) -> np.ndarray:
+    """Standardised clustering features of the eligible blocks, float32 ``[n_eligible, d]``: difficulty,
+    trajectory (progress since the previous visit) and the hidden-state sketch."""
     cols = [score[eligible]]
+    if np.isfinite(trajectory[eligible]).any():
+        cols.append(trajectory[eligible])
     if table.sketch is not None:
         cols.extend(table.sketch[eligible].astype(np.float32).T)
     x = np.stack(cols, axis=1).astype(np.float32)
@@ -64,26 +61,6 @@ def block_features(table: LossTable, score: np.ndarray, eligible: np.ndarray) ->
     std = np.nanstd(x, axis=0)
     x /= np.where(std > 0, std, 1.0)
     return np.nan_to_num(x, nan=0.0)
-
-
-def unlearnable_clusters(labels: np.ndarray, score: np.ndarray, gain: np.ndarray, eligible: np.ndarray, n_clusters: int) -> np.ndarray:
-    """Clusters (bool per cluster) that are harder than average yet barely progress.
-
-    "Barely": the cluster's mean progress is under half the standard deviation of per-block progress.
-    On the planted corpus, text being learned progresses at ~0.7 σ and noise at 0.1-0.25 σ (it still
-    learns the spelling of its random words, nothing more). Only clusters where most blocks have been
-    seen twice are judged: progress needs two visits.
-    """
-    measured = eligible & np.isfinite(gain)
-    if not measured.any():
-        return np.zeros(n_clusters, dtype=bool)
-    lab = labels[measured]
-    n = np.bincount(lab, minlength=n_clusters)
-    mean_gain = np.bincount(lab, weights=gain[measured], minlength=n_clusters) / np.maximum(n, 1)
-    n_all = np.bincount(labels[eligible], minlength=n_clusters)
-    mean_score = np.bincount(labels[eligible], weights=score[eligible], minlength=n_clusters) / np.maximum(n_all, 1)
-    overall = float(np.mean(score[eligible]))
-    return (n >= np.maximum(1, 0.5 * n_all)) & (mean_score > overall) & (mean_gain < 0.5 * float(np.std(gain[measured])))
 
 
 def focus_order(
@@ -96,8 +73,7 @@ def focus_order(
     if n_eligible == 0:
         raise UserError(f"{phase.name}: no block has been seen yet, so Focus has nothing to rank; start the schedule with learn")
     score = difficulty(table, options.score)
-    gain = progress(table)
-    features = block_features(table, score, eligible)
+    features = block_features(table, score, progress(table), eligible)
     labels = np.full(table.num_blocks, -1, dtype=np.int32)
     labels[eligible] = hierarchical_clusters(features, options.clusters, seed=int(np.random.default_rng(seed).integers(2**31)),
                                              n_centroids=min(options.centroids, n_eligible))
@@ -109,19 +85,12 @@ def focus_order(
         n_clusters += 1
 
     cap = max(options.max_cluster_drop, phase.drop)
-    flagged = np.zeros(n_clusters, dtype=bool)
-    if options.unlearnable == "drop":
-        flagged = unlearnable_clusters(labels, score, gain, eligible, n_clusters)
-    noise = eligible & flagged[labels]
-    # Thin unlearnable clusters to 1 - cap of their blocks, keeping those with the most progress ...
-    keep = focus_keep_mask(np.nan_to_num(gain, nan=0.0), labels, min(cap, 0.999), eligible=noise, policy="capped", max_cluster_drop=1.0) \
-        if noise.any() else np.ones(table.num_blocks, dtype=bool)
-    # ... then drop the phase's fraction of the other seen blocks, easiest first. A block's loss is one
-    # noisy sample, so it is ranked halfway to its cluster's mean: the cluster pools what similar blocks say.
+    # Drop the phase's fraction of the seen blocks, easiest first. A block's loss is one noisy sample, so it
+    # is ranked halfway to its cluster's mean: the cluster pools what similar blocks say.
     n_per = np.bincount(labels[eligible], minlength=n_clusters)
     cluster_mean = np.bincount(labels[eligible], weights=score[eligible], minlength=n_clusters) / np.maximum(n_per, 1)
     rank_score = np.where(eligible, 0.5 * (score + cluster_mean[labels]), score).astype(np.float32)
-    keep &= focus_keep_mask(rank_score, labels, phase.drop, eligible=eligible & ~noise, policy=options.selection, max_cluster_drop=cap)
+    keep = focus_keep_mask(rank_score, labels, phase.drop, eligible=eligible, policy=options.selection, max_cluster_drop=cap)
 
     # Cluster first: ∝ kept blocks × exp(mean kept difficulty / T); then block: ∝ exp(difficulty / T).
     kept_score = np.where(keep, score, np.nan).astype(np.float64)
@@ -143,11 +112,11 @@ def focus_order(
         "kept": int(keep.sum()),
         "dropped": int((~keep).sum()),
         "eligible": n_eligible,
-        "unlearnable_dropped": int((noise & ~keep).sum()),
         "score": options.score,
         "selection": options.selection,
         "max_cluster_drop": cap,
         "temperature": options.temperature,
+        "source_blocks": {s: int(n) for s, n in zip(sources, seen_by_source, strict=True)},
         "source_drop_fraction": {
             s: round(float(d) / max(1, int(n)), 4) for s, n, d in zip(sources, seen_by_source, dropped_by_source, strict=True)
         },
@@ -157,7 +126,7 @@ def focus_order(
         ],
         "clusters": [
             {"cluster": c, "blocks": int(sizes[c]), "dropped": int(dropped[c]), "drop_fraction": round(float(dropped[c]) / max(1, int(sizes[c])), 4),
-             "mean_difficulty": round(float(mean_difficulty[c]), 4) if sizes[c] else None, "unlearnable": bool(flagged[c])}
+             "mean_difficulty": round(float(mean_difficulty[c]), 4) if sizes[c] else None}
             for c in range(len(sizes))
         ],
     }

@@ -75,7 +75,10 @@ class LossTable:
         np.add.at(self.seen, ids, 1)
         self.last_step[ids] = step
         if self.sketch is not None:
-            self.sketch[ids] = rows[:, 3:].astype(np.float16)
+            # Relative to the batch, like the loss: the representation drifts as the model trains, and a
+            # sketch kept raw would cluster blocks by when they were seen rather than by what they say.
+            sketch = rows[:, 3:]
+            self.sketch[ids] = (sketch - sketch.mean(axis=0)).astype(np.float16)
 
     def end_phase(self, index: int) -> None:
         """Snapshot every block's latest loss as its loss at the end of phase ``index``."""

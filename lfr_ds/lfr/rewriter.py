@@ -52,7 +52,6 @@ def inputs_digest(
             options.max_cluster_drop,
             options.clusters,
             options.centroids,
-            options.unlearnable,
             options.temperature,
         ]
     h = hashlib.sha256(json.dumps(settings).encode())

@@ -4,29 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from corpora import SMALL_MODEL, planted
 
-from lfr_ds import synthetic
-from lfr_ds.data.preprocess import preprocess
-from lfr_ds.data.tokenizer import train_tokenizer
-
-#: A 2-layer, 64-wide GPT on 64-token blocks: each step takes milliseconds, and it still learns the
-#: planted corpus' three kinds of text apart within two passes.
-SMALL_MODEL = ["model.preset=null", "model.num_layers=2", "model.hidden_size=64", "model.num_attention_heads=4",
-               "model.seq_length=64", "optim.lr=3e-3", "optim.warmup_steps=5", "log.tensorboard=false"]
-
-
-def planted(tmp_path_factory, docs: int, name: str) -> str:
-    d = tmp_path_factory.mktemp(name)
-    corpus = d / "planted.jsonl"
-    synthetic.write_jsonl(corpus, synthetic.generate(docs, seed=0))
-    train_tokenizer([str(corpus)], str(d / "tok.model"), 512)
-    preprocess([str(corpus)], str(d / "data"), str(d / "tok.model"), progress=False)
-    return str(d / "data")
+__all__ = ["SMALL_MODEL"]  # the LFR tests import it from here
 
 
 @pytest.fixture(scope="session")
 def planted_dataset(tmp_path_factory) -> str:
-    """Trivial / learnable / noise documents, a third each (~180k tokens, ~2,800 blocks of 65)."""
+    """Trivial / learnable / noise documents, 50/35/15% (~180k tokens, ~2,800 blocks of 65)."""
     return planted(tmp_path_factory, 200, "planted")
 
 

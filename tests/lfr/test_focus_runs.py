@@ -21,13 +21,16 @@ def test_planted_difficulty(planted_dataset, tmp_path, capsys):
             "engine.global_batch_size=32", "steps=180", "lfr.schedule=learn:176,focus:*@0.5", "checkpoint.interval=0"],
            nproc=1, launcher="python")
     manifest = json.loads((run / "index" / "phase_001_focus.json").read_text())
-    drop = manifest["source_drop_fraction"]
-    with capsys.disabled():
-        print(f"\nplanted corpus, Focus @0.5 after Learn: dropped {drop}, unlearnable dropped {manifest['unlearnable_dropped']}")
+    drop, share = manifest["source_drop_fraction"], manifest["source_share"]
     assert drop["trivial"] >= 0.9
     assert drop["learnable"] <= 0.1
-    # Noise: hard and not getting easier, so the unlearnable-cluster rule thins it (see lfr/focus.py).
-    assert drop["noise"] >= 0.5
+    # Noise is the hardest text and nothing is learned from it, yet loss-based selection keeps all of it and,
+    # weighting by perplexity, draws it well beyond its share of the data (docs/lfr.md, "noise").
+    noise_blocks = manifest["source_blocks"]["noise"]
+    with capsys.disabled():
+        print(f"\nplanted corpus, Focus @0.5 after a 2-pass Learn: dropped {drop}, draw shares {share}")
+    assert drop["noise"] == 0.0
+    assert share["noise"] > 2 * noise_blocks / manifest["eligible"]
 
 
 def _position_drop_correlation(learn_order: np.ndarray, keep: np.ndarray, num_blocks: int) -> float:

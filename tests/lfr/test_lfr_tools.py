@@ -31,10 +31,10 @@ def test_offline_rewrite_matches_training_bytes(learned, tmp_path, run_cli):
 
 def test_offline_rewrite_with_other_settings(learned, tmp_path, run_cli):
     r = run_cli(offline.main, [learned / "checkpoints" / "step_00000027", "--out", tmp_path / "p.npy", "--drop", "0.7",
-                               "lfr.selection=paper", "lfr.unlearnable=keep"])
+                               "lfr.selection=paper", "lfr.score=raw"])
     assert r.code == 0, r.err
     m = json.loads((tmp_path / "p.json").read_text())
-    assert m["drop_fraction"] == 0.7 and m["selection"] == "paper" and m["unlearnable_dropped"] == 0
+    assert m["drop_fraction"] == 0.7 and m["selection"] == "paper" and m["score"] == "raw"
     assert m["dropped"] == round(0.7 * m["eligible"])
 
 
