@@ -30,6 +30,7 @@ multi_node() {  # PRESET [overrides...]
   local preset=$1; shift
   : "${HOSTFILE:?set HOSTFILE to a DeepSpeed hostfile (one hostname slots=N line per node)}"
   : "${MASTER_ADDR:?set MASTER_ADDR to the address of the first node}"
+  lfr-check-hostfile "$HOSTFILE" >&2  # the launcher would train on this node alone if it were missing
   exec deepspeed --hostfile "$HOSTFILE" --master_addr "$MASTER_ADDR" --master_port "${MASTER_PORT:-29500}" \
     --module lfr_ds.train --config "$ROOT/launch_scripts/configs/$preset.yaml" \
     data.path="$DATA" run_dir="${RUN_DIR:-runs/$preset-random}" "$@"

@@ -284,24 +284,31 @@ def find_checkpoint(cfg: TrainConfig) -> Path | None:
         raise UserError(
             f"checkpoint.resume: {path} holds no complete lfr-ds checkpoint; give a step_* directory or use auto"
         )
+    # Before any process group exists, so that a bad checkpoint fails fast, in one line, on every rank.
+    check_checkpoint_files(path)
+    try:
+        saved_stage = json.loads((path / "lfr" / "state.json").read_text())["config"]["engine"]["zero_stage"]
+    except (ValueError, KeyError, TypeError):
+        raise UserError(
+            f"{path}/lfr/state.json: unreadable; the checkpoint is damaged or from another lfr-ds version"
+        ) from None
+    if saved_stage != cfg.engine.zero_stage:
+        raise UserError(
+            f"{path}: written under ZeRO-{saved_stage}, and this run uses ZeRO-{cfg.engine.zero_stage}; "
+            f"resume with engine.zero_stage={saved_stage}"
+        )
     return path
 
 
 def load_checkpoint(engine, info: DistInfo, cfg: TrainConfig, path: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """Restore engine, RNG and lfr-ds state from ``path``; returns ``(state, arrays)``.
+    """Restore engine, RNG and lfr-ds state from ``path`` (checked by :func:`find_checkpoint`); returns
+    ``(state, arrays)``. Every ``torch.load`` in DeepSpeed's loaders is made weights-only.
 
     On the checkpoint's number of data-parallel ranks this is DeepSpeed's own load, exact to the bit. On
     another number it goes through a universal checkpoint (see above); ZeRO-2 and ZeRO-3 alike.
     """
     lfr_dir = path / "lfr"
     state = json.loads((lfr_dir / "state.json").read_text())
-    check_checkpoint_files(path)  # before any unpickling, on every rank: all refuse together
-    saved_stage = state["config"]["engine"]["zero_stage"]
-    if saved_stage != engine.zero_optimization_stage():
-        raise UserError(
-            f"{path}: written under ZeRO-{saved_stage}, and this run uses ZeRO-{engine.zero_optimization_stage()}; "
-            f"resume with engine.zero_stage={saved_stage}"
-        )
     same_ranks = state["world_size"] == info.world_size
     with weights_only_loads():
         if same_ranks:

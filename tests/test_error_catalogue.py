@@ -1,0 +1,303 @@
+"""The bad-input catalogue (docs/errors.md), walked: every CLI given a bad data file, config, schedule,
+checkpoint, index file or hostfile must print one line naming the thing and the fix, exit non-zero with no
+traceback, and leave nothing behind.
+
+CLIs that start in well under a second (lfr-check-hostfile, lfr-inspect-data, lfr-train-tokenizer, the
+multi-node launch script) run as real console-script subprocesses. The others import torch, megatron-core
+and DeepSpeed (5-10 s a start on this machine), so they run in-process through ``run_cli``, which calls the
+same ``main`` behind the same ``@cli`` wrapper; the one exception is a ds_config error, which DeepSpeed-side
+validation raises only after the process group exists, so it needs a real ``lfr-train`` process.
+Crafted pickles are in test_untrusted_files.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from clitools import CliResult, assert_one_line_error
+
+from lfr_ds import train
+from lfr_ds.data import preprocess
+from lfr_ds.data.dataset import open_dataset
+from lfr_ds.data.sample_index import write_sample_index
+from lfr_ds.eval import cli as eval_cli
+from lfr_ds.lfr import inspect_index, offline
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+IN_PROCESS = {
+    "lfr-train": train.main,
+    "lfr-preprocess": preprocess.main,
+    "lfr-eval": eval_cli.main,
+    "lfr-rewrite": offline.main,
+    "lfr-inspect-index": inspect_index.main,
+}
+
+
+@dataclass
+class Ctx:
+    """What a case builds its bad input from: a scratch directory and a good dataset."""
+
+    tmp: Path
+    data: str
+    tok: str
+    train_jsonl: Path
+
+    def write(self, name: str, content: str | bytes) -> Path:
+        path = self.tmp / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        (path.write_bytes if isinstance(content, bytes) else path.write_text)(content)
+        return path
+
+    def dataset_copy(self) -> Path:
+        prefix = self.tmp / "copy" / "ds"
+        prefix.parent.mkdir(exist_ok=True)
+        for ext in (".bin", ".idx", ".meta.json", ".doc_source.npy"):
+            shutil.copy(self.data + ext, str(prefix) + ext)
+        return prefix
+
+    def index(self, dataset: str | None = None) -> Path:
+        """A valid phase index in a run directory whose config names the good dataset."""
+        path = self.tmp / "run" / "index" / "phase_000_random.npy"
+        path.parent.mkdir(parents=True)
+        self.write("run/config.json", json.dumps({"data": {"path": self.data}}))
+        fingerprint = dataset or open_dataset(self.data).fingerprint
+        write_sample_index(
+            path,
+            np.arange(16, dtype=np.uint32),
+            {
+                "phase": "phase_000_random",
+                "kind": "random",
+                "dataset": fingerprint,
+                "num_blocks": 64,
+                "seq_length": 256,
+                "seed": [1234, 0],
+            },
+        )
+        return path
+
+    def train_args(self, *overrides: str) -> list[str]:
+        return [f"data.path={self.data}", "model.preset=tiny", f"run_dir={self.tmp / 'run'}", *overrides]
+
+
+def _truncate(path: Path, by: int) -> None:
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size - by)
+
+
+def _other_build_sidecar(c: Ctx) -> Path:
+    prefix = c.dataset_copy()
+    meta = json.loads(Path(f"{prefix}.meta.json").read_text())
+    meta["idx_sha256"] = "0" * 64
+    Path(f"{prefix}.meta.json").write_text(json.dumps(meta))
+    return prefix
+
+
+def _wrong_magic(c: Ctx) -> Path:
+    prefix = c.dataset_copy()
+    with open(f"{prefix}.idx", "r+b") as f:
+        f.write(b"NOTMEGA!!")
+    return prefix
+
+
+def _truncated_bin(c: Ctx) -> Path:
+    prefix = c.dataset_copy()
+    _truncate(Path(f"{prefix}.bin"), 10)
+    return prefix
+
+
+def _tampered_index(c: Ctx) -> Path:
+    path = c.index()
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    return path
+
+
+def _index_without_manifest(c: Ctx) -> Path:
+    path = c.index()
+    path.with_suffix(".json").unlink()
+    return path
+
+
+def _index_outside_run(c: Ctx) -> Path:
+    path = c.index()
+    (c.tmp / "run" / "config.json").unlink()
+    return path
+
+
+def _zero2_checkpoint(c: Ctx) -> Path:
+    state = {"step": 5, "world_size": 1, "config": {"engine": {"zero_stage": 2}}}
+    return c.write("ck/step_00000005/lfr/state.json", json.dumps(state)).parents[1]
+
+
+#: (id, cli, argv builder, needles in the error line). A "!" after the CLI: run it as a real process.
+# fmt: off
+CASES = [
+    # ---- hostfiles
+    ("hostfile-missing", "lfr-check-hostfile", lambda c: [c.tmp / "hosts"], ["hosts: hostfile not found"]),
+    ("hostfile-syntax", "lfr-check-hostfile", lambda c: [c.write("hosts", "node-a slots=two\n")],
+     ["hosts:1: expected 'HOSTNAME slots=N'"]),
+    ("hostfile-duplicate", "lfr-check-hostfile", lambda c: [c.write("hosts", "a slots=1\nb slots=1\na slots=2\n")],
+     ["hosts:3: host a is already listed on line 1"]),
+    ("hostfile-zero-slots", "lfr-check-hostfile", lambda c: [c.write("hosts", "# two nodes\na slots=8\nb slots=0\n")],
+     ["hosts:3: b has slots=0"]),
+    ("hostfile-empty", "lfr-check-hostfile", lambda c: [c.write("hosts", "# nodes go here\n\n")], ["lists no hosts"]),
+    # ---- data files
+    ("tokenizer-input-missing", "lfr-train-tokenizer", lambda c: [c.tmp / "none.jsonl", "-o", c.tmp / "t.model"],
+     ["none.jsonl: input file does not exist"]),
+    ("tokenizer-vocab-too-small", "lfr-train-tokenizer",
+     lambda c: [c.train_jsonl, "-o", c.tmp / "t.model", "--vocab-size", "100"], ["--vocab-size 100"]),
+    ("preprocess-bad-json", "lfr-preprocess",
+     lambda c: [c.write("in.jsonl", '{"text": "ok"}\n{"text": oops}\n'), "-o", c.tmp / "ds", "-t", c.tok, "-j", "1",
+                "--no-progress"], ["in.jsonl:2: not valid JSON"]),
+    ("preprocess-not-utf8", "lfr-preprocess",
+     lambda c: [c.write("in.jsonl", b'{"text": "caf\xe9"}\n'), "-o", c.tmp / "ds", "-t", c.tok, "--no-progress"],
+     ["in.jsonl:1: not valid UTF-8"]),
+    ("preprocess-tokenizer-not-a-model", "lfr-preprocess",
+     lambda c: [c.train_jsonl, "-o", c.tmp / "ds", "-t", c.write("tok.model", "not a model"), "--no-progress"],
+     ["tok.model: not a sentencepiece model"]),
+    ("dataset-truncated-bin", "lfr-inspect-data!", lambda c: [_truncated_bin(c)], ["ds.bin", "disagrees"]),
+    ("dataset-wrong-magic", "lfr-inspect-data!", lambda c: [_wrong_magic(c)], ["ds.idx", "wrong magic number"]),
+    ("dataset-other-build-sidecar", "lfr-inspect-data!", lambda c: [_other_build_sidecar(c)],
+     ["ds.meta.json", "checksum mismatch"]),
+    ("dataset-missing", "lfr-train", lambda c: [f"data.path={c.tmp / 'nothing'}", f"run_dir={c.tmp / 'run'}"],
+     ["nothing.idx: dataset file not found"]),
+    # ---- configs
+    ("config-unknown-key", "lfr-train", lambda c: c.train_args("optim.learning_rate=1e-3"),
+     ["unknown config key optim.learning_rate"]),
+    ("config-bad-yaml", "lfr-train", lambda c: ["--config", c.write("cfg.yaml", "data: [unclosed\n")],
+     ["cfg.yaml: not valid YAML"]),
+    ("config-file-missing", "lfr-train", lambda c: ["--config", c.tmp / "none.yaml"], ["none.yaml: config file not found"]),
+    ("config-bad-type", "lfr-train", lambda c: c.train_args("steps=many"), ["steps", "'many'"]),
+    ("config-batch-split", "lfr-train",
+     lambda c: c.train_args("engine.global_batch_size=10", "engine.micro_batch_size=4"),
+     ["engine.global_batch_size 10: not a multiple of engine.micro_batch_size 4"]),
+    ("ds-config-derived-key", "lfr-train!",
+     lambda c: c.train_args(f"engine.ds_config={c.write('ds.json', json.dumps({'train_batch_size': 8}))}"),
+     ["ds.json: sets 'train_batch_size', which lfr-ds derives", "remove it"]),
+    # ---- schedules
+    ("schedule-sum", "lfr-train", lambda c: c.train_args("steps=10", "lfr.schedule=learn:4,focus:4@0.5"),
+     ["add up to 8 steps but the run has steps=10"]),
+    ("schedule-starts-with-focus", "lfr-train", lambda c: c.train_args("steps=10", "lfr.schedule=focus:*@0.5"),
+     ["must start with learn"]),
+    ("schedule-focus-without-drop", "lfr-train", lambda c: c.train_args("steps=10", "lfr.schedule=learn:5,focus:*"),
+     ["a focus phase needs a drop fraction"]),
+    ("schedule-unknown-kind", "lfr-train", lambda c: c.train_args("steps=10", "lfr.schedule=learn:5,cram:*"),
+     ["unknown kind 'cram'"]),
+    # ---- checkpoints
+    ("resume-no-checkpoint", "lfr-train", lambda c: c.train_args(f"checkpoint.resume={c.write('empty/x', '').parent}"),
+     ["checkpoint.resume", "no complete lfr-ds checkpoint"]),
+    ("resume-damaged-state", "lfr-train",
+     lambda c: c.train_args(f"checkpoint.resume={c.write('ck/step_00000005/lfr/state.json', '{}').parents[1]}"),
+     ["step_00000005/lfr/state.json: unreadable"]),
+    ("resume-other-zero-stage", "lfr-train",
+     lambda c: c.train_args("engine.zero_stage=3", f"checkpoint.resume={_zero2_checkpoint(c)}"),
+     ["written under ZeRO-2, and this run uses ZeRO-3; resume with engine.zero_stage=2"]),
+    ("eval-partial-checkpoint", "lfr-eval",
+     lambda c: [c.write("ckpts/step_00000005.partial/lfr/state.json", "{}").parents[1], "--valid", c.train_jsonl],
+     ["step_00000005.partial: an incomplete checkpoint"]),
+    ("eval-not-a-checkpoint", "lfr-eval", lambda c: [c.write("nock/notes.txt", "").parent, "--valid", c.train_jsonl],
+     ["nock: holds no lfr-ds checkpoint"]),
+    ("eval-damaged-state", "lfr-eval",
+     lambda c: [c.write("ckpts/step_00000005/lfr/state.json", "{not json").parents[1], "--valid", c.train_jsonl],
+     ["state.json: unreadable"]),
+    ("rewrite-not-a-checkpoint", "lfr-rewrite", lambda c: [c.tmp, "--out", c.tmp / "x.npy"],
+     ["not an lfr-ds checkpoint (no lfr/state.json)"]),
+    # ---- index files
+    ("index-tampered", "lfr-inspect-index", lambda c: [_tampered_index(c)],
+     ["phase_000_random.npy: checksum does not match its manifest"]),
+    ("index-no-manifest", "lfr-inspect-index", lambda c: [_index_without_manifest(c)], ["phase_000_random.json is missing"]),
+    ("index-other-dataset", "lfr-inspect-index", lambda c: [c.index(dataset="f" * 64)], ["belongs to another dataset"]),
+    ("index-outside-run", "lfr-inspect-index", lambda c: [_index_outside_run(c)], ["not inside a run directory", "--data"]),
+]
+# fmt: on
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
+
+
+def _run(cli: str, argv: list, run_cli) -> CliResult:
+    if not cli.endswith("!") and cli in IN_PROCESS:
+        return run_cli(IN_PROCESS[cli], argv)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [str(BIN / cli.rstrip("!")), *map(str, argv)], capture_output=True, text=True, env=env, timeout=300
+    )
+    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.mark.parametrize(("cli", "make", "needles"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_bad_input(cli, make, needles, tmp_path, run_cli, webmix_dataset, webmix_tokenizer, webmix_train):
+    ctx = Ctx(tmp_path, str(webmix_dataset), str(webmix_tokenizer), webmix_train)
+    argv = make(ctx)
+    before = _snapshot(tmp_path)
+    result = _run(cli, argv, run_cli)
+    assert_one_line_error(result, *needles)
+    assert result.code == 2
+    assert _snapshot(tmp_path) == before, "a failed command left files behind"
+
+
+def test_catalogue_covers_every_cli_and_kind_of_input():
+    clis = {c[1].rstrip("!") for c in CASES}
+    assert clis >= {
+        "lfr-check-hostfile",
+        "lfr-train-tokenizer",
+        "lfr-preprocess",
+        "lfr-inspect-data",
+        "lfr-train",
+        "lfr-eval",
+        "lfr-rewrite",
+        "lfr-inspect-index",
+    }
+    kinds = {c[0].split("-")[0] for c in CASES}
+    assert kinds >= {
+        "hostfile",
+        "tokenizer",
+        "preprocess",
+        "dataset",
+        "config",
+        "schedule",
+        "resume",
+        "index",
+    }
+    assert len(CASES) >= 25
+    doc = (ROOT / "docs" / "errors.md").read_text()
+    for cli in clis:
+        assert f"## {cli}" in doc, f"docs/errors.md has no section for {cli}"
+
+
+def test_multinode_script_checks_the_hostfile_before_launching(tmp_path):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("node-a slots=1\nnode-a slots=1\n")
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "DATA": "x", "HOSTFILE": str(hosts), "MASTER_ADDR": "127.0.0.1"}
+    proc = subprocess.run(
+        ["bash", str(ROOT / "launch_scripts" / "gpt2-124m_multinode.sh")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert_one_line_error(
+        CliResult(proc.returncode, proc.stdout, proc.stderr), "hosts:2: host node-a is already listed"
+    )
+    assert proc.returncode == 2
+
+
+def test_good_hostfile_passes(tmp_path):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("# the cluster\nnode-a slots=8\n\nnode-b slots=8  # spare\n")
+    proc = subprocess.run(
+        [str(BIN / "lfr-check-hostfile"), str(hosts)], capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0 and not proc.stderr
+    assert proc.stdout == f"{hosts}: 2 node(s), 16 slots (node-a=8, node-b=8)\n"
