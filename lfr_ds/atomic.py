@@ -8,6 +8,7 @@ fsync'ed first so the rename cannot land before the data on a power loss.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -42,7 +43,7 @@ def atomic_path(dest: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
     try:
         yield tmp
         if is_dir:
-            _fsync_tree(tmp)
+            fsync_tree(tmp)
             try:
                 os.rename(tmp, dest)
             except OSError:
@@ -50,8 +51,7 @@ def atomic_path(dest: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
                     raise
                 shutil.rmtree(tmp, ignore_errors=True)
         else:
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
+            fsync_file(tmp)
             os.replace(tmp, dest)
         fsync_dir(parent)
     except BaseException:
@@ -63,6 +63,20 @@ def atomic_path(dest: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
         raise
 
 
+def fsync_file(path: str | os.PathLike) -> None:
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())
+
+
+def remove_stale_temps(dests: list[str | os.PathLike]) -> None:
+    """Delete temp files that :func:`atomic_path` left for these destinations when a writer was killed.
+    Only for a writer that knows it is the sole one writing them (two concurrent ones would collide)."""
+    for dest in map(Path, dests):
+        for stale in dest.parent.glob(f".{glob.escape(dest.name)}.*.tmp"):
+            with contextlib.suppress(FileNotFoundError):
+                stale.unlink()
+
+
 def fsync_dir(path: str | os.PathLike) -> None:
     """Persist a directory entry (a rename or a new file) so it survives a crash."""
     fd = os.open(path, os.O_RDONLY)
@@ -72,11 +86,10 @@ def fsync_dir(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
-def _fsync_tree(root: Path) -> None:
+def fsync_tree(root: Path) -> None:
     for dirpath, _, files in os.walk(root):
         for name in files:
-            with open(os.path.join(dirpath, name), "rb+") as f:
-                os.fsync(f.fileno())
+            fsync_file(os.path.join(dirpath, name))
         fsync_dir(dirpath)
 
 

@@ -237,7 +237,7 @@ def save_checkpoint(
         atomic.write_json(lfr_dir / "state.json", state)
     dist.barrier()
     if _is_finaliser(info, cfg.checkpoint.shared_fs):
-        atomic._fsync_tree(root / partial)
+        atomic.fsync_tree(root / partial)
         if (root / tag).exists():  # a re-save of the same step after a resume: move the old one aside first
             shutil.rmtree(root / f"{tag}.replaced.partial", ignore_errors=True)
             os.rename(root / tag, root / f"{tag}.replaced.partial")

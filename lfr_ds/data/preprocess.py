@@ -108,6 +108,8 @@ def preprocess(
     dtype_cls = DType.optimal_dtype(tok.vocab_size)  # megatron wants the numpy type, not a dtype instance
     dtype = np.dtype(dtype_cls)
 
+    # Temp files of a build that was killed (SIGKILL skips every cleanup) are ours to remove.
+    atomic.remove_stale_temps([output_prefix + ext for ext in (".bin", ".idx", ".doc_source.npy", ".meta.json")])
     t0 = time.time()
     source_codes: dict[str, int] = {}
     doc_source: list[np.ndarray] = []
@@ -184,6 +186,10 @@ def preprocess(
             "bin_bytes": os.path.getsize(bin_tmp),
         }
         meta_tmp.write_text(json.dumps(meta, indent=2) + "\n")
+        # Everything on disk before the first rename, so a crash among the renames leaves files that are
+        # each complete (and a stale or missing meta.json, which open_dataset detects).
+        for tmp in (bin_tmp, idx_tmp, src_tmp, meta_tmp):
+            atomic.fsync_file(tmp)
     meta["seconds"] = time.time() - t0
     return meta
 

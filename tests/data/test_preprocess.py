@@ -123,3 +123,15 @@ def test_dtype_is_smallest_that_fits(tmp_path, webmix_tokenizer, monkeypatch):
         assert ds.dtype == np.dtype(dtype)
         docs[vocab] = ds.document(0).astype(np.int64)
     assert np.array_equal(docs[8192], docs[70000])
+
+
+def test_temps_of_a_killed_build_are_removed(tmp_path, webmix_tokenizer):
+    src = tmp_path / "x.jsonl"
+    src.write_text('{"text": "hello"}\n')
+    stale = [tmp_path / ".ds.bin.k1ll3d.tmp", tmp_path / ".ds.meta.json.k1ll3d.tmp"]
+    unrelated = tmp_path / ".other.bin.abc.tmp"
+    for p in [*stale, unrelated]:
+        p.write_bytes(b"half")
+    preprocess([str(src)], str(tmp_path / "ds"), str(webmix_tokenizer), progress=False)
+    assert not any(p.exists() for p in stale) and unrelated.exists()
+    assert sorted(p.name for p in tmp_path.glob("ds.*")) == ["ds.bin", "ds.doc_source.npy", "ds.idx", "ds.meta.json"]

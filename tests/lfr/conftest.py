@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from corpora import SMALL_MODEL, planted
-
-__all__ = ["SMALL_MODEL"]  # the LFR tests import it from here
+from corpora import planted
 
 
 @pytest.fixture(scope="session")
@@ -19,6 +17,12 @@ def planted_dataset(tmp_path_factory) -> str:
 def planted_small(tmp_path_factory) -> str:
     """The same kinds of text, ~840 blocks: for multi-process runs that must be quick."""
     return planted(tmp_path_factory, 60, "planted_small")
+
+
+@pytest.fixture(scope="session")
+def planted_tiny(tmp_path_factory) -> str:
+    """~420 blocks: for the 2-rank runs that are launched several times."""
+    return planted(tmp_path_factory, 30, "planted_tiny")
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
-from conftest import SMALL_MODEL
+from corpora import SMALL_MODEL
 from launch import launch
 
 from lfr_ds.data.sample_index import read_sample_index

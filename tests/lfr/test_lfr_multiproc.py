@@ -11,25 +11,25 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import SMALL_MODEL
+from corpora import SMALL_MODEL
 from launch import launch, read_trace
 
-# ~840 blocks / 32 per step = 27 steps a pass. Phases: learn 0-27, focus 27-35, review 35-62, focus 62-80.
-SCHEDULE = "learn:27,focus:8@0.5,review,focus:*@0.7"
-STEPS = 80
+# ~420 blocks / 32 per step = 13 steps a pass. Phases: learn 0-13, focus 13-17, review 17-31, focus 31-40.
+SCHEDULE = "learn:13,focus:4@0.5,review,focus:*@0.7"
+STEPS = 40
 
 
 def _overrides(data, run_dir, **extra) -> list[str]:
     cfg = {"data.path": data, "run_dir": run_dir, "steps": STEPS, "lfr.schedule": SCHEDULE, "engine.micro_batch_size": 16,
-           "engine.global_batch_size": 32, "checkpoint.interval": 9, "checkpoint.keep_last": 20, "log.trace_blocks": "true",
+           "engine.global_batch_size": 32, "checkpoint.interval": 13, "checkpoint.keep_last": 20, "log.trace_blocks": "true",
            **extra}
     return [*SMALL_MODEL, *(f"{k}={v}" for k, v in cfg.items())]
 
 
 @pytest.fixture(scope="module")
-def reference(planted_small, tmp_path_factory):
+def reference(planted_tiny, tmp_path_factory):
     run = tmp_path_factory.mktemp("lfr2") / "run"
-    launch(_overrides(planted_small, run), nproc=2)
+    launch(_overrides(planted_tiny, run), nproc=2)
     return run
 
 
@@ -46,14 +46,14 @@ def test_schedule_ran_every_phase(reference):
     assert not list((reference / "checkpoints").glob("*.partial"))
 
 
-def test_gathered_table_equals_one_process_run(reference, planted_small, tmp_path):
-    """After Learn (step 27), the table gathered over 2 ranks equals a 1-process run's: the same blocks
+def test_gathered_table_equals_one_process_run(reference, planted_tiny, tmp_path):
+    """After Learn (step 13), the table gathered over 2 ranks equals a 1-process run's: the same blocks
     seen at the same steps, and losses equal to float tolerance (only the all-reduce order differs)."""
     one = tmp_path / "one"
-    proc = launch(_overrides(planted_small, one, **{"engine.micro_batch_size": 32}), nproc=1, launcher="python",
-                  extra_env={"LFR_CRASH_AT": "step:28"}, check=False)  # stop once Learn's checkpoint is written
+    proc = launch(_overrides(planted_tiny, one, **{"engine.micro_batch_size": 32}), nproc=1, launcher="python",
+                  extra_env={"LFR_CRASH_AT": "step:14"}, check=False)  # stop once Learn's checkpoint is written
     assert proc.returncode != 0
-    a, b = _arrays(reference / "checkpoints" / "step_00000027"), _arrays(one / "checkpoints" / "step_00000027")
+    a, b = _arrays(reference / "checkpoints" / "step_00000013"), _arrays(one / "checkpoints" / "step_00000013")
     for k in ("seen", "last_step"):
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
     assert (a["seen"] > 0).all()  # Learn was one full pass
@@ -61,10 +61,12 @@ def test_gathered_table_equals_one_process_run(reference, planted_small, tmp_pat
         np.testing.assert_allclose(a[k].astype(np.float32), b[k].astype(np.float32), rtol=2e-3, atol=2e-3, err_msg=k)
 
 
-def test_kill_and_resume_anywhere_is_identical(reference, planted_small, tmp_path):
+def test_kill_and_resume_anywhere_is_identical(reference, planted_tiny, tmp_path):
     run = tmp_path / "run"
-    args = _overrides(planted_small, run, **{"lfr.distribute": "broadcast"})
-    for crash in ("rewrite:1", "step:40", "save:80"):
+    args = _overrides(planted_tiny, run, **{"lfr.distribute": "broadcast"})
+    # At the Learn/Focus boundary during the rewrite (resumes from the boundary's checkpoint), in the middle
+    # of the Review, and during the final save.
+    for crash in ("rewrite:1", "step:22", "save:40"):
         proc = launch(args, nproc=2, check=False, extra_env={"LFR_CRASH_AT": crash})
         assert proc.returncode != 0, f"the run should have been killed at {crash}"
     launch(args, nproc=2)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 from clitools import assert_one_line_error
-from conftest import SMALL_MODEL
+from corpora import SMALL_MODEL
 from launch import launch
 
 from lfr_ds.lfr import inspect_index, offline
