@@ -30,37 +30,81 @@ from lfr_ds.errors import UserError
 from lfr_ds.lfr.cluster import hierarchical_clusters
 from lfr_ds.lfr.loss_table import LossTable
 from lfr_ds.lfr.schedule import Phase
-from lfr_ds.lfr.select import cluster_drop_stats, draw_order, focus_keep_mask
+from lfr_ds.lfr.select import draw_order, focus_keep_mask
 
 if TYPE_CHECKING:
     from lfr_ds.config import LFRConfig
+
+
+#: Blocks per slice in the per-block passes: slice temporaries stay a few MB even at 100M blocks.
+SLICE = 1 << 20
+#: Sketch dimensions kept for clustering (its top principal components): assigning 100M blocks to 256
+#: centroids costs N·256·d multiply-adds, so d stays small.
+SKETCH_COMPONENTS = 4
 
 
 def difficulty(table: LossTable, mode: str) -> np.ndarray:
     """Per-block difficulty (float32, NaN for never-seen blocks); higher is harder."""
     if mode == "raw":
         return table.loss.copy()
-    return table.loss - table.ref
+    return np.subtract(table.loss, table.ref)
 
 
 def progress(table: LossTable) -> np.ndarray:
     """Fall of the block's relative loss between its previous and latest visit (NaN before a second visit)."""
-    return (table.prev_loss - table.prev_ref) - (table.loss - table.ref)
+    out = np.subtract(table.prev_relative, table.loss)
+    out += table.ref
+    return out
 
 
 def block_features(table: LossTable, score: np.ndarray, trajectory: np.ndarray, eligible: np.ndarray) -> np.ndarray:
     """Standardised clustering features of the eligible blocks, float32 ``[n_eligible, d]``: difficulty,
-    trajectory (progress since the previous visit) and the hidden-state sketch."""
-    cols = [score[eligible]]
-    if np.isfinite(trajectory[eligible]).any():
-        cols.append(trajectory[eligible])
-    if table.sketch is not None:
-        cols.extend(table.sketch[eligible].astype(np.float32).T)
-    x = np.stack(cols, axis=1).astype(np.float32)
-    x -= np.nanmean(x, axis=0)
-    std = np.nanstd(x, axis=0)
-    x /= np.where(std > 0, std, 1.0)
-    return np.nan_to_num(x, nan=0.0)
+    trajectory (progress since the previous visit) and the top principal components of the hidden-state
+    sketch. Written column by column into one array, so the peak is that array plus a slice."""
+    has_traj = bool(np.isfinite(trajectory[eligible][:: max(1, len(trajectory) // 100_000)]).any())
+    components = _sketch_components(table.sketch, eligible) if table.sketch is not None else None
+    d = 1 + has_traj + (components[1].shape[1] if components is not None else 0)
+    x = np.empty((int(eligible.sum()), d), dtype=np.float32)
+    x[:, 0] = score[eligible]
+    if has_traj:
+        x[:, 1] = trajectory[eligible]
+    if components is not None:
+        mean, basis = components
+        row = 0
+        for start in range(0, len(eligible), SLICE):
+            rows = table.sketch[start : start + SLICE][eligible[start : start + SLICE]].astype(np.float32)
+            x[row : row + len(rows), 1 + has_traj :] = (rows - mean) @ basis
+            row += len(rows)
+    # Mean and spread from a strided sample: standardising only sets the features' relative scale, and
+    # np.nanmean/np.nanstd over 100M rows would each copy the column.
+    sample = x[:: max(1, len(x) // 1_000_000)]
+    mean, std = np.nanmean(sample, axis=0), np.nanstd(sample, axis=0)
+    for j in range(d):
+        col = x[:, j]
+        col -= mean[j]
+        col /= std[j] if std[j] > 0 else 1.0
+        col[np.isnan(col)] = 0.0  # a block seen once has no trajectory: put it at the mean
+    return x
+
+
+def _sketch_components(sketch: np.ndarray, eligible: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The sketch's mean ``[dim]`` and top principal axes ``[dim, k]``, from up to ~100k eligible rows."""
+    stride = max(1, len(eligible) // 100_000)
+    sample = sketch[np.flatnonzero(eligible[::stride]) * stride].astype(np.float64)
+    mean = sample.mean(axis=0)
+    _, _, vt = np.linalg.svd(sample - mean, full_matrices=False)
+    return mean.astype(np.float32), vt[:SKETCH_COMPONENTS].T.astype(np.float32)
+
+
+def cluster_sums(labels: np.ndarray, values: np.ndarray | None, mask: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Per cluster, the count (``values=None``) or float64 sum of ``values`` over the blocks in ``mask``;
+    in slices, since ``np.bincount`` would make a float64 copy of whole-length weights."""
+    out = np.zeros(n_clusters)
+    for s in range(0, len(labels), SLICE):
+        m = mask[s : s + SLICE]
+        w = None if values is None else values[s : s + SLICE][m]
+        out += np.bincount(labels[s : s + SLICE][m], weights=w, minlength=n_clusters)
+    return out
 
 
 def focus_order(
@@ -74,40 +118,40 @@ def focus_order(
         raise UserError(f"{phase.name}: no block has been seen yet, so Focus has nothing to rank; start the schedule with learn")
     score = difficulty(table, options.score)
     features = block_features(table, score, progress(table), eligible)
-    labels = np.full(table.num_blocks, -1, dtype=np.int32)
+    # int16 labels when they fit: at 100M blocks every byte per block is 100 MB at the peak.
+    labels = np.full(table.num_blocks, -1, dtype=np.int16 if options.clusters < 2**15 - 1 else np.int32)
     labels[eligible] = hierarchical_clusters(features, options.clusters, seed=int(np.random.default_rng(seed).integers(2**31)),
                                              n_centroids=min(options.centroids, n_eligible))
+    del features
     n_clusters = int(labels.max()) + 1
     unseen = ~eligible
     if unseen.any():  # never-seen blocks: their own cluster, neutral difficulty, always kept
         labels[unseen] = n_clusters
-        score = np.where(unseen, np.float32(np.nanmedian(score[eligible])), score)
+        score[unseen] = np.median(score[eligible][:: max(1, n_eligible // 1_000_000)])
         n_clusters += 1
+    del unseen
 
     cap = max(options.max_cluster_drop, phase.drop)
     # Drop the phase's fraction of the seen blocks, easiest first. A block's loss is one noisy sample, so it
     # is ranked halfway to its cluster's mean: the cluster pools what similar blocks say.
-    n_per = np.bincount(labels[eligible], minlength=n_clusters)
-    cluster_mean = np.bincount(labels[eligible], weights=score[eligible], minlength=n_clusters) / np.maximum(n_per, 1)
-    rank_score = np.where(eligible, 0.5 * (score + cluster_mean[labels]), score).astype(np.float32)
+    sizes = cluster_sums(labels, None, eligible, n_clusters)
+    mean_difficulty = (cluster_sums(labels, score, eligible, n_clusters) / np.maximum(sizes, 1)).astype(np.float32)
+    rank_score = mean_difficulty[labels]
+    rank_score += score
+    rank_score *= 0.5
     keep = focus_keep_mask(rank_score, labels, phase.drop, eligible=eligible, policy=options.selection, max_cluster_drop=cap)
+    del rank_score
 
-    # Cluster first: ∝ kept blocks × exp(mean kept difficulty / T); then block: ∝ exp(difficulty / T).
-    kept_score = np.where(keep, score, np.nan).astype(np.float64)
-    top = np.nanmax(kept_score)
-    block_weight = np.nan_to_num(np.exp((kept_score - top) / options.temperature), nan=0.0)
-    kept_per_cluster = np.bincount(labels, weights=keep, minlength=n_clusters)
-    mean_kept = np.bincount(labels, weights=np.nan_to_num(kept_score, nan=0.0), minlength=n_clusters) / np.maximum(kept_per_cluster, 1)
-    cluster_weight = np.where(kept_per_cluster > 0, kept_per_cluster * np.exp((mean_kept - top) / options.temperature), 0.0)
-    order = draw_order(keep, labels, block_weight, cluster_weight, length, seed=int(np.random.default_rng([*seed, 1]).integers(2**31)))
-
-    sizes, dropped = cluster_drop_stats(labels, eligible, keep)
-    mean_difficulty = np.bincount(labels[eligible], weights=score[eligible], minlength=len(sizes)) / np.maximum(sizes, 1)
+    kept_per_cluster = cluster_sums(labels, None, keep, n_clusters)
+    mean_kept = cluster_sums(labels, score, keep, n_clusters) / np.maximum(kept_per_cluster, 1)
+    dropped = np.maximum(sizes - kept_per_cluster, 0)  # never-seen blocks: not eligible, all kept
     seen_by_source = np.bincount(block_source[eligible], minlength=len(sources))
     dropped_by_source = np.bincount(block_source[eligible & ~keep], minlength=len(sources))
-    edges = np.quantile(score[eligible], np.linspace(0, 1, 11))
-    decile = np.clip(np.searchsorted(edges, score[eligible], side="right") - 1, 0, 9)
-    decile_dropped = np.bincount(decile, weights=~keep[eligible], minlength=10) / np.maximum(np.bincount(decile, minlength=10), 1)
+    sample = score[eligible][:: max(1, n_eligible // 1_000_000)]  # deciles from at most ~1M blocks
+    edges = np.quantile(sample, np.linspace(0, 1, 11))
+    decile = np.clip(np.searchsorted(edges, sample, side="right") - 1, 0, 9)
+    kept_sample = keep[eligible][:: max(1, n_eligible // 1_000_000)]
+    decile_dropped = np.bincount(decile, weights=~kept_sample, minlength=10) / np.maximum(np.bincount(decile, minlength=10), 1)
     fields = {
         "kept": int(keep.sum()),
         "dropped": int((~keep).sum()),
@@ -127,7 +171,20 @@ def focus_order(
         "clusters": [
             {"cluster": c, "blocks": int(sizes[c]), "dropped": int(dropped[c]), "drop_fraction": round(float(dropped[c]) / max(1, int(sizes[c])), 4),
              "mean_difficulty": round(float(mean_difficulty[c]), 4) if sizes[c] else None}
-            for c in range(len(sizes))
+            for c in range(n_clusters)
         ],
     }
+    del eligible
+    # Cluster first: ∝ kept blocks × exp(mean kept difficulty / T); then block: ∝ exp(difficulty / T).
+    # The block weights overwrite the scores, which are not needed any more: one 4-byte array fewer at
+    # the draw, the rewrite's memory peak (draw_order's float64 CDF).
+    top = float(np.max(score, where=keep, initial=-np.inf))
+    cluster_weight = np.where(kept_per_cluster > 0, kept_per_cluster * np.exp((mean_kept - top) / options.temperature), 0.0)
+    block_weight = score
+    del score
+    block_weight -= np.float32(top)
+    block_weight /= np.float32(options.temperature)
+    np.exp(block_weight, out=block_weight)
+    block_weight[~keep] = 0.0  # draw_order never reads dropped blocks; this only keeps the array finite
+    order = draw_order(keep, labels, block_weight, cluster_weight, length, seed=int(np.random.default_rng([*seed, 1]).integers(2**31)))
     return order, fields, keep

@@ -8,7 +8,7 @@ table. Cost at GPT-2 1.5B scale, global batch 512: 512 × 24 B = 12 KiB per step
 bf16 gradient reduce-scatter per step: far below 0.1 % of the step's communication.
 
 The table keeps, per block: the latest loss, the reference loss it is compared against (the mean
-loss of the global batch it was recorded in: same model, same step), the same two at its previous
+loss of the global batch it was recorded in: same model, same step), their difference at its previous
 visit (so how much it improved since, relative to everything else), how often it was seen, the
 step it was last seen, its loss at the end of every completed phase (its trajectory), and optionally
 its latest hidden-state sketch. It is saved with every checkpoint as plain numpy arrays.
@@ -48,8 +48,7 @@ class LossTable:
     def __init__(self, num_blocks: int, num_phases: int, sketch_dim: int = 0) -> None:
         self.loss = np.full(num_blocks, NAN, dtype=np.float32)
         self.ref = np.full(num_blocks, NAN, dtype=np.float32)
-        self.prev_loss = np.full(num_blocks, NAN, dtype=np.float32)
-        self.prev_ref = np.full(num_blocks, NAN, dtype=np.float32)
+        self.prev_relative = np.full(num_blocks, NAN, dtype=np.float32)
         self.seen = np.zeros(num_blocks, dtype=np.int32)
         self.last_step = np.full(num_blocks, -1, dtype=np.int32)
         # float16 keeps a 100M-block, 6-phase trajectory at 1.2 GB; its 3 significant digits are plenty
@@ -68,8 +67,7 @@ class LossTable:
         batch_mean = np.float32(rows[:, 1].mean())
         # A focus phase samples with replacement, so a block can appear twice in one batch: its last
         # row wins, and each appearance counts as a visit.
-        self.prev_loss[ids] = self.loss[ids]
-        self.prev_ref[ids] = self.ref[ids]
+        self.prev_relative[ids] = self.loss[ids] - self.ref[ids]
         self.loss[ids] = losses
         self.ref[ids] = batch_mean
         np.add.at(self.seen, ids, 1)
@@ -88,8 +86,7 @@ class LossTable:
         out = {
             "loss": self.loss,
             "ref": self.ref,
-            "prev_loss": self.prev_loss,
-            "prev_ref": self.prev_ref,
+            "prev_relative": self.prev_relative,
             "seen": self.seen,
             "last_step": self.last_step,
             "phase_loss": self.phase_loss,
@@ -102,7 +99,7 @@ class LossTable:
     def from_arrays(cls, arrays: dict[str, np.ndarray]) -> LossTable:
         table = cls.__new__(cls)
         table.loss, table.ref, table.seen = arrays["loss"], arrays["ref"], arrays["seen"]
-        table.prev_loss, table.prev_ref = arrays["prev_loss"], arrays["prev_ref"]
+        table.prev_relative = arrays["prev_relative"]
         table.last_step, table.phase_loss = arrays["last_step"], arrays["phase_loss"]
         table.sketch = arrays.get("sketch")
         return table

@@ -57,7 +57,7 @@ def inputs_digest(
     h = hashlib.sha256(json.dumps(settings).encode())
     if table is not None and phase.kind == "focus":
         for arr in table.arrays().values():
-            h.update(np.ascontiguousarray(arr).tobytes())
+            h.update(np.ascontiguousarray(arr))  # hashes the buffer in place: no copy of a GB-sized column
     return h.hexdigest()
 
 
@@ -88,7 +88,7 @@ def write_phase_index(path: Path, phase: Phase, order: np.ndarray, fields: dict,
         kept_path = path.with_name(path.stem + ".kept.npy")
         atomic.save_npy(kept_path, np.packbits(keep))
         fields = {**fields, "kept_mask": kept_path.name}
-    counts = np.bincount(block_source[np.asarray(order, dtype=np.int64)], minlength=len(sources))
+    counts = np.bincount(block_source[order], minlength=len(sources))
     return write_sample_index(path, order, {
         "phase": phase.name, "kind": phase.kind, "index": phase.index, "start_step": phase.start, "steps": phase.steps,
         "drop_fraction": phase.drop, "seed": phase_seed(seed, phase), "dataset": dataset, "num_blocks": num_blocks,

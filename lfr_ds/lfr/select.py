@@ -100,7 +100,8 @@ def draw_order(
     *,
     seed: int,
 ) -> np.ndarray:
-    """``n_samples`` kept block ids (int64), drawn independently with replacement, cluster first.
+    """``n_samples`` kept block ids, drawn independently with replacement, cluster first: uint32 below
+    2³² blocks (the sample index's own dtype, half the memory at the rewrite's peak), else int64.
 
     Each draw picks a cluster with probability ∝ ``cluster_weight[c]`` among the clusters that hold at
     least one kept block, then a kept block of that cluster with probability ∝ ``block_weight``.
@@ -111,8 +112,8 @@ def draw_order(
     a seed.
 
     The two stages are drawn as one: block i of cluster c has probability ``P(c) · w_i / W_c``, where
-    ``W_c`` sums the weights of c's kept blocks, and each draw is an inverse-CDF lookup over all blocks
-    (dropped ones have zero mass). A per-cluster lookup would need the draws grouped by cluster, that
+    ``W_c`` sums the weights of c's kept blocks, and each draw is an inverse-CDF lookup over the kept
+    blocks. A per-cluster lookup would need the draws grouped by cluster, that
     is, a sort or a shuffle, which costs more than the lookups.
     """
     n = _check_blocks(block_weight, labels, keep)
@@ -150,26 +151,38 @@ def draw_order(
         raise ValueError("no cluster with kept blocks has positive weight")
     scale = np.divide(p, total, out=np.zeros(k), where=total > 0)
 
-    cdf = np.empty(n)
+    # The CDF runs over the kept blocks only (dropped ones have no mass): at 100M blocks and a 50% drop
+    # that halves the rewrite's largest arrays, the float64 CDF and its guide table.
+    dtype = np.uint32 if n < 2**32 else np.int64
+    m = int(np.count_nonzero(keep))
+    kept_ids = np.empty(m, dtype=dtype)
+    cdf = np.empty(m)
+    pos = 0
     for sl in _slices(n):
-        mass = kept_weight(sl)
-        mass *= np.take(scale, labels[sl])
-        out = cdf[sl]
+        ids = np.flatnonzero(keep[sl])
+        if not len(ids):
+            continue
+        mass = block_weight[sl][ids].astype(np.float64)
+        mass *= np.take(scale, labels[sl][ids])
+        out = cdf[pos : pos + len(ids)]
         np.cumsum(mass, out=out)
-        out += cdf[sl.start - 1] if sl.start else 0.0
-    cdf *= n / cdf[-1]  # in units of guide buckets, see _guided_search
-    np.minimum(cdf, n, out=cdf)  # rounding may overshoot the total by an ulp
-    last = int(np.searchsorted(cdf, n))  # the first block to reach the total has positive mass
+        out += cdf[pos - 1] if pos else 0.0
+        kept_ids[pos : pos + len(ids)] = ids + sl.start
+        pos += len(ids)
+    cdf *= m / cdf[-1]  # in units of guide buckets, see _guided_search
+    np.minimum(cdf, m, out=cdf)  # rounding may overshoot the total by an ulp
+    last = int(np.searchsorted(cdf, m))  # the first block to reach the total has positive mass
     guide = _guide_table(cdf)
 
     rng = np.random.default_rng(seed)
-    order = np.empty(n_samples, dtype=np.int64)
+    order = np.empty(n_samples, dtype=dtype)
     for s in range(0, n_samples, _SLICE):
         u = rng.random(min(_SLICE, n_samples - s))
-        u *= n
+        u *= m
         pick = _guided_search(cdf, guide, u)
         # u can round up to the total itself, one past the end: then take the last block with mass.
-        np.minimum(pick, last, out=order[s : s + len(u)])
+        np.minimum(pick, last, out=pick)
+        order[s : s + len(u)] = kept_ids[pick]
     return order
 
 

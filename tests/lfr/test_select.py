@@ -172,7 +172,7 @@ def test_draw_order_follows_cluster_then_block_weights(slice_size):
     keep, labels, weight = draw_setup()
     cluster_weight = np.array([2.0, 1.0, 0.5, 0.5])
     order = draw_order(keep, labels, weight, cluster_weight, 400_000, seed=1)
-    assert order.dtype == np.int64 and len(order) == 400_000
+    assert order.dtype == np.uint32 and len(order) == 400_000
     assert keep[order].all()
     freq = np.bincount(labels[order], minlength=4) / len(order)
     np.testing.assert_allclose(freq, cluster_weight / cluster_weight.sum(), atol=0.005)
