@@ -4,7 +4,7 @@
 Both process counts use both cores (1 rank × 2 threads, 2 ranks × 1 thread). Random tokens, vocab 8192,
 seq 256, global batch 16. Last stdout line:
 ``{"results": [{"procs": P, "zero": Z, "tokens_per_s": ..., "mfu": ...}, ...]}`` (mfu in percent of
-``lfr_ds.metrics.CPU_PEAK_TFLOPS``).
+``lfr_ds.metrics.CPU_PEAK_TFLOPS_PER_THREAD`` × the rank's threads).
 
     .venv/bin/python bench/throughput.py [--steps 20]
 """

@@ -19,8 +19,9 @@ import torch
 
 #: Peak dense bf16 TFLOP/s per device, by substring of the CUDA device name.
 GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
-#: A 2-core AVX2 host's 2-thread fp32 GEMM peak (measured, STACK_NOTES): MFU on CPU is informational.
-CPU_PEAK_TFLOPS = 0.15
+#: fp32 GEMM peak of one core of the 2-core AVX2 host (2 threads measured 0.15, STACK_NOTES). MFU on CPU is
+#: informational.
+CPU_PEAK_TFLOPS_PER_THREAD = 0.075
 
 
 def peak_tflops(configured: float | None) -> float:
@@ -29,7 +30,8 @@ def peak_tflops(configured: float | None) -> float:
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name()
         return next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), 989.0)
-    return CPU_PEAK_TFLOPS
+    # On CPU a rank's "device" is its threads: 1 rank × 2 threads and 2 ranks × 1 thread share one peak.
+    return CPU_PEAK_TFLOPS_PER_THREAD * torch.get_num_threads()
 
 
 @dataclass
