@@ -52,16 +52,6 @@ FILES = 4  # corpus files: preprocessing output is written (and can be killed) a
 STEPS, INTERVAL = 40, 5
 SCHEDULE = "learn:10,focus:10@0.5,review:10,focus:*@0.5"
 PHASE_STARTS = (0, 10, 20, 30)
-MODEL = [
-    "model.preset=null",
-    "model.num_layers=2",
-    "model.hidden_size=64",
-    "model.num_attention_heads=4",
-    "model.seq_length=64",
-    "optim.lr=3e-3",
-    "optim.warmup_steps=5",
-    "log.tensorboard=false",
-]
 
 
 def say(line: str) -> None:
@@ -87,7 +77,7 @@ def train_argv(nproc: int, data: str, run_dir: Path, distribute: str) -> list[st
         "log.trace_blocks": "true",
         "log.progress_bar": "false",
     }
-    return [*launcher, *MODEL, *(f"{k}={v}" for k, v in cfg.items())]
+    return [*launcher, *synthetic.SMALL_MODEL, *(f"{k}={v}" for k, v in cfg.items())]
 
 
 def main() -> None:

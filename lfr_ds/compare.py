@@ -1,6 +1,6 @@
 """``lfr-compare``: random sampling vs LFR on the same data, model and token budget, once per seed.
 
-    lfr-compare --preset small --seeds 1,2 --out runs/compare-small          # ~25 min on 2 CPU cores
+    lfr-compare --preset small --seeds 1,2 --out runs/compare-small          # ~25 min a seed on 2 CPU cores
     lfr-compare --preset multipass --seeds 1,2 --out runs/compare-multipass
 
 Arms (each one ``lfr-train`` run per seed, same steps and global batch, so the same tokens):

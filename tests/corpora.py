@@ -7,18 +7,7 @@ from lfr_ds import synthetic
 from lfr_ds.data.preprocess import preprocess
 from lfr_ds.data.tokenizer import train_tokenizer
 
-#: A 2-layer, 64-wide GPT on 64-token blocks: each step takes milliseconds, and it still learns the
-#: planted corpus' three kinds of text apart within two passes.
-SMALL_MODEL = [
-    "model.preset=null",
-    "model.num_layers=2",
-    "model.hidden_size=64",
-    "model.num_attention_heads=4",
-    "model.seq_length=64",
-    "optim.lr=3e-3",
-    "optim.warmup_steps=5",
-    "log.tensorboard=false",
-]
+SMALL_MODEL = synthetic.SMALL_MODEL
 
 
 def planted(tmp_path_factory, docs: int, name: str) -> str:
