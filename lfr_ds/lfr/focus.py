@@ -30,14 +30,12 @@ from lfr_ds.errors import UserError
 from lfr_ds.lfr.cluster import hierarchical_clusters
 from lfr_ds.lfr.loss_table import LossTable
 from lfr_ds.lfr.schedule import Phase
-from lfr_ds.lfr.select import draw_order, focus_keep_mask
+from lfr_ds.lfr.select import block_slices, cluster_sums, draw_order, focus_keep_mask
 
 if TYPE_CHECKING:
     from lfr_ds.config import LFRConfig
 
 
-#: Blocks per slice in the per-block passes: slice temporaries stay a few MB even at 100M blocks.
-SLICE = 1 << 20
 #: Sketch dimensions kept for clustering (its top principal components): assigning 100M blocks to 256
 #: centroids costs N·256·d multiply-adds, so d stays small.
 SKETCH_COMPONENTS = 4
@@ -71,8 +69,8 @@ def block_features(table: LossTable, score: np.ndarray, trajectory: np.ndarray, 
     if components is not None:
         mean, basis = components
         row = 0
-        for start in range(0, len(eligible), SLICE):
-            rows = table.sketch[start : start + SLICE][eligible[start : start + SLICE]].astype(np.float32)
+        for sl in block_slices(len(eligible)):
+            rows = table.sketch[sl][eligible[sl]].astype(np.float32)
             x[row : row + len(rows), 1 + has_traj :] = (rows - mean) @ basis
             row += len(rows)
     # Mean and spread from a strided sample: standardising only sets the features' relative scale, and
@@ -96,17 +94,6 @@ def _sketch_components(sketch: np.ndarray, eligible: np.ndarray) -> tuple[np.nda
     return mean.astype(np.float32), vt[:SKETCH_COMPONENTS].T.astype(np.float32)
 
 
-def cluster_sums(labels: np.ndarray, values: np.ndarray | None, mask: np.ndarray, n_clusters: int) -> np.ndarray:
-    """Per cluster, the count (``values=None``) or float64 sum of ``values`` over the blocks in ``mask``;
-    in slices, since ``np.bincount`` would make a float64 copy of whole-length weights."""
-    out = np.zeros(n_clusters)
-    for s in range(0, len(labels), SLICE):
-        m = mask[s : s + SLICE]
-        w = None if values is None else values[s : s + SLICE][m]
-        out += np.bincount(labels[s : s + SLICE][m], weights=w, minlength=n_clusters)
-    return out
-
-
 def focus_order(
     table: LossTable, phase: Phase, *, length: int, seed: list[int], block_source: np.ndarray, sources: list[str],
     options: LFRConfig,
@@ -124,10 +111,12 @@ def focus_order(
                                              n_centroids=min(options.centroids, n_eligible))
     del features
     n_clusters = int(labels.max()) + 1
+    stride = max(1, n_eligible // 1_000_000)  # medians and deciles from at most ~1M blocks
+    sample = score[eligible][::stride].copy()  # a copy: a view would pin the whole gathered column
     unseen = ~eligible
     if unseen.any():  # never-seen blocks: their own cluster, neutral difficulty, always kept
         labels[unseen] = n_clusters
-        score[unseen] = np.median(score[eligible][:: max(1, n_eligible // 1_000_000)])
+        score[unseen] = np.median(sample)
         n_clusters += 1
     del unseen
 
@@ -147,10 +136,9 @@ def focus_order(
     dropped = np.maximum(sizes - kept_per_cluster, 0)  # never-seen blocks: not eligible, all kept
     seen_by_source = np.bincount(block_source[eligible], minlength=len(sources))
     dropped_by_source = np.bincount(block_source[eligible & ~keep], minlength=len(sources))
-    sample = score[eligible][:: max(1, n_eligible // 1_000_000)]  # deciles from at most ~1M blocks
     edges = np.quantile(sample, np.linspace(0, 1, 11))
     decile = np.clip(np.searchsorted(edges, sample, side="right") - 1, 0, 9)
-    kept_sample = keep[eligible][:: max(1, n_eligible // 1_000_000)]
+    kept_sample = keep[eligible][::stride].copy()
     decile_dropped = np.bincount(decile, weights=~kept_sample, minlength=10) / np.maximum(np.bincount(decile, minlength=10), 1)
     fields = {
         "kept": int(keep.sum()),
@@ -184,7 +172,6 @@ def focus_order(
     del score
     block_weight -= np.float32(top)
     block_weight /= np.float32(options.temperature)
-    np.exp(block_weight, out=block_weight)
-    block_weight[~keep] = 0.0  # draw_order never reads dropped blocks; this only keeps the array finite
+    np.exp(block_weight, out=block_weight)  # dropped blocks' weights are never read by draw_order
     order = draw_order(keep, labels, block_weight, cluster_weight, length, seed=int(np.random.default_rng([*seed, 1]).integers(2**31)))
     return order, fields, keep

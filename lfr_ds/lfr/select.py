@@ -43,7 +43,7 @@ def focus_keep_mask(
     more than ``floor(max_cluster_drop · n_c)`` of its ``n_c`` eligible blocks. ``max_cluster_drop ==
     drop_fraction`` is per-cluster stratified dropping, ``1.0`` a plain global sort. If the caps leave
     fewer droppable blocks than the target, all of those are dropped: compare
-    ``cluster_drop_stats(...)[1].sum()`` with the target to log it.
+    the dropped count (:func:`cluster_sums` over eligible & ~keep) with the target to log it.
 
     ``"paper"``: rank clusters by the mean perplexity, ``exp(mean score)``, of their eligible blocks and
     drop whole clusters, easiest first; the cluster that crosses the target loses only its easiest
@@ -78,17 +78,14 @@ def focus_keep_mask(
     return keep
 
 
-def cluster_drop_stats(
-    labels: np.ndarray, eligible: np.ndarray, keep: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Per cluster: the number of eligible blocks, and how many of them ``keep`` drops (int64 each)."""
-    n_clusters = int(labels.max()) + 1
-    sizes = np.zeros(n_clusters, dtype=np.int64)
-    dropped = np.zeros(n_clusters, dtype=np.int64)
-    for sl in _slices(len(labels)):
-        sizes += np.bincount(labels[sl][eligible[sl]], minlength=n_clusters)
-        dropped += np.bincount(labels[sl][eligible[sl] & ~keep[sl]], minlength=n_clusters)
-    return sizes, dropped
+def cluster_sums(labels: np.ndarray, values: np.ndarray | None, mask: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Per cluster, the count (``values=None``) or float64 sum of ``values`` over the blocks in ``mask``;
+    in slices, since ``np.bincount`` would make a float64 copy of whole-length weights."""
+    out = np.zeros(n_clusters)
+    for sl in block_slices(len(labels)):
+        m = mask[sl]
+        out += np.bincount(labels[sl][m], weights=None if values is None else values[sl][m], minlength=n_clusters)
+    return out
 
 
 def draw_order(
@@ -131,7 +128,7 @@ def draw_order(
 
     count = np.zeros(k)
     total = np.zeros(k)
-    for sl in _slices(n):
+    for sl in block_slices(n):
         w = kept_weight(sl)
         if not (np.isfinite(w).all() and (w >= 0).all()):
             raise ValueError("block_weight must be finite and non-negative on kept blocks")
@@ -158,7 +155,7 @@ def draw_order(
     kept_ids = np.empty(m, dtype=dtype)
     cdf = np.empty(m)
     pos = 0
-    for sl in _slices(n):
+    for sl in block_slices(n):
         ids = np.flatnonzero(keep[sl])
         if not len(ids):
             continue
@@ -200,7 +197,8 @@ def perplexity_weights(score: np.ndarray, temperature: float = 1.0) -> np.ndarra
     return np.exp(w, out=w)
 
 
-def _slices(n: int) -> Iterator[slice]:
+def block_slices(n: int) -> Iterator[slice]:
+    """``[0, n)`` in slices of ``_SLICE`` blocks."""
     return (slice(s, min(s + _SLICE, n)) for s in range(0, n, _SLICE))
 
 
@@ -231,7 +229,7 @@ def _grouped_keys(
     narrow = np.uint16 if n_clusters <= 1 << 16 else labels.dtype
     sizes = np.zeros(n_clusters, dtype=np.int64)
     sums = np.zeros(n_clusters)
-    for sl in _slices(len(labels)):
+    for sl in block_slices(len(labels)):
         lab = labels[sl][eligible[sl]]
         s = score[sl][eligible[sl]]
         if not np.isfinite(s).all():
@@ -241,7 +239,7 @@ def _grouped_keys(
 
     keys = np.empty(int(sizes.sum()), dtype=np.uint64)
     cursor = np.cumsum(sizes) - sizes  # where each cluster's next key goes
-    for sl in _slices(len(labels)):
+    for sl in block_slices(len(labels)):
         ids = np.flatnonzero(eligible[sl]) + sl.start
         lab = labels[ids].astype(narrow)
         order = np.argsort(lab, kind="stable")
@@ -314,7 +312,7 @@ def _guide_table(cdf: np.ndarray) -> np.ndarray:
     floor is below j, for j = 0 .. len(cdf) + 1."""
     n = len(cdf)
     guide = np.zeros(n + 2, dtype=np.int32 if n < 2**31 - 2 else np.int64)  # int32 halves its memory
-    for sl in _slices(n):
+    for sl in block_slices(n):
         f = cdf[sl].astype(np.intp)  # floor, as cdf >= 0
         guide[f[0] + 1 : f[-1] + 2] += np.bincount(f - f[0])  # sorted, so a slice spans few buckets
     return np.cumsum(guide, out=guide)

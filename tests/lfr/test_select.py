@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from lfr_ds.errors import UserError
 from lfr_ds.lfr import select
-from lfr_ds.lfr.select import cluster_drop_stats, draw_order, focus_keep_mask, perplexity_weights
+from lfr_ds.lfr.select import cluster_sums, draw_order, focus_keep_mask, perplexity_weights
 
 
 @pytest.fixture(params=[1 << 20, 97], ids=["one-slice", "many-slices"])
@@ -43,10 +43,16 @@ def reference_capped(score, labels, eligible, drop_fraction, cap):
     return keep
 
 
+def drop_stats(labels, eligible, keep):
+    """Per cluster: eligible blocks, and how many of them ``keep`` drops."""
+    k = int(labels.max()) + 1
+    return cluster_sums(labels, None, eligible, k), cluster_sums(labels, None, eligible & ~keep, k)
+
+
 def test_cap_equal_to_drop_fraction_is_stratified(slice_size):
     score, labels, eligible = table()
     keep = focus_keep_mask(score, labels, 0.3, eligible=eligible, max_cluster_drop=0.3)
-    sizes, dropped = cluster_drop_stats(labels, eligible, keep)
+    sizes, dropped = drop_stats(labels, eligible, keep)
     assert (np.abs(dropped - 0.3 * sizes) <= 1).all()
     for c in range(len(sizes)):  # within a cluster, the dropped are the easiest
         mine = (labels == c) & eligible
@@ -65,7 +71,7 @@ def test_intermediate_cap_respects_caps_and_hits_target(slice_size):
     score, labels, eligible = table(seed=2)
     labels[score < -1] = 0  # make cluster 0 much easier, so the cap binds there
     keep = focus_keep_mask(score, labels, 0.5, eligible=eligible, max_cluster_drop=0.6)
-    sizes, dropped = cluster_drop_stats(labels, eligible, keep)
+    sizes, dropped = drop_stats(labels, eligible, keep)
     assert dropped.sum() == round(0.5 * eligible.sum())
     assert (dropped <= np.floor(0.6 * sizes)).all()
     assert dropped[0] == np.floor(0.6 * sizes[0])
@@ -121,7 +127,7 @@ def test_paper_drops_whole_easiest_clusters_first(slice_size):
     score = (rng.standard_normal(400) * 0.1 + np.array([3.0, 1.0, 4.0, 2.0])[labels]).astype(np.float32)
     eligible = np.ones(400, bool)
     keep = focus_keep_mask(score, labels, 0.375, eligible=eligible, policy="paper")  # 150 blocks
-    _, dropped = cluster_drop_stats(labels, eligible, keep)
+    _, dropped = drop_stats(labels, eligible, keep)
     assert dropped.tolist() == [0, 100, 0, 50]  # cluster 1 (mean 1) whole, then half of cluster 3 (mean 2)
     three = labels == 3
     assert score[three & ~keep].max() < score[three & keep].min()
