@@ -8,9 +8,12 @@ Output for ``--output-prefix P`` (format details in docs/data_format.md):
 - ``P.doc_source.npy``: int16/int32 source code of every document (index into ``meta["sources"]``).
 - ``P.meta.json``: tokenizer identity, counts per source, the ``.idx`` checksum and ``.bin`` size.
 
-Workers: the main process reads raw byte chunks in file order and N worker processes decode, parse and
-encode them; ``imap`` returns results in order, so the output is byte-identical for any N. Every file
-is written under a temp name and renamed only after all of them are complete (``P.meta.json`` last).
+Workers: the main process cuts the inputs into chunks in file order (byte ranges, decompressed blocks,
+parquet row groups; see reader.py) and N worker processes read, parse and encode them. Results are taken
+in submission order, so the output is byte-identical for any N and for any input format holding the same
+documents; at most 2N chunks are in flight, so memory is bounded by the chunk (or row group) size, not
+by the input. Every file is written under a temp name and renamed only after all of them are complete
+(``P.meta.json`` last).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import multiprocessing as mp
 import os
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -30,7 +33,16 @@ from tqdm import tqdm
 
 from lfr_ds import __version__, atomic
 from lfr_ds.data.dataset import sha256_file
-from lfr_ds.data.reader import DEFAULT_READ, Chunk, ReadOptions, check_inputs, iter_chunks, parse_chunk
+from lfr_ds.data.inputs import check_inputs
+from lfr_ds.data.reader import (
+    DEFAULT_READ,
+    Chunk,
+    ReadOptions,
+    add_read_arguments,
+    iter_chunks,
+    parse_chunk,
+    read_options,
+)
 from lfr_ds.data.tokenizer import Tokenizer
 from lfr_ds.errors import ArgumentParser, UserError, cli
 from lfr_ds.faults import crash_point
@@ -43,8 +55,10 @@ class EncodedChunk:
     tokens: np.ndarray  # all documents of the chunk back to back, each ending with <eod>
     lengths: np.ndarray  # int32 tokens per document
     sources: list[str | None]
+    path: str  # the input file the chunk came from
+    rows: int  # documents read, with those of no text
     skipped_empty: int
-    raw_bytes: int  # size of the input chunk, for the progress bar
+    disk_bytes: int  # input file bytes the chunk accounts for, for the progress bar
 
 
 # Per-worker state, set by _init_worker (a Pool cannot pass unpicklable sentencepiece objects per task).
@@ -66,7 +80,9 @@ def _encode_chunk(chunk: Chunk) -> EncodedChunk:
     for x, end, n in zip(ids, ends, lengths, strict=True):
         tokens[end - n : end - 1] = x
         tokens[end - 1] = tok.eod
-    return EncodedChunk(tokens, lengths, [d.source for d in kept], len(docs) - len(kept), chunk.length or len(chunk.data))
+    return EncodedChunk(
+        tokens, lengths, [d.source for d in kept], chunk.path, len(docs), len(docs) - len(kept), chunk.disk_bytes
+    )
 
 
 def _encoded_chunks(
@@ -81,7 +97,14 @@ def _encoded_chunks(
     # loaded torch: a child only parses JSON and runs sentencepiece single-threaded, never OpenMP.
     ctx = mp.get_context("fork")
     with ctx.Pool(workers, initializer=_init_worker, initargs=(model_path, opts, dtype)) as pool:
-        yield from pool.imap(_encode_chunk, chunks)
+        # Not imap: its feeder thread would read (and decompress) the whole input ahead of the workers.
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append(pool.apply_async(_encode_chunk, (chunk,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
 
 
 def preprocess(
@@ -92,11 +115,13 @@ def preprocess(
     opts: ReadOptions = DEFAULT_READ,
     workers: int = 1,
     progress: bool = True,
+    split: str | None = None,
 ) -> dict:
-    """Build ``output_prefix.{bin,idx,doc_source.npy,meta.json}`` from ``inputs``; returns the meta dict."""
+    """Build ``output_prefix.{bin,idx,doc_source.npy,meta.json}`` from ``inputs`` (files, directories,
+    globs; ``split`` picks a split of directories and globs); returns the meta dict."""
     from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
-    check_inputs(inputs)
+    inputs = check_inputs(inputs, split)
     out_dir = os.path.dirname(os.path.abspath(output_prefix))
     if not os.path.isdir(out_dir):
         raise UserError(
@@ -115,10 +140,11 @@ def preprocess(
     doc_source: list[np.ndarray] = []
     doc_counts: Counter[str] = Counter()
     token_counts: Counter[str] = Counter()
+    file_rows: Counter[str] = Counter()
+    file_number = {p: i for i, p in enumerate(inputs, 1)}
     n_docs = n_tokens = n_empty = 0
-    total_bytes = None if any(p.endswith(".gz") for p in inputs) else sum(os.path.getsize(p) for p in inputs)
     bar = tqdm(
-        total=total_bytes,
+        total=sum(os.path.getsize(p) for p in inputs),
         unit="B",
         unit_scale=True,
         desc="preprocess",
@@ -152,10 +178,13 @@ def preprocess(
                 n_docs += len(enc.lengths)
                 n_tokens += int(enc.lengths.sum())
                 n_empty += enc.skipped_empty
-                bar.update(enc.raw_bytes)
+                file_rows[enc.path] += enc.rows
+                bar.update(enc.disk_bytes)
                 elapsed = max(time.time() - t0, 1e-9)
                 bar.set_postfix_str(
-                    f"{n_docs / elapsed:,.0f} docs/s, {n_tokens / elapsed:,.0f} tok/s", refresh=False
+                    f"file {file_number[enc.path]}/{len(inputs)}, {file_rows.total():,} rows, "
+                    f"{n_tokens / elapsed:,.0f} tok/s",
+                    refresh=False,
                 )
         finally:
             builder.data_file.close()
@@ -172,7 +201,9 @@ def preprocess(
         meta = {
             "format": "lfr-ds-dataset/1",
             "created_by": f"lfr-ds {__version__}",
-            "inputs": [os.path.abspath(p) for p in inputs],
+            "inputs": [
+                {"path": os.path.abspath(p), "bytes": os.path.getsize(p), "rows": file_rows[p]} for p in inputs
+            ],
             "json_key": opts.json_key,
             "tokenizer": tok.identity(),
             "dtype": dtype.name,
@@ -198,10 +229,10 @@ def preprocess(
 def main(argv: Sequence[str] | None = None) -> int:
     p = ArgumentParser(
         prog="lfr-preprocess",
-        description="Tokenize .jsonl/.jsonl.gz/.txt documents into a Megatron indexed dataset (.bin/.idx) "
-        "plus the lfr-ds sidecar (.meta.json, .doc_source.npy).",
+        description="Tokenize documents (.jsonl, .txt, either plain, .gz or .zst, and .parquet) into a Megatron "
+        "indexed dataset (.bin/.idx) plus the lfr-ds sidecar (.meta.json, .doc_source.npy).",
     )
-    p.add_argument("inputs", nargs="+", help=".jsonl, .jsonl.gz or .txt files, read in the order given")
+    add_read_arguments(p, sources=True)
     p.add_argument(
         "--output-prefix",
         "-o",
@@ -209,16 +240,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="writes PREFIX.bin, PREFIX.idx, PREFIX.meta.json, PREFIX.doc_source.npy",
     )
     p.add_argument("--tokenizer", "-t", required=True, help="sentencepiece .model from lfr-train-tokenizer")
-    p.add_argument("--json-key", default="text", help="JSON field holding the text (default: text)")
-    p.add_argument(
-        "--source-key", default="source", help="JSON field holding the source label (default: source)"
-    )
-    p.add_argument(
-        "--txt-mode",
-        choices=("line", "paragraph"),
-        default="paragraph",
-        help="document unit in .txt files (default: paragraph)",
-    )
     p.add_argument(
         "--workers",
         "-j",
@@ -232,14 +253,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.inputs,
         args.output_prefix,
         args.tokenizer,
-        opts=ReadOptions(json_key=args.json_key, source_key=args.source_key, txt_mode=args.txt_mode),
+        opts=read_options(args),
         workers=args.workers,
         progress=not args.no_progress,
+        split=args.split,
     )
     secs = meta["seconds"]
     print(
         f"wrote {args.output_prefix}.{{bin,idx}}: {meta['num_documents']:,} documents, {meta['num_tokens']:,} tokens "
-        f"({meta['dtype']}), {len(meta['sources'])} sources, {secs:.1f}s ({meta['num_tokens'] / secs:,.0f} tok/s)",
+        f"({meta['dtype']}), {len(meta['sources'])} sources, {meta['skipped_empty_documents']:,} empty skipped, "
+        f"{len(meta['inputs'])} files, {secs:.1f}s ({meta['num_tokens'] / secs:,.0f} tok/s)",
         file=sys.stderr,
     )
     return 0

@@ -1,28 +1,50 @@
-"""Read raw documents from ``.jsonl``, ``.jsonl.gz`` and ``.txt`` files, in chunks for worker processes.
+"""Read raw documents from ``.jsonl``, ``.txt`` (plain, ``.gz`` or ``.zst``) and ``.parquet`` files, in chunks
+for worker processes.
 
 A document is one JSON line (its text under ``json_key``, its optional source label under
-``source_key``) or, for ``.txt``, one line or one blank-line-separated paragraph. Readers hand out
-*chunks* of raw bytes that end on a document boundary, tagged with the file and first line number,
-so workers can parse in parallel and still report ``file:line`` for bad input. Uncompressed files are
-handed out as byte ranges that the workers read themselves.
+``source_key``), one parquet row (the columns of those names), or, for ``.txt``, one line or one
+blank-line-separated paragraph. A null or empty text is a document without text: counted, then skipped.
+A UTF-8 byte-order mark at the start of a text file is dropped.
+
+The main process cuts files into *chunks* that end on a document boundary and workers parse them, so
+parsing runs in parallel and memory stays bounded by a chunk, whatever the file size:
+
+- plain files: byte ranges (the worker reads its range itself; line numbers for an error message are
+  counted only when one is needed);
+- compressed files: decompressed bytes, streamed, tagged with their first line number;
+- parquet: one row group (the worker reads only the text and source columns of it).
+
+Every decoding, decompression or format error raises a one-line :class:`UserError` naming ``file:line``
+(``file: row N`` for parquet, or the file alone for damage that has no line).
 """
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import json
-import mmap
 import os
 import re
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zstandard
+
+from lfr_ds.data.inputs import check_inputs
 from lfr_ds.errors import UserError
 
-SUFFIXES = (".jsonl", ".jsonl.gz", ".txt", ".txt.gz")
 #: Raw bytes per chunk handed to a worker: big enough to amortise IPC, small enough to balance load.
 CHUNK_BYTES = 1 << 20
+#: Compressed bytes read at a time from a .gz/.zst file.
+_READ_BYTES = 1 << 20
+_BOM = b"\xef\xbb\xbf"
 _BLANK_LINE = re.compile(rb"\n[ \t\r\f\v]*\n")
+_NEWLINE = re.compile(rb"\n")
+#: A JSON escape that may decode to a UTF-16 surrogate, which no UTF-8 text can hold.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
 
 
 @dataclass(frozen=True)
@@ -30,9 +52,9 @@ class ReadOptions:
     """How to split files into documents."""
 
     json_key: str = "text"
-    """JSON field holding a document's text."""
+    """JSON field (parquet column) holding a document's text."""
     source_key: str | None = "source"
-    """JSON field holding a document's source label (optional per line); ``None`` ignores sources."""
+    """JSON field (parquet column) holding a document's source label (optional); ``None`` ignores sources."""
     txt_mode: str = "paragraph"
     """For ``.txt``: ``line`` (one document a line) or ``paragraph`` (blank-line separated)."""
 
@@ -40,114 +62,245 @@ class ReadOptions:
 DEFAULT_READ = ReadOptions()
 
 
+def add_read_arguments(p: argparse.ArgumentParser, *, sources: bool) -> None:
+    """The input arguments every text-reading CLI shares: inputs, ``--split``, keys, ``--txt-mode``."""
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        help="input files (.jsonl, .txt, either plain, .gz or .zst, and .parquet), directories (read recursively "
+        "in sorted order) or globs, read in the order given",
+    )
+    p.add_argument(
+        "--split",
+        metavar="NAME",
+        help="read only this split (train, validation, test...) of directories and globs that hold several",
+    )
+    p.add_argument("--json-key", default="text", help="JSON field or parquet column of the text (default: text)")
+    if sources:
+        p.add_argument(
+            "--source-key", default="source", help="JSON field or parquet column of the source label (default: source)"
+        )
+    p.add_argument(
+        "--txt-mode",
+        choices=("line", "paragraph"),
+        default="paragraph",
+        help="document unit in .txt files (default: paragraph)",
+    )
+
+
+def read_options(args: argparse.Namespace) -> ReadOptions:
+    return ReadOptions(json_key=args.json_key, source_key=getattr(args, "source_key", None), txt_mode=args.txt_mode)
+
+
 @dataclass(frozen=True)
-class Chunk:
-    """Whole documents: a byte range of an uncompressed file (read by the worker, so the main process
-    neither reads nor pickles the text), or, for gzip input, the decompressed bytes themselves."""
+class ByteRange:
+    """Whole documents of an uncompressed file, read by the worker (the main process neither reads nor
+    pickles the text)."""
 
     path: str
-    first_line: int
-    offset: int = 0
-    length: int = 0
-    data: bytes | None = None
+    offset: int
+    length: int
+
+    @property
+    def disk_bytes(self) -> int:
+        return self.length
 
     def read(self) -> bytes:
-        if self.data is not None:
-            return self.data
         with open(self.path, "rb") as f:
             f.seek(self.offset)
             return f.read(self.length)
+
+    def line(self, i: int) -> int:
+        """File line number of the chunk's line ``i``: counted from the start only for an error message."""
+        before, pos = 0, 0
+        with open(self.path, "rb") as f:
+            while pos < self.offset:
+                block = f.read(min(_READ_BYTES, self.offset - pos))
+                before += block.count(b"\n")
+                pos += len(block)
+        return before + 1 + i
+
+
+@dataclass(frozen=True)
+class Decompressed:
+    """Whole documents of a compressed file, decompressed by the main process."""
+
+    path: str
+    first_line: int
+    data: bytes
+    disk_bytes: int
+    """Compressed bytes this chunk accounts for (progress)."""
+
+    def read(self) -> bytes:
+        return self.data
+
+    def line(self, i: int) -> int:
+        return self.first_line + i
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    """One row group of a parquet file, read by the worker."""
+
+    path: str
+    index: int
+    first_row: int
+    disk_bytes: int
+
+
+Chunk = ByteRange | Decompressed | RowGroup
 
 
 @dataclass
 class Document:
     text: str
+    """Empty for a null or empty text: such documents are counted, not tokenized."""
     source: str | None
 
 
-def check_inputs(paths: list[str]) -> list[str]:
-    """Validate input paths up front: they exist, are files, have a known suffix and are not empty."""
-    if not paths:
-        raise UserError("no input files given; pass one or more .jsonl, .jsonl.gz or .txt files")
-    for p in paths:
-        if not os.path.exists(p):
-            raise UserError(f"{p}: input file does not exist; check the path")
-        if not os.path.isfile(p):
-            raise UserError(f"{p}: input is not a regular file; pass .jsonl, .jsonl.gz or .txt files")
-        if not p.endswith(SUFFIXES):
-            raise UserError(f"{p}: unknown input type; use one of {', '.join(SUFFIXES)}")
-        if os.path.getsize(p) == 0:
-            raise UserError(f"{p}: input file is empty; give it at least one document")
-    return paths
-
-
 def iter_chunks(paths: list[str], opts: ReadOptions, chunk_bytes: int = CHUNK_BYTES) -> Iterator[Chunk]:
-    """Yield chunks of whole documents, in file order, so the concatenated output is deterministic."""
+    """Yield chunks of whole documents of the files ``paths``, in order, so the output is deterministic."""
     for path in paths:
-        if path.endswith(".gz"):
-            yield from _gzip_chunks(path, opts, chunk_bytes)
+        if path.endswith(".parquet"):
+            yield from _row_groups(path, opts)
+        elif path.endswith((".gz", ".zst")):
+            yield from _decompressed_chunks(path, opts, chunk_bytes)
         else:
             yield from _range_chunks(path, opts, chunk_bytes)
 
 
-def _boundary(mm: mmap.mmap, start: int, paragraphs: bool) -> int:
-    """First document boundary at or after ``start``: just past a newline (a blank line for paragraphs)."""
-    if not paragraphs:
-        nl = mm.find(b"\n", start)
-        return len(mm) if nl < 0 else nl + 1
-    m = _BLANK_LINE.search(mm, start)
-    return len(mm) if m is None else m.end()
+def parse_chunk(chunk: Chunk, opts: ReadOptions) -> list[Document]:
+    """Decode a chunk into documents; bad input raises a ``UserError`` naming ``file:line``."""
+    if isinstance(chunk, RowGroup):
+        return _parquet_documents(chunk, opts)
+    return _text_documents(chunk, opts)
 
 
-def _range_chunks(path: str, opts: ReadOptions, chunk_bytes: int) -> Iterator[Chunk]:
-    paragraphs = _is_txt(path) and opts.txt_mode == "paragraph"
-    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
-        start, line = 0, 1
-        while start < len(mm):
-            end = _boundary(mm, min(start + chunk_bytes, len(mm)) - 1, paragraphs) if start + chunk_bytes < len(mm) else len(mm)
-            yield Chunk(path, line, start, end - start)
-            line += mm[start:end].count(b"\n")
+def iter_documents(paths: list[str], opts: ReadOptions, split: str | None = None) -> Iterator[Document]:
+    """All documents of the inputs ``paths`` (files, directories, globs) in order, in this process."""
+    for chunk in iter_chunks(check_inputs(paths, split), opts):
+        yield from parse_chunk(chunk, opts)
+
+
+# ---- text files -----------------------------------------------------------------------------------
+
+
+def _is_txt(path: str) -> bool:
+    return path.endswith((".txt", ".txt.gz", ".txt.zst"))
+
+
+def _separator(path: str, opts: ReadOptions) -> re.Pattern[bytes]:
+    """What may end a chunk: a newline, or for paragraphs a blank line (a chunk never splits a document)."""
+    return _BLANK_LINE if _is_txt(path) and opts.txt_mode == "paragraph" else _NEWLINE
+
+
+def _range_chunks(path: str, opts: ReadOptions, chunk_bytes: int) -> Iterator[ByteRange]:
+    sep = _separator(path, opts)
+    size = os.path.getsize(path)
+    with open(path, "rb") as f:
+        start = len(_BOM) if f.read(len(_BOM)) == _BOM else 0
+        while start < size:
+            end = size if start + chunk_bytes >= size else _next_boundary(f, start + chunk_bytes - 1, sep, size)
+            yield ByteRange(path, start, end - start)
             start = end
 
 
-def _gzip_chunks(path: str, opts: ReadOptions, chunk_bytes: int) -> Iterator[Chunk]:
-    paragraphs = _is_txt(path) and opts.txt_mode == "paragraph"
-    lines: list[bytes] = []
-    size, first, lineno = 0, 1, 0
-    with gzip.open(path, "rb") as f:
-        for raw in f:
-            lineno += 1
-            lines.append(raw)
-            size += len(raw)
-            # A paragraph may only be cut at a blank line, so a chunk never splits a document.
-            if size >= chunk_bytes and (not paragraphs or not raw.strip()):
-                yield Chunk(path, first, data=b"".join(lines))
-                lines, size, first = [], 0, lineno + 1
-    if lines:
-        yield Chunk(path, first, data=b"".join(lines))
+def _next_boundary(f, pos: int, sep: re.Pattern[bytes], size: int) -> int:
+    """Offset just past the first ``sep`` at or after ``pos`` (or the file's end), reading only what it needs."""
+    f.seek(pos)
+    buf, base = b"", pos
+    while True:
+        block = f.read(1 << 16)
+        if not block:
+            return size
+        # Keep from the last newline on: a separator that straddles two blocks starts there.
+        keep = buf.rfind(b"\n")
+        if keep > 0:
+            buf, base = buf[keep:], base + keep
+        elif keep < 0:
+            buf, base = b"", base + len(buf)
+        buf += block
+        m = sep.search(buf)
+        if m:
+            return base + m.end()
 
 
-def parse_chunk(chunk: Chunk, opts: ReadOptions) -> list[Document]:
-    """Decode a chunk into documents; bad bytes or JSON raise a ``UserError`` naming ``file:line``."""
+def _decompressed_chunks(path: str, opts: ReadOptions, chunk_bytes: int) -> Iterator[Decompressed]:
+    sep = _separator(path, opts)
+    pending, line, disk = b"", 1, 0
+    for i, (data, consumed) in enumerate(_decompress(path)):
+        pending += data[len(_BOM) :] if i == 0 and data.startswith(_BOM) else data
+        disk += consumed
+        if len(pending) < chunk_bytes:
+            continue
+        cut = pending.rfind(b"\n") + 1 if sep is _NEWLINE else max((m.end() for m in sep.finditer(pending)), default=0)
+        if cut:
+            yield Decompressed(path, line, pending[:cut], disk)
+            line += pending.count(b"\n", 0, cut)
+            pending, disk = pending[cut:], 0
+    if pending or disk:
+        yield Decompressed(path, line, pending, disk)
+
+
+def _decompress(path: str) -> Iterator[tuple[bytes, int]]:
+    """(decompressed bytes, compressed bytes consumed) blocks of a .gz or .zst file; damage, including a
+    file that ends early, is a one-line error naming the file."""
+    kind = "gzip" if path.endswith(".gz") else "zstd"
+    try:
+        with open(path, "rb") as raw:
+            blocks = _gunzip(raw) if kind == "gzip" else _unzstd(raw)
+            yield from blocks
+    except (EOFError, gzip.BadGzipFile, zlib.error, zstandard.ZstdError) as e:
+        what = "ends early" if isinstance(e, EOFError) else f"is not valid {kind} data ({e})"
+        raise UserError(f"{path}: the compressed stream {what}; the file is truncated or damaged: copy it again") from None
+
+
+def _gunzip(raw) -> Iterator[tuple[bytes, int]]:
+    with gzip.GzipFile(fileobj=raw) as gz:
+        pos = 0
+        while data := gz.read(CHUNK_BYTES):
+            yield data, raw.tell() - pos
+            pos = raw.tell()
+
+
+def _unzstd(raw) -> Iterator[tuple[bytes, int]]:
+    # zstandard's stream reader returns a truncated frame's data without complaint; a decompressor object
+    # per frame tells whether the last one was finished (``eof``).
+    dctx = zstandard.ZstdDecompressor()
+    dobj, started, pos = dctx.decompressobj(), False, 0
+    while block := raw.read(_READ_BYTES):
+        out = []
+        while block:
+            out.append(dobj.decompress(block))
+            started = True
+            block = dobj.unused_data if dobj.eof else b""
+            if dobj.eof:
+                dobj, started = dctx.decompressobj(), False
+        yield b"".join(out), raw.tell() - pos
+        pos = raw.tell()
+    if started and not dobj.eof:
+        raise EOFError
+
+
+def _text_documents(chunk: ByteRange | Decompressed, opts: ReadOptions) -> list[Document]:
     docs: list[Document] = []
     txt = _is_txt(chunk.path)
     paragraph: list[str] = []
-    # Split on b"\n" only, exactly as the file iterator in iter_chunks did, so line numbers agree.
+    # Split on b"\n" only, as chunks are cut, so line numbers agree.
     raw_lines = chunk.read().split(b"\n")
     if raw_lines and raw_lines[-1] == b"":
         raw_lines.pop()
     for i, raw in enumerate(raw_lines):
-        lineno = chunk.first_line + i
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as e:
             raise UserError(
-                f"{chunk.path}:{lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
+                f"{chunk.path}:{chunk.line(i)}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
                 "re-encode the file as UTF-8"
             ) from None
         if not txt:
             if line.strip():
-                docs.append(_parse_json_line(line, chunk.path, lineno, opts))
+                docs.append(_parse_json_line(line, chunk, i, opts))
         elif opts.txt_mode == "line":
             text = line.rstrip("\r")
             if text.strip():
@@ -162,31 +315,111 @@ def parse_chunk(chunk: Chunk, opts: ReadOptions) -> list[Document]:
     return docs
 
 
-def iter_documents(paths: list[str], opts: ReadOptions) -> Iterator[Document]:
-    """All documents of ``paths`` in order (single process)."""
-    for chunk in iter_chunks(paths, opts):
-        yield from parse_chunk(chunk, opts)
-
-
-def _is_txt(path: str) -> bool:
-    return path.endswith((".txt", ".txt.gz"))
-
-
-def _parse_json_line(line: str, path: str, lineno: int, opts: ReadOptions) -> Document:
+def _parse_json_line(line: str, chunk: ByteRange | Decompressed, i: int, opts: ReadOptions) -> Document:
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as e:
         raise UserError(
-            f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}); fix or remove the line"
+            f"{chunk.path}:{chunk.line(i)}: not valid JSON ({e.msg} at column {e.colno}); fix or remove the line"
         ) from None
+    except (ValueError, RecursionError) as e:  # an integer of over 4,300 digits; nesting beyond the stack
+        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
+        raise UserError(f"{chunk.path}:{chunk.line(i)}: not valid JSON ({reason}); fix or remove the line") from None
     if not isinstance(obj, dict) or opts.json_key not in obj:
         raise UserError(
-            f"{path}:{lineno}: JSON line has no {opts.json_key!r} key; pass --json-key with the text field's name"
+            f"{chunk.path}:{chunk.line(i)}: JSON line has no {opts.json_key!r} key; "
+            "pass --json-key with the text field's name"
         )
     text = obj[opts.json_key]
-    if not isinstance(text, str):
+    if text is not None and not isinstance(text, str):
         raise UserError(
-            f"{path}:{lineno}: {opts.json_key!r} is not a string; each document's text must be a string"
+            f"{chunk.path}:{chunk.line(i)}: {opts.json_key!r} is not a string; each document's text must be a string"
         )
     source = obj.get(opts.source_key) if opts.source_key else None
-    return Document(text, None if source is None else str(source))
+    doc = Document(text or "", None if source is None else str(source))
+    if _SURROGATE_ESCAPE.search(line):
+        for value in (doc.text, doc.source or ""):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise UserError(
+                    f"{chunk.path}:{chunk.line(i)}: the escape \\u{ord(value[e.start]):04x} is half of a UTF-16 "
+                    "surrogate pair, which UTF-8 text cannot hold; fix or remove the line"
+                ) from None
+    return doc
+
+
+# ---- parquet --------------------------------------------------------------------------------------
+
+
+def _open_parquet(path: str) -> pq.ParquetFile:
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"{path}: not a readable parquet file ({e}); the file is truncated or damaged: copy it again") from None
+
+
+def _row_groups(path: str, opts: ReadOptions) -> Iterator[RowGroup]:
+    pf = _open_parquet(path)
+    with pf:
+        schema = pf.schema_arrow
+        if opts.json_key not in schema.names:
+            raise UserError(
+                f"{path}: no column {opts.json_key!r} (columns: {', '.join(schema.names)}); "
+                "pass --json-key with the text column's name"
+            )
+        kind = schema.field(opts.json_key).type
+        if pa.types.is_dictionary(kind):
+            kind = kind.value_type
+        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
+            raise UserError(
+                f"{path}: column {opts.json_key!r} holds {kind}, not strings; pass --json-key with the text column's name"
+            )
+        meta = pf.metadata
+        size, total, row = os.path.getsize(path), max(meta.num_rows, 1), 0
+        for g in range(meta.num_row_groups):
+            n = meta.row_group(g).num_rows
+            # Progress: the file's bytes shared out by rows, so the groups of a file add up to its size.
+            yield RowGroup(path, g, row + 1, (row + n) * size // total - row * size // total)
+            row += n
+
+
+#: The parquet file a worker read last: consecutive row groups usually come from the same file.
+_open_file: dict[str, pq.ParquetFile] = {}
+
+
+def _parquet_documents(chunk: RowGroup, opts: ReadOptions) -> list[Document]:
+    if chunk.path not in _open_file:
+        for old in _open_file.values():
+            old.close()
+        _open_file.clear()
+        _open_file[chunk.path] = _open_parquet(chunk.path)
+    pf = _open_file[chunk.path]
+    columns = [opts.json_key]
+    if opts.source_key and opts.source_key != opts.json_key and opts.source_key in pf.schema_arrow.names:
+        columns.append(opts.source_key)
+    try:
+        table = pf.read_row_group(chunk.index, columns=columns)
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(
+            f"{chunk.path}: row group {chunk.index} is unreadable ({e}); the file is truncated or damaged: copy it again"
+        ) from None
+    texts = _pylist(table.column(0), chunk)
+    sources = _pylist(table.column(1), chunk) if len(columns) > 1 else [None] * len(texts)
+    return [Document(t or "", None if s is None else str(s)) for t, s in zip(texts, sources, strict=True)]
+
+
+def _pylist(column: pa.ChunkedArray, chunk: RowGroup) -> list:
+    try:
+        return column.to_pylist()
+    except UnicodeDecodeError:
+        # Arrow does not check string data on read; find the row for the message.
+        for i in range(len(column)):
+            try:
+                column[i].as_py()
+            except UnicodeDecodeError as e:
+                raise UserError(
+                    f"{chunk.path}: row {chunk.first_row + i}: not valid UTF-8 ({e.reason} at byte {e.start + 1}); "
+                    "rewrite the column as UTF-8"
+                ) from None
+        raise

@@ -23,7 +23,8 @@ from pathlib import Path
 import sentencepiece as spm
 
 from lfr_ds import atomic
-from lfr_ds.data.reader import DEFAULT_READ, ReadOptions, check_inputs, iter_documents
+from lfr_ds.data.inputs import check_inputs
+from lfr_ds.data.reader import DEFAULT_READ, ReadOptions, add_read_arguments, iter_documents, read_options
 from lfr_ds.errors import ArgumentParser, UserError, cli
 
 PAD_ID, UNK_ID, EOD_ID = 0, 1, 2
@@ -113,15 +114,17 @@ def train_tokenizer(
     opts: ReadOptions = DEFAULT_READ,
     max_docs: int | None = None,
     threads: int = os.cpu_count() or 1,
+    split: str | None = None,
 ) -> Tokenizer:
-    """Train a byte-fallback BPE model on ``inputs`` and write ``output`` (a ``.model`` file) atomically."""
-    check_inputs(inputs)
+    """Train a byte-fallback BPE model on ``inputs`` (files, directories, globs; ``split`` picks a split of
+    directories and globs) and write ``output`` (a ``.model`` file) atomically."""
+    inputs = check_inputs(inputs, split)
     _check_output(output)
     if not MIN_VOCAB < vocab_size < MAX_VOCAB:
         raise UserError(
             f"--vocab-size {vocab_size}: must be between {MIN_VOCAB + 1} (specials + 256 bytes) and {MAX_VOCAB - 1}"
         )
-    texts = [d.text for d in iter_documents(inputs, opts)]
+    texts = [d.text for d in iter_documents(inputs, opts) if d.text]
     if not texts:
         raise UserError(f"{', '.join(inputs)}: no documents found; the input holds no non-empty text")
     if max_docs is not None and len(texts) > max_docs:
@@ -173,13 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="lfr-train-tokenizer",
         description="Train a deterministic sentencepiece BPE tokenizer (byte fallback, <eod> id 2) on raw text.",
     )
-    p.add_argument("inputs", nargs="+", help=".jsonl, .jsonl.gz or .txt files")
+    add_read_arguments(p, sources=False)
     p.add_argument("--output", "-o", required=True, help="path of the .model file to write")
     p.add_argument("--vocab-size", type=int, default=8192, help="vocabulary size (default: 8192)")
-    p.add_argument("--json-key", default="text", help="JSON field holding the text (default: text)")
-    p.add_argument(
-        "--txt-mode", choices=("line", "paragraph"), default="paragraph", help="document unit in .txt files"
-    )
     p.add_argument(
         "--max-docs",
         type=int,
@@ -192,8 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.inputs,
         args.output,
         args.vocab_size,
-        opts=ReadOptions(json_key=args.json_key, source_key=None, txt_mode=args.txt_mode),
+        opts=read_options(args),
         max_docs=args.max_docs,
+        split=args.split,
     )
     print(
         f"wrote {args.output}: vocab {tok.vocab_size}, sha256 {tok.sha256[:12]}, {time.time() - t0:.1f}s",

@@ -48,7 +48,8 @@ def parse_args(argv: Sequence[str] | None):
         action="extend",
         default=[],
         metavar="PATH",
-        help="held-out text: .jsonl/.jsonl.gz/.txt (tokenized with the run's tokenizer) or a dataset prefix",
+        help="held-out text (any lfr-preprocess input: .jsonl, .txt, .gz, .zst, .parquet, a directory or glob; "
+        "tokenized with the run's tokenizer) or a dataset prefix",
     )
     p.add_argument(
         "--blimp",

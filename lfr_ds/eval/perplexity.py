@@ -12,7 +12,8 @@ Two kinds of held-out data:
   ``data.seed`` (:class:`~lfr_ds.data.blocks.BlockView`); with ``max_blocks`` a fixed, evenly spaced
   subset is scored. A block's tokens all count towards the source of its middle token
   (:attr:`~lfr_ds.data.blocks.BlockView.block_source`).
-* raw text (``.jsonl``, ``.jsonl.gz``, ``.txt``), tokenized on the fly with the run's tokenizer: the
+* raw text (any input lfr-preprocess reads: ``.jsonl``, ``.txt``, compressed or not, ``.parquet``, a
+  directory or a glob of them), tokenized on the fly with the run's tokenizer: the
   documents, in a seeded shuffle (files such as webmix's ``valid.jsonl`` are grouped by source, so a
   prefix of file order would be one source), are joined into one stream and cut every ``seq_length``
   tokens. The last, short block is padded and its padding masked, so every token but the stream's
@@ -24,6 +25,7 @@ Two kinds of held-out data:
 
 from __future__ import annotations
 
+import glob
 import math
 import os
 from collections.abc import Callable
@@ -33,7 +35,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from lfr_ds.data.reader import DEFAULT_READ, SUFFIXES, check_inputs, iter_documents
+from lfr_ds.data.inputs import SUFFIXES
+from lfr_ds.data.reader import DEFAULT_READ, iter_documents
 from lfr_ds.data.tokenizer import EOD_ID, PAD_ID, Tokenizer
 from lfr_ds.errors import UserError
 
@@ -57,7 +60,10 @@ class HeldOutSet:
 
 
 def is_raw_text(path: str) -> bool:
-    return path.endswith(SUFFIXES)
+    """Raw text (a file of a known type, a directory, a glob) rather than a dataset prefix."""
+    if os.path.exists(path + ".idx"):
+        return False
+    return path.endswith(SUFFIXES) or os.path.isdir(path) or glob.has_magic(path)
 
 
 def load_heldout(
@@ -106,7 +112,6 @@ def _dataset(path, seq_length, tokenizer, max_blocks, seed, rank, barrier) -> He
 
 
 def _raw_text(path, seq_length, tokenizer, max_blocks, seed) -> HeldOutSet:
-    check_inputs([path])
     docs = [d for d in iter_documents([path], DEFAULT_READ) if d.text]
     if not docs:
         raise UserError(f"{path}: no documents found; the file holds no non-empty text")
