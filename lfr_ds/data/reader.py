@@ -251,7 +251,7 @@ def _decompress(path: str) -> Iterator[tuple[bytes, int]]:
             blocks = _gunzip(raw) if kind == "gzip" else _unzstd(raw)
             yield from blocks
     except (EOFError, gzip.BadGzipFile, zlib.error, zstandard.ZstdError) as e:
-        what = "ends early" if isinstance(e, EOFError) else f"is not valid {kind} data ({e})"
+        what = "ends early" if isinstance(e, EOFError) else f"is not valid {kind} data ({_reason(e)})"
         raise UserError(f"{path}: the compressed stream {what}; the file is truncated or damaged: copy it again") from None
 
 
@@ -349,6 +349,11 @@ def _parse_json_line(line: str, chunk: ByteRange | Decompressed, i: int, opts: R
     return doc
 
 
+def _reason(e: Exception) -> str:
+    """A library's error text as one line (pyarrow's may span several)."""
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 # ---- parquet --------------------------------------------------------------------------------------
 
 
@@ -356,7 +361,7 @@ def _open_parquet(path: str) -> pq.ParquetFile:
     try:
         return pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as e:
-        raise UserError(f"{path}: not a readable parquet file ({e}); the file is truncated or damaged: copy it again") from None
+        raise UserError(f"{path}: not a readable parquet file ({_reason(e)}); the file is truncated or damaged: copy it again") from None
 
 
 def _row_groups(path: str, opts: ReadOptions) -> Iterator[RowGroup]:
@@ -402,7 +407,7 @@ def _parquet_documents(chunk: RowGroup, opts: ReadOptions) -> list[Document]:
         table = pf.read_row_group(chunk.index, columns=columns)
     except (pa.ArrowException, OSError) as e:
         raise UserError(
-            f"{chunk.path}: row group {chunk.index} is unreadable ({e}); the file is truncated or damaged: copy it again"
+            f"{chunk.path}: row group {chunk.index} is unreadable ({_reason(e)}); the file is truncated or damaged: copy it again"
         ) from None
     texts = _pylist(table.column(0), chunk)
     sources = _pylist(table.column(1), chunk) if len(columns) > 1 else [None] * len(texts)

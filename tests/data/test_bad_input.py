@@ -5,11 +5,19 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+from pathlib import Path
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import zstandard
 from clitools import assert_one_line_error
 
 from lfr_ds.data import inspect, preprocess, tokenizer
+from lfr_ds.data.tokenizer import Tokenizer
+from lfr_ds.errors import UserError
+from lfr_ds.eval.perplexity import load_heldout
 
 
 def _listing(path):
@@ -124,3 +132,85 @@ def test_sidecar_from_another_build(dataset_copy, tmp_path, run_cli, good_jsonl,
     preprocess.preprocess([str(good_jsonl)], str(tmp_path / "small"), str(webmix_tokenizer), progress=False)
     shutil.copy(tmp_path / "small.meta.json", str(dataset_copy) + ".meta.json")
     assert_one_line_error(run_cli(inspect.main, [dataset_copy]), "copy.meta.json", "checksum mismatch")
+
+
+# ---- damaged or unreadable input of every format (issues 12 and 14): one line, exit 2, nothing written ----
+
+_DOCS = b"".join(b'{"text": "document %d of a decent length", "source": "s"}\n' % i for i in range(400))
+
+
+def _cut(data: bytes) -> bytes:
+    return data[: len(data) * 2 // 3]
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, row_group_size=100)
+    return sink.getvalue().to_pybytes()
+
+
+def _bad_utf8_parquet() -> bytes:
+    offsets = pa.py_buffer(np.array([0, 2, 4], dtype=np.int32).tobytes())
+    return _parquet_bytes(pa.table({"text": pa.Array.from_buffers(pa.string(), 2, [None, offsets, pa.py_buffer(b"ok\xff\xfe")])}))
+
+
+_GOOD_PARQUET = _parquet_bytes(pa.table({"text": [f"row {i}" for i in range(400)], "url": ["u"] * 400}))
+
+#: name: (file name, content, needle in the message). A name ending in "/" is a directory of those files.
+DAMAGED = {
+    "gz-truncated": ("in.jsonl.gz", _cut(gzip.compress(_DOCS)), "in.jsonl.gz: the compressed stream ends early"),
+    "gz-corrupt": ("in.jsonl.gz", gzip.compress(_DOCS)[:30] + b"\x00" * 200, "in.jsonl.gz: the compressed stream is not valid gzip"),
+    "zst-truncated": ("in.jsonl.zst", _cut(zstandard.compress(_DOCS)), "in.jsonl.zst: the compressed stream ends early"),
+    "zst-not-zstd": ("in.jsonl.zst", _DOCS, "in.jsonl.zst: the compressed stream is not valid zstd"),
+    "parquet-truncated": ("in.parquet", _cut(_GOOD_PARQUET), "in.parquet: not a readable parquet file"),
+    "parquet-not-parquet": ("in.parquet", _DOCS, "in.parquet: not a readable parquet file"),
+    "parquet-no-text-column": ("in.parquet", _parquet_bytes(pa.table({"body": ["x"], "url": ["u"]})),
+                               "in.parquet: no column 'text' (columns: body, url)"),
+    "parquet-text-not-string": ("in.parquet", _parquet_bytes(pa.table({"text": [1, 2]})),
+                                "in.parquet: column 'text' holds int64, not strings"),
+    "parquet-not-utf8": ("in.parquet", _bad_utf8_parquet(), "in.parquet: row 2: not valid UTF-8"),
+    "jsonl-lone-surrogate": ("in.jsonl", b'{"text": "ok"}\n{"text": "a \\ud800 b"}\n',
+                             "in.jsonl:2: the escape \\ud800 is half of a UTF-16 surrogate pair"),
+    "jsonl-surrogate-source": ("in.jsonl", b'{"text": "ok", "source": "\\udfff"}\n', "in.jsonl:1: the escape \\udfff"),
+    "jsonl-nested-too-deep": ("in.jsonl", b'{"text": "ok", "x": ' + b"[" * 100_000 + b"}\n", "in.jsonl:1: not valid JSON (nested too deeply)"),
+    "jsonl-huge-integer": ("in.jsonl", b'{"text": "ok", "n": ' + b"7" * 5000 + b"}\n", "in.jsonl:1: not valid JSON (Exceeds the limit"),
+    "jsonl-text-a-number": ("in.jsonl", b'{"text": 3}\n', "in.jsonl:1: 'text' is not a string"),
+    "split-ambiguous": ("snap/", {"train-0.jsonl": _DOCS, "test-0.jsonl": _DOCS}, "holds the splits test, train; choose one with --split"),
+    "empty-directory": ("snap/", {}, "snap: directory holds no input files"),
+}
+
+
+def _write_damaged(tmp_path: Path, case: str) -> Path:
+    name, content, _ = DAMAGED[case]
+    if name.endswith("/"):
+        root = tmp_path / name
+        root.mkdir()
+        for fname, data in content.items():
+            (root / fname).write_bytes(data)
+        return root
+    (tmp_path / name).write_bytes(content)
+    return tmp_path / name
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGED))
+def test_damaged_input_of_every_format(case, tmp_path, run_cli, webmix_tokenizer):
+    src = _write_damaged(tmp_path, case)
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_cli(preprocess.main, [src, "-o", out / "ds", "-t", webmix_tokenizer, "--no-progress", "-j", "2"])
+    assert_one_line_error(result, DAMAGED[case][2])
+    assert result.code == 2 and not os.listdir(out)
+
+
+@pytest.mark.parametrize("case", ["jsonl-lone-surrogate", "zst-truncated", "parquet-no-text-column"])
+def test_damaged_input_to_the_tokenizer_trainer(case, tmp_path, run_cli):
+    src = _write_damaged(tmp_path, case)
+    result = run_cli(tokenizer.main, [src, "-o", tmp_path / "t.model", "--vocab-size", "300"])
+    assert_one_line_error(result, DAMAGED[case][2])
+    assert not list(tmp_path.glob("*t.model*"))
+
+
+def test_damaged_held_out_text_for_lfr_eval(tmp_path, webmix_tokenizer):
+    src = _write_damaged(tmp_path, "jsonl-lone-surrogate")
+    with pytest.raises(UserError, match=r"in.jsonl:2: the escape \\ud800"):
+        load_heldout(str(src), 64, tokenizer=Tokenizer(webmix_tokenizer))
