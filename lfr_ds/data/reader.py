@@ -357,17 +357,25 @@ def _reason(e: Exception) -> str:
 # ---- parquet --------------------------------------------------------------------------------------
 
 
-def _open_parquet(path: str) -> pq.ParquetFile:
+#: What pyarrow raises for a damaged file: its own errors, I/O errors, and ValueError (a footer whose
+#: column names are not UTF-8 raises UnicodeDecodeError).
+_PARQUET_ERRORS = (pa.ArrowException, OSError, ValueError)
+_TEXT_TYPES = (pa.types.is_string, pa.types.is_large_string, pa.types.is_string_view, pa.types.is_null)
+
+
+def _open_parquet(path: str) -> tuple[pq.ParquetFile, pa.Schema, list[int]]:
+    """The open file, its schema and the rows of each row group: all of the footer, read and checked."""
     try:
-        return pq.ParquetFile(path)
-    except (pa.ArrowException, OSError) as e:
+        pf = pq.ParquetFile(path)
+        meta = pf.metadata
+        return pf, pf.schema_arrow, [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
+    except _PARQUET_ERRORS as e:
         raise UserError(f"{path}: not a readable parquet file ({_reason(e)}); the file is truncated or damaged: copy it again") from None
 
 
 def _row_groups(path: str, opts: ReadOptions) -> Iterator[RowGroup]:
-    pf = _open_parquet(path)
+    pf, schema, group_rows = _open_parquet(path)
     with pf:
-        schema = pf.schema_arrow
         if opts.json_key not in schema.names:
             raise UserError(
                 f"{path}: no column {opts.json_key!r} (columns: {', '.join(schema.names)}); "
@@ -376,36 +384,38 @@ def _row_groups(path: str, opts: ReadOptions) -> Iterator[RowGroup]:
         kind = schema.field(opts.json_key).type
         if pa.types.is_dictionary(kind):
             kind = kind.value_type
-        if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)):
+        # A column of nulls only (type null) is one of empty documents, which are counted and skipped.
+        if not any(is_type(kind) for is_type in _TEXT_TYPES):
             raise UserError(
                 f"{path}: column {opts.json_key!r} holds {kind}, not strings; pass --json-key with the text column's name"
             )
-        meta = pf.metadata
-        size, total, row = os.path.getsize(path), max(meta.num_rows, 1), 0
-        for g in range(meta.num_row_groups):
-            n = meta.row_group(g).num_rows
+        size, total, row = os.path.getsize(path), max(sum(group_rows), 1), 0
+        for g, n in enumerate(group_rows):
             # Progress: the file's bytes shared out by rows, so the groups of a file add up to its size.
             yield RowGroup(path, g, row + 1, (row + n) * size // total - row * size // total)
             row += n
 
 
-#: The parquet file a worker read last: consecutive row groups usually come from the same file.
-_open_file: dict[str, pq.ParquetFile] = {}
+#: The parquet file a worker read last (consecutive row groups usually come from the same file), keyed by
+#: its path, size and mtime so that a file rewritten in place is opened afresh.
+_open_file: dict[tuple[str, int, int], tuple[pq.ParquetFile, pa.Schema]] = {}
 
 
 def _parquet_documents(chunk: RowGroup, opts: ReadOptions) -> list[Document]:
-    if chunk.path not in _open_file:
-        for old in _open_file.values():
+    st = os.stat(chunk.path)
+    key = (chunk.path, st.st_size, st.st_mtime_ns)
+    if key not in _open_file:
+        for old, _ in _open_file.values():
             old.close()
         _open_file.clear()
-        _open_file[chunk.path] = _open_parquet(chunk.path)
-    pf = _open_file[chunk.path]
+        _open_file[key] = _open_parquet(chunk.path)[:2]
+    pf, schema = _open_file[key]
     columns = [opts.json_key]
-    if opts.source_key and opts.source_key != opts.json_key and opts.source_key in pf.schema_arrow.names:
+    if opts.source_key and opts.source_key != opts.json_key and opts.source_key in schema.names:
         columns.append(opts.source_key)
     try:
         table = pf.read_row_group(chunk.index, columns=columns)
-    except (pa.ArrowException, OSError) as e:
+    except _PARQUET_ERRORS as e:
         raise UserError(
             f"{chunk.path}: row group {chunk.index} is unreadable ({_reason(e)}); the file is truncated or damaged: copy it again"
         ) from None
