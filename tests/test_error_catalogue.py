@@ -12,6 +12,7 @@ Crafted pickles are in test_untrusted_files.py.
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import shutil
@@ -21,7 +22,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+import zstandard
 from clitools import CliResult, assert_one_line_error
 
 from lfr_ds import train
@@ -139,6 +143,51 @@ def _zero2_checkpoint(c: Ctx) -> Path:
     return c.write("ck/step_00000005/lfr/state.json", json.dumps(state)).parents[1]
 
 
+# ---- input formats and decoding (issues 12 and 14: readers) ---------------------------------------
+_JSONL = b"".join(b'{"text": "document %d"}\n' % i for i in range(200))
+
+
+def _cut(data: bytes) -> bytes:
+    return data[: len(data) // 2]
+
+
+def _parquet(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, row_group_size=50)
+    return sink.getvalue().to_pybytes()
+
+
+def _two_splits(c: Ctx) -> Path:
+    c.write("snap/data/train-00000-of-00001.jsonl", _JSONL)
+    return c.write("snap/data/validation-00000-of-00001.jsonl", _JSONL).parents[1]
+
+
+def _preprocess_argv(make):
+    return lambda c: [make(c), "-o", c.tmp / "ds", "-t", c.tok, "--no-progress", "-j", "1"]
+
+
+# fmt: off
+#: lfr-preprocess given damaged or unreadable input of each format: (name, input builder, needles).
+_READER_CASES = [
+    ("truncated-gzip", lambda c: c.write("in.jsonl.gz", _cut(gzip.compress(_JSONL))), ["in.jsonl.gz: the compressed stream ends early"]),
+    ("truncated-zstd", lambda c: c.write("in.jsonl.zst", _cut(zstandard.compress(_JSONL))), ["in.jsonl.zst: the compressed stream ends early"]),
+    ("truncated-parquet", lambda c: c.write("in.parquet", _cut(_parquet(pa.table({"text": ["a"] * 200})))),
+     ["in.parquet: not a readable parquet file"]),
+    ("parquet-no-text-column", lambda c: c.write("in.parquet", _parquet(pa.table({"body": ["a"], "id": [1]}))),
+     ["in.parquet: no column 'text' (columns: body, id)", "--json-key"]),
+    ("parquet-text-not-string", lambda c: c.write("in.parquet", _parquet(pa.table({"text": [1.5]}))),
+     ["in.parquet: column 'text' holds double, not strings"]),
+    ("lone-surrogate", lambda c: c.write("in.jsonl", '{"text": "ok"}\n{"text": "a\\udc00"}\n'),
+     ["in.jsonl:2: the escape \\udc00 is half of a UTF-16 surrogate pair"]),
+    ("json-nested-too-deep", lambda c: c.write("in.jsonl", '{"text": ' + "[" * 100_000 + "\n"), ["in.jsonl:1: not valid JSON (nested too deeply)"]),
+    ("empty-directory", lambda c: c.write("corpus/.keep", "").parent, ["corpus: directory holds no input files"]),
+    ("glob-matches-nothing", lambda c: c.tmp / "shard-*.parquet", ["shard-*.parquet: the pattern matches no input files"]),
+    ("mixed-splits", _two_splits, ["snap: holds the splits train, validation; choose one with --split NAME"]),
+]
+# fmt: on
+# ---- end of the reader block
+
+
 #: (id, cli, argv builder, needles in the error line). A "!" after the CLI: run it as a real process.
 # fmt: off
 CASES = [
@@ -218,6 +267,15 @@ CASES = [
     ("index-no-manifest", "lfr-inspect-index", lambda c: [_index_without_manifest(c)], ["phase_000_random.json is missing"]),
     ("index-other-dataset", "lfr-inspect-index", lambda c: [c.index(dataset="f" * 64)], ["belongs to another dataset"]),
     ("index-outside-run", "lfr-inspect-index", lambda c: [_index_outside_run(c)], ["not inside a run directory", "--data"]),
+    # ---- input formats and decoding (issues 12 and 14: readers) -----------------------------------
+    *[(f"preprocess-{name}", "lfr-preprocess", _preprocess_argv(make), needles) for name, make, needles in _READER_CASES],
+    ("tokenizer-lone-surrogate", "lfr-train-tokenizer",
+     lambda c: [c.write("in.jsonl", '{"text": "ok"}\n{"text": "\\ud800"}\n'), "-o", c.tmp / "t.model"],
+     ["in.jsonl:2: the escape \\ud800 is half of a UTF-16 surrogate pair"]),
+    ("tokenizer-truncated-zstd", "lfr-train-tokenizer",
+     lambda c: [c.write("in.jsonl.zst", _cut(zstandard.compress(_JSONL))), "-o", c.tmp / "t.model"],
+     ["in.jsonl.zst: the compressed stream ends early"]),
+    # ---- end of the reader block
 ]
 # fmt: on
 
