@@ -11,8 +11,9 @@ for the largest worker. Progress goes to stderr; the last stdout line is one JSO
 - ``tokens_per_s_1`` / ``tokens_per_s_2`` / ``speedup``: .jsonl with 1 and 2 workers (target >= 1.6 on 2 cores);
 - ``parquet_tokens_per_s_1`` / ``_2``, ``parquet_vs_jsonl``: parquet's rate over jsonl's with 1 worker
   (target >= 0.9);
-- ``peak_rss_mb``: {format: {"1x" | "10x": [main, largest worker]}} with 2 workers: memory is bounded
-  when 10x stays level with 1x.
+- ``peak_rss_mb``: {format: {"1x" | "10x": [main, largest worker]}} with 2 workers, and
+  ``rss_after_imports_mb`` (the main process before it reads anything: torch and megatron-core): memory is
+  bounded when 10x stays level with 1x.
 
     .venv/bin/python bench/preprocess.py [--input ../shared/data/webmix/train.jsonl] [--repeats 2] [--scale 10]
 """
@@ -40,14 +41,23 @@ DEFAULT_INPUT = Path(__file__).resolve().parents[1].parent / "shared" / "data" /
 ROW_GROUP = 1000
 
 
+def peak_rss_mb() -> float:
+    """This process's peak RSS since it started. Not ``ru_maxrss``: Linux carries that across ``exec`` from
+    the parent, and the parent here holds the whole corpus in memory while writing the inputs."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+
+
 def measure_one(src: str, tok: str, workers: int, out: str) -> dict:
-    """One preprocessing run in this process: tokens/s and peak RSS (MB) of this process and its workers."""
+    """One preprocessing run in this process: tokens/s and peak RSS (MB) of this process and its workers
+    (forked from it, so they count the pages they share with it: torch and megatron-core's imports)."""
+    base = peak_rss_mb()
     t0 = time.perf_counter()
     meta = preprocess([src], out, tok, workers=workers, progress=False)
     rate = meta["num_tokens"] / (time.perf_counter() - t0)
-    main_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     worker_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 if workers > 1 else 0.0
-    return {"tokens_per_s": rate, "rss_mb": [round(main_mb), round(worker_mb)], "tokens": meta["num_tokens"]}
+    return {"tokens_per_s": rate, "rss_mb": [round(peak_rss_mb()), round(worker_mb)], "import_rss_mb": round(base),
+            "tokens": meta["num_tokens"]}
 
 
 def run(src: Path, tok: Path, workers: int, tmp: str) -> dict:
@@ -95,12 +105,17 @@ def main() -> None:
         paths = write_inputs(Path(args.input), Path(tmp), args.scale)
         rate: dict[tuple[str, int], float] = {}
         rss: dict[str, dict[str, list[int]]] = {"jsonl": {}, "parquet": {}}
-        for fmt in rss:
+        # Formats alternate within each repeat, so a busy spell on a shared machine hits both alike.
+        for _ in range(args.repeats):
             for workers in (1, 2):
-                runs = [run(paths[f"{fmt} 1x"], tok, workers, tmp) for _ in range(args.repeats)]
-                rate[fmt, workers] = max(r["tokens_per_s"] for r in runs)
-            rss[fmt]["1x"] = runs[-1]["rss_mb"]
-            rss[fmt][f"{args.scale}x"] = run(paths[f"{fmt} {args.scale}x"], tok, 2, tmp)["rss_mb"]
+                for fmt in rss:
+                    result = run(paths[f"{fmt} 1x"], tok, workers, tmp)
+                    rate[fmt, workers] = max(rate.get((fmt, workers), 0.0), result["tokens_per_s"])
+                    rss[fmt]["1x"] = result["rss_mb"]
+        for fmt in rss:
+            result = run(paths[f"{fmt} {args.scale}x"], tok, 2, tmp)
+            rss[fmt][f"{args.scale}x"] = result["rss_mb"]
+            after_imports = result["import_rss_mb"]
     print(
         json.dumps(
             {
@@ -111,6 +126,7 @@ def main() -> None:
                 "parquet_tokens_per_s_2": round(rate["parquet", 2]),
                 "parquet_vs_jsonl": round(rate["parquet", 1] / rate["jsonl", 1], 3),
                 "peak_rss_mb": rss,
+                "rss_after_imports_mb": after_imports,
             }
         )
     )

@@ -28,6 +28,7 @@ import re
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -282,6 +283,54 @@ def _unzstd(raw) -> Iterator[tuple[bytes, int]]:
         raise EOFError
 
 
+class BadLine(Exception):
+    """What is wrong with one line of a text file; the caller adds ``file:line`` to make it a ``UserError``."""
+
+
+def decode_line(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadLine(
+            f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); re-encode the file as UTF-8"
+        ) from None
+
+
+def load_json(line: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError as e:
+        raise BadLine(f"not valid JSON ({e.msg} at column {e.colno}); fix or remove the line") from None
+    except (ValueError, RecursionError) as e:  # an integer of over 4,300 digits; nesting beyond the stack
+        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
+        raise BadLine(f"not valid JSON ({reason}); fix or remove the line") from None
+
+
+def check_encodable(*values: str) -> None:
+    """JSON's ``\\ud800`` escapes decode to lone surrogates, which no UTF-8 text (nor sentencepiece) takes."""
+    for value in values:
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise BadLine(
+                f"the escape \\u{ord(value[e.start]):04x} is half of a UTF-16 surrogate pair, which UTF-8 text "
+                "cannot hold; fix or remove the line"
+            ) from None
+
+
+def json_lines(path: str) -> Iterator[tuple[int, Any]]:
+    """(line number, value) of each non-blank line of a small JSON-lines file (an evaluation task), read in
+    this process; a byte-order mark is dropped and a bad line is a ``UserError`` naming ``file:line``."""
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = decode_line(raw.removeprefix(_BOM) if lineno == 1 else raw)
+                if line.strip():
+                    yield lineno, load_json(line)
+            except BadLine as e:
+                raise UserError(f"{path}:{lineno}: {e}") from None
+
+
 def _text_documents(chunk: ByteRange | Decompressed, opts: ReadOptions) -> list[Document]:
     docs: list[Document] = []
     txt = _is_txt(chunk.path)
@@ -292,60 +341,37 @@ def _text_documents(chunk: ByteRange | Decompressed, opts: ReadOptions) -> list[
         raw_lines.pop()
     for i, raw in enumerate(raw_lines):
         try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            raise UserError(
-                f"{chunk.path}:{chunk.line(i)}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1}); "
-                "re-encode the file as UTF-8"
-            ) from None
-        if not txt:
-            if line.strip():
-                docs.append(_parse_json_line(line, chunk, i, opts))
-        elif opts.txt_mode == "line":
-            text = line.rstrip("\r")
-            if text.strip():
-                docs.append(Document(text, None))
-        elif line.strip():
-            paragraph.append(line.rstrip("\r"))
-        elif paragraph:
-            docs.append(Document("\n".join(paragraph), None))
-            paragraph = []
+            line = decode_line(raw)
+            if not txt:
+                if line.strip():
+                    docs.append(_json_document(line, opts))
+            elif opts.txt_mode == "line":
+                text = line.rstrip("\r")
+                if text.strip():
+                    docs.append(Document(text, None))
+            elif line.strip():
+                paragraph.append(line.rstrip("\r"))
+            elif paragraph:
+                docs.append(Document("\n".join(paragraph), None))
+                paragraph = []
+        except BadLine as e:
+            raise UserError(f"{chunk.path}:{chunk.line(i)}: {e}") from None
     if paragraph:
         docs.append(Document("\n".join(paragraph), None))
     return docs
 
 
-def _parse_json_line(line: str, chunk: ByteRange | Decompressed, i: int, opts: ReadOptions) -> Document:
-    try:
-        obj = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise UserError(
-            f"{chunk.path}:{chunk.line(i)}: not valid JSON ({e.msg} at column {e.colno}); fix or remove the line"
-        ) from None
-    except (ValueError, RecursionError) as e:  # an integer of over 4,300 digits; nesting beyond the stack
-        reason = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
-        raise UserError(f"{chunk.path}:{chunk.line(i)}: not valid JSON ({reason}); fix or remove the line") from None
+def _json_document(line: str, opts: ReadOptions) -> Document:
+    obj = load_json(line)
     if not isinstance(obj, dict) or opts.json_key not in obj:
-        raise UserError(
-            f"{chunk.path}:{chunk.line(i)}: JSON line has no {opts.json_key!r} key; "
-            "pass --json-key with the text field's name"
-        )
+        raise BadLine(f"JSON line has no {opts.json_key!r} key; pass --json-key with the text field's name")
     text = obj[opts.json_key]
     if text is not None and not isinstance(text, str):
-        raise UserError(
-            f"{chunk.path}:{chunk.line(i)}: {opts.json_key!r} is not a string; each document's text must be a string"
-        )
+        raise BadLine(f"{opts.json_key!r} is not a string; each document's text must be a string")
     source = obj.get(opts.source_key) if opts.source_key else None
     doc = Document(text or "", None if source is None else str(source))
-    if _SURROGATE_ESCAPE.search(line):
-        for value in (doc.text, doc.source or ""):
-            try:
-                value.encode("utf-8")
-            except UnicodeEncodeError as e:
-                raise UserError(
-                    f"{chunk.path}:{chunk.line(i)}: the escape \\u{ord(value[e.start]):04x} is half of a UTF-16 "
-                    "surrogate pair, which UTF-8 text cannot hold; fix or remove the line"
-                ) from None
+    if _SURROGATE_ESCAPE.search(line):  # the only way a decoded line can hold a surrogate
+        check_encodable(doc.text, doc.source or "")
     return doc
 
 

@@ -25,7 +25,6 @@ continuation longer than ``seq_length`` tokens has only its last ``seq_length`` 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lfr_ds.data.reader import BadLine, check_encodable, json_lines
 from lfr_ds.data.tokenizer import EOD_ID, PAD_ID, Tokenizer
 from lfr_ds.errors import UserError
 from lfr_ds.eval.perplexity import progress_bar
@@ -63,27 +63,17 @@ def read_jsonl(path: str | os.PathLike, fields: dict[str, type]) -> list[tuple[i
     if not os.path.isfile(path):
         raise UserError(f"{path}: file not found; check the path")
     rows = []
-    with open(path, encoding="utf-8", errors="strict") as f:
-        try:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(
-                        f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}); fix or remove the line"
-                    ) from None
-                for key, kind in fields.items():
-                    if not isinstance(row, dict) or key not in row:
-                        raise UserError(
-                            f"{path}:{lineno}: no {key!r} field; each line needs {', '.join(fields)}"
-                        )
-                    if not isinstance(row[key], kind) or isinstance(row[key], bool):
-                        raise UserError(f"{path}:{lineno}: {key!r} must be {_KINDS[kind]}")
-                rows.append((lineno, row))
-        except UnicodeDecodeError:
-            raise UserError(f"{path}: not valid UTF-8; re-encode the file as UTF-8") from None
+    for lineno, row in json_lines(path):
+        for key, kind in fields.items():
+            if not isinstance(row, dict) or key not in row:
+                raise UserError(f"{path}:{lineno}: no {key!r} field; each line needs {', '.join(fields)}")
+            if not isinstance(row[key], kind) or isinstance(row[key], bool):
+                raise UserError(f"{path}:{lineno}: {key!r} must be {_KINDS[kind]}")
+            try:
+                check_encodable(*[v for v in (row[key] if kind is list else [row[key]]) if isinstance(v, str)])
+            except BadLine as e:
+                raise UserError(f"{path}:{lineno}: {e}") from None
+        rows.append((lineno, row))
     if not rows:
         raise UserError(f"{path}: no examples found; the file is empty")
     return rows

@@ -18,6 +18,7 @@ from lfr_ds.data import inspect, preprocess, tokenizer
 from lfr_ds.data.tokenizer import Tokenizer
 from lfr_ds.errors import UserError
 from lfr_ds.eval.perplexity import load_heldout
+from lfr_ds.eval.zeroshot import load_lambada, load_mc
 
 
 def _listing(path):
@@ -214,3 +215,17 @@ def test_damaged_held_out_text_for_lfr_eval(tmp_path, webmix_tokenizer):
     src = _write_damaged(tmp_path, "jsonl-lone-surrogate")
     with pytest.raises(UserError, match=r"in.jsonl:2: the escape \\ud800"):
         load_heldout(str(src), 64, tokenizer=Tokenizer(webmix_tokenizer))
+
+
+def test_task_files_of_lfr_eval_decode_like_the_readers(tmp_path):
+    """BLiMP/LAMBADA/multiple-choice files: a BOM is read, bad bytes and lone surrogates name file:line."""
+    good = tmp_path / "bom.jsonl"
+    good.write_bytes(b"\xef\xbb\xbf" + b'{"context": "Q", "choices": [" a", " b"], "label": 1}\n')
+    assert load_mc(good)[0].label == 1
+    bad = tmp_path / "lambada.jsonl"
+    bad.write_bytes(b'{"text": "a fine passage"}\n{"text": "caf\xe9 word"}\n')
+    with pytest.raises(UserError, match=r"lambada.jsonl:2: not valid UTF-8 \(byte 0xe9 at column 14\)"):
+        load_lambada(bad)
+    bad.write_bytes(good.read_bytes() + b'{"context": "Q", "choices": [" a", " \\udc80"], "label": 0}\n')
+    with pytest.raises(UserError, match=r"lambada.jsonl:2: the escape \\udc80"):
+        load_mc(bad)
