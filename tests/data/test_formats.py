@@ -139,3 +139,10 @@ def test_inputs_that_name_no_files(tmp_path, make, needle):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match=needle):
         check_inputs([str(make(tmp_path))])
+
+
+def test_progress_bar_shows_files_rows_and_tokens_per_second(tmp_path, formats, webmix_tokenizer, capsys):
+    capsys.readouterr()
+    preprocess([str(formats["parquet shards"])], str(tmp_path / "p"), str(webmix_tokenizer), workers=1)
+    final = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
+    assert "file 3/3" in final and "2,400 rows" in final and "tok/s" in final, final
