@@ -448,7 +448,8 @@ def _parquet_documents(chunk: RowGroup, opts: ReadOptions) -> list[Document]:
     if opts.source_key and opts.source_key != opts.json_key and opts.source_key in schema.names:
         columns.append(opts.source_key)
     try:
-        table = pf.read_row_group(chunk.index, columns=columns)
+        # One thread, as for sentencepiece: parallelism comes from the worker processes.
+        table = pf.read_row_group(chunk.index, columns=columns, use_threads=False)
     except _PARQUET_ERRORS as e:
         raise UserError(
             f"{chunk.path}: row group {chunk.index} is unreadable ({_reason(e)}); the file is truncated or damaged: copy it again"
