@@ -57,6 +57,8 @@ def _check_file(p: str) -> None:
         raise UserError(f"{p}: unknown input type; use one of {', '.join(SUFFIXES)}")
     if os.path.getsize(p) == 0:
         raise UserError(f"{p}: input file is empty; give it at least one document")
+    if not os.access(p, os.R_OK):
+        raise UserError(f"{p}: input file is not readable (permission denied); check its permissions")
 
 
 def _walk(root: str) -> list[str]:
