@@ -225,7 +225,9 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
         yield StepRecord(step, phase.kind, loss, local.cpu().numpy(), rows)
 
         if evaluator.due(step, cfg.steps):
+            t_eval = timer()
             results = {"step": step, "tokens": step * G * seq, "phase": phase.index, **evaluator.run(engine)}
+            results["seconds"] = round(timer() - t_eval, 3)
             metrics.evaluation(results)
             if eval_log is not None:
                 eval_log.write(json.dumps(results) + "\n")
