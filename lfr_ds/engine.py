@@ -44,6 +44,55 @@ UNIVERSAL = ".universal"  # scratch space of an elastic resume, under checkpoint
 
 
 @dataclass(frozen=True)
+class LaunchEnv:
+    """The job geometry a launcher (deepspeed, torchrun) puts in the environment; one process without one."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+
+
+def launch_env() -> LaunchEnv:
+    """Read and check the launcher's environment before any process group exists, so a bad value is one
+    line naming the variable rather than a hang or a traceback from inside torch.distributed."""
+
+    def read(name: str, default: str, low: int, high: int) -> int:
+        text = os.environ.get(name, default)
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise UserError(
+                f"{name}={text!r}: must be an integer in [{low}, {high}]; it is set by the launcher "
+                "(deepspeed, torchrun): unset it to run one process"
+            )
+        return value
+
+    world_size = read("WORLD_SIZE", "1", 1, 2**20)
+    rank = read("RANK", "0", 0, world_size - 1)
+    devices = torch.cuda.device_count() if torch.cuda.is_available() else 2**20
+    local_rank = read("LOCAL_RANK", "0", 0, min(devices, world_size) - 1)
+    if "MASTER_PORT" in os.environ:
+        read("MASTER_PORT", "", 1, 65535)
+    return LaunchEnv(rank, world_size, local_rank)
+
+
+def import_deepspeed():
+    """DeepSpeed, imported with its accelerator named as torch sees this machine (``cuda`` or ``cpu``), so
+    that it neither guesses nor warns. A ``DS_ACCELERATOR`` the user set to anything else is refused:
+    DeepSpeed would fail on an unknown name at import, and on another device's name later."""
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    chosen = os.environ.setdefault("DS_ACCELERATOR", expected)
+    if chosen != expected:
+        hint = "hide the GPUs with CUDA_VISIBLE_DEVICES= to run on CPU" if expected == "cuda" else "unset it"
+        raise UserError(f"DS_ACCELERATOR={chosen!r}: lfr-ds runs on {expected} on this machine; {hint}")
+    import deepspeed
+
+    return deepspeed
+
+
+@dataclass(frozen=True)
 class DistInfo:
     rank: int
     world_size: int
@@ -57,12 +106,7 @@ def init_distributed(backend: str = "auto") -> DistInfo:
     Works under ``deepspeed`` (single- or multi-node, which also passes ``--local_rank``), ``torchrun`` and
     plain ``python`` (a one-process group on a free loopback port).
     """
-    if not torch.cuda.is_available():
-        os.environ.setdefault(
-            "DS_ACCELERATOR", "cpu"
-        )  # say it, rather than have DeepSpeed warn that it guessed
-    import deepspeed
-
+    deepspeed = import_deepspeed()
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     if "RANK" not in os.environ:
         with socket.socket() as s:
@@ -89,7 +133,15 @@ def init_distributed(backend: str = "auto") -> DistInfo:
     if cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend)
+        try:
+            deepspeed.init_distributed(dist_backend=backend)
+        except dist.DistError as e:  # the rendezvous: a wrong address, a port in use, a rank that never came
+            where = f"MASTER_ADDR={os.environ.get('MASTER_ADDR')} MASTER_PORT={os.environ.get('MASTER_PORT')}"
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(
+                f"{where}: torch.distributed could not start ({reason}); check the launcher's address and port, "
+                "and that every rank was started"
+            ) from None
     return DistInfo(
         dist.get_rank(),
         dist.get_world_size(),
@@ -107,7 +159,8 @@ def resolve_bf16(precision: str) -> bool:
 
 
 def build_ds_config(cfg: TrainConfig, world_size: int, bf16: bool) -> dict:
-    """The DeepSpeed config: the JSON file's ZeRO/communication settings plus what lfr-ds derives."""
+    """The DeepSpeed config: the JSON file's ZeRO/communication settings plus what lfr-ds derives,
+    checked by DeepSpeed's own validation. Needs no process group: call it before starting one."""
     path = cfg.engine.ds_config
     if path == "auto":
         path = str(
@@ -117,8 +170,14 @@ def build_ds_config(cfg: TrainConfig, world_size: int, bf16: bool) -> dict:
         raise UserError(f"engine.ds_config: {path} not found; point it at a DeepSpeed JSON or use auto")
     try:
         ds = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise UserError(f"engine.ds_config: {path} cannot be read ({e.strerror}); check its permissions") from None
     except ValueError as e:
         raise UserError(f"engine.ds_config: {path} is not valid JSON ({e})") from None
+    for section in ("", "zero_optimization", "bf16", "checkpoint"):
+        value = ds if not section else ds.get(section, {})
+        if not isinstance(value, dict):
+            raise UserError(f"engine.ds_config: {path}: {section or 'the top level'} must be a JSON object")
     for key in DERIVED_KEYS:
         if key in ds and ds[key] != "auto":
             raise UserError(
@@ -152,7 +211,28 @@ def build_ds_config(cfg: TrainConfig, world_size: int, bf16: bool) -> dict:
     ds["fp16"] = {"enabled": False}
     ds.setdefault("steps_per_print", 10**9)  # lfr-ds logs; keep DeepSpeed's own step log quiet
     ds.setdefault("checkpoint", {})["use_node_local_storage"] = not cfg.checkpoint.shared_fs
+    _check_with_deepspeed(ds, path)
     return ds
+
+
+def _check_with_deepspeed(ds: dict, path: str) -> None:
+    """Run DeepSpeed's config validation now, so a field it rejects is one line naming the file, not a
+    traceback from ``deepspeed.initialize`` after every rank has started."""
+    import_deepspeed()
+    from deepspeed.runtime.config import DeepSpeedConfig, DeepSpeedConfigError
+    from pydantic import ValidationError
+
+    # Without a process group DeepSpeed counts one rank, so it is shown one rank's share of the batch.
+    one_rank = {**ds, "train_batch_size": ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"]}
+    try:
+        DeepSpeedConfig(one_rank)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise UserError(f"engine.ds_config: {path}: {where}: {first['msg']}; fix or remove it") from None
+    except (DeepSpeedConfigError, ValueError, AssertionError, KeyError, TypeError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"engine.ds_config: {path}: DeepSpeed rejects it ({reason}); fix the file or use auto") from None
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -169,10 +249,10 @@ def lr_lambda(cfg: TrainConfig):
     return f
 
 
-def build_engine(model: torch.nn.Module, cfg: TrainConfig, world_size: int, bf16: bool):
-    """Wrap ``model`` in a DeepSpeed engine (ZeRO-2/3, AdamW, warmup + cosine LR)."""
-    import deepspeed
-
+def build_engine(model: torch.nn.Module, cfg: TrainConfig, ds_config: dict):
+    """Wrap ``model`` in a DeepSpeed engine (ZeRO-2/3, AdamW, warmup + cosine LR) configured by
+    ``ds_config`` (from :func:`build_ds_config`)."""
+    deepspeed = import_deepspeed()
     # GPT-2 / Megatron convention: no weight decay on biases and LayerNorm parameters.
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -181,7 +261,6 @@ def build_engine(model: torch.nn.Module, cfg: TrainConfig, world_size: int, bf16
         {"params": decay, "weight_decay": cfg.optim.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    ds_config = build_ds_config(cfg, world_size, bf16)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=groups,
