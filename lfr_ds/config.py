@@ -117,7 +117,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.preset is not None:
-            if self.preset not in PRESETS:
+            if not isinstance(self.preset, str) or self.preset not in PRESETS:
                 raise UserError(
                     f"model.preset: unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}"
                 )
@@ -147,7 +147,7 @@ class ModelConfig:
             )
         for key in ("hidden_dropout", "attention_dropout"):
             check_number(f"model.{key}", getattr(self, key), 0.0, 1.0, open_high=True)
-        check_number("model.init_method_std", self.init_method_std, 0.0, math.inf, open_low=True, open_high=True)
+        check_number("model.init_method_std", self.init_method_std, 0.0, 1.0, open_low=True)
         check_number("model.layernorm_epsilon", self.layernorm_epsilon, 0.0, 1.0, open_low=True)
         check_choice("model.attention_backend", self.attention_backend, ("auto", "sdpa", "te"))
         check_choice("model.fused_kernels", self.fused_kernels, ("auto", "on", "off"))
@@ -202,10 +202,11 @@ class OptimConfig:
     """Clip the global gradient norm to this; 0 = off."""
 
     def __post_init__(self) -> None:
-        check_number("optim.lr", self.lr, 0.0, math.inf, open_low=True, open_high=True)
+        # AdamW's decoupled decay scales weights by 1 - lr * weight_decay each step: past 1 they flip sign.
+        check_number("optim.lr", self.lr, 0.0, 1.0, open_low=True)
         check_number("optim.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
         check_int("optim.warmup_steps", self.warmup_steps, 0, MAX_COUNT)
-        check_number("optim.weight_decay", self.weight_decay, 0.0, math.inf, open_high=True)
+        check_number("optim.weight_decay", self.weight_decay, 0.0, 1.0)
         check_number("optim.beta1", self.beta1, 0.0, 1.0, open_high=True)
         check_number("optim.beta2", self.beta2, 0.0, 1.0, open_high=True)
         check_number("optim.eps", self.eps, 0.0, math.inf, open_low=True, open_high=True)
@@ -238,7 +239,7 @@ class EngineConfig:
         check_choice("engine.precision", self.precision, ("auto", "bf16", "fp32"))
         check_choice("engine.backend", self.backend, ("auto", "nccl", "gloo"))
         check_int("engine.global_batch_size", self.global_batch_size, 1, 2**24)
-        check_int("engine.micro_batch_size", self.micro_batch_size, 1, self.global_batch_size)
+        check_int("engine.micro_batch_size", self.micro_batch_size, 1, 2**24)
         if self.global_batch_size % self.micro_batch_size:
             raise UserError(
                 f"engine.global_batch_size {self.global_batch_size}: not a multiple of engine.micro_batch_size "
