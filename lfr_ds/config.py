@@ -154,6 +154,15 @@ class ModelConfig:
         check_int("model.sketch_dim", self.sketch_dim, 0, 4096)
 
     @property
+    def num_parameters(self) -> int:
+        """Parameters of this GPT-2 (tied embeddings, padded vocabulary), counted from its shape: per
+        layer QKV 3h²+3h, attention output h²+h, MLP 8h²+5h, two LayerNorms 4h; plus the embedding,
+        the positions and the final LayerNorm. ``lfr_ds.model.gpt.count_parameters`` builds the model to
+        count the same number."""
+        h = self.hidden_size
+        return self.padded_vocab_size * h + self.seq_length * h + self.num_layers * (12 * h * h + 13 * h) + 2 * h
+
+    @property
     def padded_vocab_size(self) -> int:
         if self.vocab_size is None:
             raise ValueError("vocab_size is not set yet (it comes from the dataset's tokenizer)")

@@ -23,9 +23,10 @@ import torch
 import torch.distributed as dist
 
 from lfr_ds import atomic
-from lfr_ds.config import TrainConfig
+from lfr_ds.config import ModelConfig, TrainConfig
 from lfr_ds.errors import UserError
 from lfr_ds.faults import crash_point
+from lfr_ds.resources import OutOfResource
 from lfr_ds.safe_load import check_checkpoint_files, load_arrays, weights_only_loads
 
 DS_CONFIG_DIR = Path(__file__).resolve().parents[1] / "ds_configs"
@@ -50,6 +51,8 @@ class LaunchEnv:
     rank: int
     world_size: int
     local_rank: int
+    local_world_size: int
+    """Ranks on this node (they share its host memory)."""
 
 
 def launch_env() -> LaunchEnv:
@@ -73,9 +76,48 @@ def launch_env() -> LaunchEnv:
     rank = read("RANK", "0", 0, world_size - 1)
     devices = torch.cuda.device_count() if torch.cuda.is_available() else 2**20
     local_rank = read("LOCAL_RANK", "0", 0, min(devices, world_size) - 1)
+    local_world_size = read("LOCAL_WORLD_SIZE", str(world_size), local_rank + 1, world_size)
     if "MASTER_PORT" in os.environ:
         read("MASTER_PORT", "", 1, 65535)
-    return LaunchEnv(rank, world_size, local_rank)
+    return LaunchEnv(rank, world_size, local_rank, local_world_size)
+
+
+def check_memory(model: ModelConfig, zero_stage: int, env: LaunchEnv, bf16: bool) -> None:
+    """Refuse, before any process starts, a model whose weights, gradients and Adam state alone cannot fit
+    in one rank's share of memory. It is a lower bound (activations and buffers come on top), so it never
+    refuses a run that could fit; on CPU it is what stands between an oversized model and the kernel's
+    OOM killer, which ends the process without a word."""
+    n, w = model.num_parameters, env.world_size
+    weight = 2 if bf16 else 4
+    # Each rank: Adam's two fp32 moments, the fp32 master copy (bf16 only) and the gradients, sharded
+    # across ranks; the weights whole under ZeRO-2, sharded under ZeRO-3.
+    sharded = 8 + (4 if bf16 else 0) + weight + (weight if zero_stage == 3 else 0)
+    need = n * sharded / w + (n * weight if zero_stage == 2 else 0)
+    if torch.cuda.is_available():
+        resource, have = f"GPU {env.local_rank} memory", torch.cuda.mem_get_info(env.local_rank)[0]
+    else:
+        available = _available_host_memory()
+        if available is None:
+            return
+        resource, have = "host memory", available // env.local_world_size
+    if need > have:
+        raise OutOfResource(
+            f"model: {n / 1e6:,.0f}M parameters need at least {need / 2**30:,.1f} GiB of {resource} per rank for "
+            f"weights, gradients and Adam state (ZeRO-{zero_stage}, {w} rank(s)), and {have / 2**30:,.1f} GiB is free; "
+            "use a smaller model.preset or model.*, engine.zero_stage=3, or more ranks"
+        )
+
+
+def _available_host_memory() -> int | None:
+    """``MemAvailable`` from /proc/meminfo in bytes (Linux), else ``None`` (no check)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
 
 
 def import_deepspeed():
@@ -229,7 +271,9 @@ def _check_with_deepspeed(ds: dict, path: str) -> None:
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
-        raise UserError(f"engine.ds_config: {path}: {where}: {first['msg']}; fix or remove it") from None
+        raise UserError(
+            f"engine.ds_config: {path}: {where}: {first['msg']} (DeepSpeed's {e.title}); fix or remove it"
+        ) from None
     except (DeepSpeedConfigError, ValueError, AssertionError, KeyError, TypeError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"engine.ds_config: {path}: DeepSpeed rejects it ({reason}); fix the file or use auto") from None

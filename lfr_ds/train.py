@@ -36,6 +36,7 @@ from lfr_ds.data.tokenizer import Tokenizer
 from lfr_ds.engine import (
     build_ds_config,
     build_engine,
+    check_memory,
     find_checkpoint,
     init_distributed,
     launch_env,
@@ -92,6 +93,7 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
     check_eval_paths(cfg.eval)
     bf16 = resolve_bf16(cfg.engine.precision)
     ds_config = build_ds_config(cfg, env.world_size, bf16)
+    check_memory(model_cfg, cfg.engine.zero_stage, env, bf16)
 
     info = init_distributed(cfg.engine.backend)
     from lfr_ds.model.compat import setup_megatron
