@@ -90,6 +90,8 @@ def open_checkpoint(path: str | os.PathLike, *, tokenizer: str | os.PathLike | N
             f"{ckpt}/lfr/state.json: unreadable (no valid config.model); the checkpoint is damaged "
             "or from another lfr-ds version"
         ) from None
+    except UserError as e:  # a value ModelConfig's validation refuses
+        raise UserError(f"{ckpt}/lfr/state.json: its config.model is not valid ({e})") from None
     tok = Tokenizer(tokenizer) if tokenizer is not None else _run_tokenizer(ckpt, config)
     model_config = dataclasses.replace(model, vocab_size=tok.vocab_size)
     return Checkpoint(ckpt, state, model_config, tok)
