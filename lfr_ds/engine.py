@@ -264,10 +264,12 @@ def _check_with_deepspeed(ds: dict, path: str) -> None:
     from deepspeed.runtime.config import DeepSpeedConfig, DeepSpeedConfigError
     from pydantic import ValidationError
 
-    # Without a process group DeepSpeed counts one rank, so it is shown one rank's share of the batch.
-    one_rank = {**ds, "train_batch_size": ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"]}
+    # DeepSpeed checks the batch against the ranks it counts: the process group's, or one before there is
+    # one. lfr-ds's batch arithmetic is its own (EngineConfig), so DeepSpeed is shown what it will count.
+    counted = dist.get_world_size() if dist.is_initialized() else 1
+    batch = ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * counted
     try:
-        DeepSpeedConfig(one_rank)
+        DeepSpeedConfig({**ds, "train_batch_size": batch})
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(part) for part in first["loc"])
