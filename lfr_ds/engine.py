@@ -59,24 +59,28 @@ def launch_env() -> LaunchEnv:
     """Read and check the launcher's environment before any process group exists, so a bad value is one
     line naming the variable rather than a hang or a traceback from inside torch.distributed."""
 
-    def read(name: str, default: str, low: int, high: int) -> int:
+    def read(name: str, default: str, low: int, high: int,
+             fix: str = "it is set by the launcher (deepspeed, torchrun): unset it to run one process") -> int:
         text = os.environ.get(name, default)
         try:
             value = int(text)
         except ValueError:
             value = None
         if value is None or not low <= value <= high:
-            raise UserError(
-                f"{name}={text!r}: must be an integer in [{low}, {high}]; it is set by the launcher "
-                "(deepspeed, torchrun): unset it to run one process"
-            )
+            raise UserError(f"{name}={text!r}: must be an integer in [{low}, {high}]; {fix}")
         return value
 
     world_size = read("WORLD_SIZE", "1", 1, 2**20)
     rank = read("RANK", "0", 0, world_size - 1)
-    devices = torch.cuda.device_count() if torch.cuda.is_available() else 2**20
-    local_rank = read("LOCAL_RANK", "0", 0, min(devices, world_size) - 1)
-    local_world_size = read("LOCAL_WORLD_SIZE", str(world_size), local_rank + 1, world_size)
+    if torch.cuda.is_available():
+        gpus = torch.cuda.device_count()
+        local_rank = read("LOCAL_RANK", "0", 0, min(gpus, world_size) - 1,
+                          f"this node shows {gpus} GPU(s) (CUDA_VISIBLE_DEVICES): start one rank per GPU")
+    else:
+        local_rank = read("LOCAL_RANK", "0", 0, world_size - 1)
+    # torchrun names the ranks on this node LOCAL_WORLD_SIZE, the deepspeed launcher LOCAL_SIZE.
+    local_name = "LOCAL_WORLD_SIZE" if "LOCAL_WORLD_SIZE" in os.environ else "LOCAL_SIZE"
+    local_world_size = read(local_name, str(world_size), local_rank + 1, world_size)
     if "MASTER_PORT" in os.environ:
         read("MASTER_PORT", "", 1, 65535)
     return LaunchEnv(rank, world_size, local_rank, local_world_size)

@@ -29,7 +29,7 @@ import torch.distributed as dist
 
 from lfr_ds import atomic
 from lfr_ds.config import TrainConfig, load_config
-from lfr_ds.data.blocks import BlockView
+from lfr_ds.data.blocks import BlockView, cache_dir
 from lfr_ds.data.dataset import open_dataset
 from lfr_ds.data.sampler import DataParallelSampler
 from lfr_ds.data.tokenizer import Tokenizer
@@ -89,6 +89,12 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
         review_steps=math.ceil(num_blocks / G),
         scale=cfg.lfr.length_scale,
     )
+    cache = Path(cache_dir(dataset, seq, cfg.data.seed))
+    if env.rank == 0 and not cache.is_dir() and (blocked := _unwritable(cache)):
+        raise UserError(
+            f"data.path: {blocked} is read-only to this user, and lfr-ds caches the block index beside the dataset "
+            f"({cache.parent}); make it writable, or copy the dataset's files somewhere writable"
+        )
     resume = find_checkpoint(cfg)
     check_eval_paths(cfg.eval)
     bf16 = resolve_bf16(cfg.engine.precision)
@@ -301,9 +307,14 @@ def _check_run_dir(run_dir: str) -> None:
     path = Path(run_dir).absolute()
     if path.exists() and not path.is_dir():
         raise UserError(f"run_dir: {run_dir} exists and is not a directory; choose a new run_dir")
-    existing = next(p for p in (path, *path.parents) if p.exists())
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"run_dir: {run_dir} cannot be written ({existing} is read-only to this user); choose another run_dir")
+    if blocked := _unwritable(path):
+        raise UserError(f"run_dir: {run_dir} cannot be written ({blocked} is read-only to this user); choose another run_dir")
+
+
+def _unwritable(path: Path) -> Path | None:
+    """The nearest existing directory at or above ``path`` if this user cannot create files in it, else ``None``."""
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    return None if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK) else existing
 
 
 def _check_resumable(state: dict, cfg: TrainConfig, fingerprint: str) -> None:

@@ -308,6 +308,24 @@ def test_compare_checks_every_arm_before_building_data(run_cli, tmp_path):
     assert result.code == 2 and not (tmp_path / "cmp").exists()
 
 
+@pytest.mark.parametrize("read_only", ["run_dir", "data.path"])
+def test_read_only_directories_are_named_before_any_process_starts(
+    read_only, run_cli, tmp_path, monkeypatch, webmix_dataset, webmix_tokenizer, webmix_train
+):
+    """A read-only directory for the run, or beside a dataset whose block index is not cached yet (rank 0
+    writes it there). Running as root, the test makes the directory read-only by answering os.access."""
+    c = Ctx(tmp_path, str(webmix_dataset), str(webmix_tokenizer), webmix_train)
+    prefix = c.dataset_copy()  # no block-index cache beside it yet
+    blocked = prefix.parent if read_only == "data.path" else tmp_path
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != blocked and real_access(p, mode))
+    run_dir = tmp_path / "run" if read_only == "run_dir" else tmp_path / "writable" / "run"
+    (tmp_path / "writable").mkdir()
+    result = run_cli(train.main, [f"data.path={prefix}", f"run_dir={run_dir}"])
+    assert_one_line_error(result, f"{read_only}: ", f"{blocked} is read-only to this user")
+    assert not run_dir.exists() and not Path(f"{prefix}.lfr_cache").exists()
+
+
 # ==== issue 12: config values, the launch environment, third-party errors, resources (end) ====
 
 
