@@ -83,6 +83,14 @@ def launch_env() -> LaunchEnv:
     local_world_size = read(local_name, str(world_size), local_rank + 1, world_size)
     if "MASTER_PORT" in os.environ:
         read("MASTER_PORT", "", 1, 65535)
+    if "MASTER_ADDR" in os.environ:
+        # torch's rendezvous retries an address that does not resolve until its timeout (30 min), silently.
+        try:
+            socket.getaddrinfo(os.environ["MASTER_ADDR"], None)
+        except (socket.gaierror, UnicodeError) as e:
+            raise UserError(
+                f"MASTER_ADDR={os.environ['MASTER_ADDR']!r}: does not resolve ({e}); give the first node's host name or IP"
+            ) from None
     return LaunchEnv(rank, world_size, local_rank, local_world_size)
 
 
@@ -197,9 +205,13 @@ def init_distributed(backend: str = "auto") -> DistInfo:
 
 
 def resolve_bf16(precision: str) -> bool:
+    """Whether to train in bf16 for ``engine.precision``: ``auto`` = on a GPU that has it (Ampere and newer)."""
+    cuda = torch.cuda.is_available()
     if precision == "auto":
-        return torch.cuda.is_available()
-    if precision == "bf16" and not torch.cuda.is_available():
+        return cuda and torch.cuda.is_bf16_supported()
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise UserError(f"engine.precision: bf16, and {torch.cuda.get_device_name()} has no bf16; use fp32 (or auto)")
+    if precision == "bf16" and not cuda:
         print("warning: bf16 on CPU runs about 10x slower than fp32 here", file=sys.stderr)
     return precision == "bf16"
 

@@ -191,8 +191,11 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
         local = []
         sketches = []
         for ids in sampler.micro_batches(step - phase.start):
+            tokens_np = blocks.batch(ids)
+            if tokenizer is None:  # a plain Megatron dataset: nothing vouches that its ids fit model.vocab_size
+                _check_token_ids(tokens_np, ids, vocab_size, dataset.prefix)
             with out_of_memory("in a training step", step_fix):
-                batch = torch.from_numpy(blocks.batch(ids)).to(info.device)
+                batch = torch.from_numpy(tokens_np).to(info.device)
                 tokens, labels = batch[:, :-1], batch[:, 1:]
                 out = per_block_loss(engine, tokens, labels, torch.ones_like(labels, dtype=torch.float32))
                 engine.backward(out.loss)
@@ -300,6 +303,17 @@ def _tokenizer(cfg: TrainConfig, dataset) -> tuple[Tokenizer | None, int]:
             "leave model.vocab_size unset to take it from the tokenizer"
         )
     return tokenizer, tokenizer.vocab_size
+
+
+def _check_token_ids(tokens: np.ndarray, ids: np.ndarray, vocab_size: int, prefix: str) -> None:
+    """Token ids at or past the vocabulary would index past the embedding: an IndexError on CPU, a device-side
+    assert that kills the CUDA context on a GPU."""
+    if tokens.size and int(tokens.max()) >= vocab_size:
+        block = int(ids[int(np.argmax(tokens.max(axis=1)))])
+        raise UserError(
+            f"model.vocab_size {vocab_size}: block {block} of {prefix} holds token id {int(tokens.max())}; set "
+            "model.vocab_size to the tokenizer's size (or data.tokenizer)"
+        )
 
 
 def _check_run_dir(run_dir: str) -> None:

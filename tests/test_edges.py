@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from lfr_ds import resources
+from lfr_ds import engine, resources
 from lfr_ds.config import ModelConfig
-from lfr_ds.engine import LaunchEnv, check_memory
+from lfr_ds.engine import LaunchEnv, check_memory, resolve_bf16
+from lfr_ds.errors import UserError
 from lfr_ds.model.gpt import count_parameters
 from lfr_ds.resources import OutOfResource, out_of_disk, out_of_memory
+from lfr_ds.train import _check_token_ids
 
 ONE_RANK = LaunchEnv(rank=0, world_size=1, local_rank=0, local_world_size=1)
 
@@ -82,8 +84,6 @@ def test_memory_check_refuses_a_model_that_cannot_fit_and_passes_one_that_can():
 
 
 def test_zero3_and_more_ranks_need_less_memory_per_rank(monkeypatch):
-    from lfr_ds import engine
-
     cfg = dataclasses.replace(ModelConfig(preset="gpt2-124m"), vocab_size=50257)
     needed = {}
     for stage, ranks in ((2, 1), (2, 8), (3, 8)):
@@ -94,6 +94,22 @@ def test_zero3_and_more_ranks_need_less_memory_per_rank(monkeypatch):
     # fp32 ZeRO-2 on one rank: 16 bytes a parameter (weights, gradients, two Adam moments).
     assert needed[2, 1] == pytest.approx(16 * cfg.num_parameters / 2**30, abs=0.06)
     assert needed[2, 1] > needed[2, 8] > needed[3, 8]
+
+
+def test_bf16_on_a_gpu_without_it_is_refused_and_auto_picks_fp32(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla V100-SXM2-32GB")
+    with pytest.raises(UserError, match=r"^engine.precision: bf16, and Tesla V100-SXM2-32GB has no bf16; use fp32"):
+        resolve_bf16("bf16")
+    assert resolve_bf16("auto") is False
+
+
+def test_token_ids_past_the_vocabulary_name_the_block_and_the_setting():
+    tokens = np.array([[1, 2, 3], [4, 9000, 5]])
+    _check_token_ids(tokens, np.array([17, 42]), 9001, "ds")  # fits
+    with pytest.raises(UserError, match=r"^model.vocab_size 8192: block 42 of ds holds token id 9000; set model.vocab_size"):
+        _check_token_ids(tokens, np.array([17, 42]), 8192, "ds")
 
 
 def test_a_bug_in_lfr_ds_still_shows_its_traceback(tmp_path):

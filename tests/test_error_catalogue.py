@@ -293,6 +293,8 @@ CASES += [
     ("env-rank-beyond-world-size", "lfr-train", lambda c: c.setenv("WORLD_SIZE", "2").setenv("RANK", "2").train_args(),
      ["RANK='2': must be an integer in [0, 1]"]),
     ("env-master-port", "lfr-train", lambda c: c.setenv("MASTER_PORT", "http").train_args(), ["MASTER_PORT='http'"]),
+    ("env-master-addr-unresolvable", "lfr-train", lambda c: c.setenv("MASTER_ADDR", "node-zero.invalid").train_args(),
+     ["MASTER_ADDR='node-zero.invalid': does not resolve"]),
     ("env-ds-accelerator", "lfr-train", lambda c: c.setenv("DS_ACCELERATOR", "tpu").train_args(),
      ["DS_ACCELERATOR='tpu': lfr-ds runs on"]),
     # ---- resources (a full disk and allocation failures: tests/test_edges.py)
