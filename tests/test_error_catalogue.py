@@ -304,7 +304,7 @@ CASES += [
 # fmt: on
 
 
-def test_compare_checks_every_arm_before_building_data(run_cli, tmp_path):
+def test_compare_checks_the_arms_config_before_writing_anything(run_cli, tmp_path):
     result = run_cli(compare.main, ["--out", tmp_path / "cmp", "--preset", "smoke", "optim.lr=inf"])
     assert_one_line_error(result, "optim.lr: must be a finite number", "got inf")
     assert result.code == 2 and not (tmp_path / "cmp").exists()
