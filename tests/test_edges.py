@@ -11,8 +11,9 @@ import sys
 import numpy as np
 import pytest
 import torch
+from clitools import assert_one_line_error
 
-from lfr_ds import engine, resources
+from lfr_ds import engine, resources, train
 from lfr_ds.config import ModelConfig
 from lfr_ds.engine import LaunchEnv, check_memory, resolve_bf16
 from lfr_ds.errors import UserError
@@ -32,6 +33,11 @@ def test_torch_cpu_allocation_failure_is_one_line():
 def test_numpy_memory_error_is_one_line():
     with pytest.raises(OutOfResource, match="out of host memory"), out_of_memory("ranking", "lower lfr.centroids"):
         np.empty(10**14)
+
+
+def test_gpu_out_of_memory_is_one_line():
+    with pytest.raises(OutOfResource, match=r"^out of GPU memory in a step; lower x$"), out_of_memory("in a step", "lower x"):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
 
 def test_other_runtime_errors_pass_through():
@@ -54,6 +60,17 @@ def test_other_os_errors_pass_through(tmp_path):
     with pytest.raises(OSError) as e, out_of_disk(tmp_path, "run_dir"):
         raise OSError(errno.EIO, "I/O error")
     assert e.type is OSError
+
+
+def test_lfr_train_names_run_dir_when_the_disk_fills(run_cli, tmp_path, monkeypatch):
+    def fills_the_disk(cfg):
+        yield
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(train, "train", fills_the_disk)
+    result = run_cli(train.main, ["data.path=unused", f"run_dir={tmp_path / 'run'}"])
+    assert_one_line_error(result, f"{tmp_path / 'run'}: out of disk space", "set run_dir to a disk with room")
+    assert result.code == 2
 
 
 def test_failed_torch_save_is_the_disk_only_when_it_is_full(tmp_path, monkeypatch):
