@@ -164,7 +164,7 @@ def plot(results: dict, phases: list, tokens_per_step: int, path: Path) -> None:
     dx.set_ylabel("paired Δ vs random")
     dx.set_xlabel("training tokens")
     ax.set_title(f"{results['preset']}, redundancy {results['redundancy']}: held-out loss vs tokens "
-                 f"({len(results['seeds'])} seeds; range shaded)", fontsize=10)
+                 f"({len(results['seeds'])} seeds; range shaded)", fontsize=10, pad=14)
     ax.legend()
     dx.legend(fontsize=8)
     fig.tight_layout()
