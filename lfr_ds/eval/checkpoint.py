@@ -29,6 +29,7 @@ from lfr_ds.config import ModelConfig
 from lfr_ds.data.tokenizer import Tokenizer
 from lfr_ds.engine import CHECKPOINTS, LATEST
 from lfr_ds.errors import UserError
+from lfr_ds.identity import check_fits, tokenizer_digest
 from lfr_ds.safe_load import check_checkpoint_files, weights_only_loads
 
 
@@ -91,6 +92,12 @@ def open_checkpoint(path: str | os.PathLike, *, tokenizer: str | os.PathLike | N
             "or from another lfr-ds version"
         ) from None
     tok = Tokenizer(tokenizer) if tokenizer is not None else _run_tokenizer(ckpt, config)
+    check_fits(
+        ckpt,
+        state,
+        {"data.tokenizer": tokenizer_digest(tok), "model.vocab_size": tok.vocab_size},
+        flags={"data.tokenizer": "--tokenizer"},
+    )
     model_config = dataclasses.replace(model, vocab_size=tok.vocab_size)
     return Checkpoint(ckpt, state, model_config, tok)
 
