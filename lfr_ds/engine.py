@@ -27,7 +27,7 @@ from lfr_ds import atomic
 from lfr_ds.config import TrainConfig
 from lfr_ds.errors import UserError
 from lfr_ds.faults import crash_point
-from lfr_ds.identity import check_fits
+from lfr_ds.identity import check_fits, read_state
 from lfr_ds.safe_load import check_checkpoint_files, load_arrays, weights_only_loads
 
 DS_CONFIG_DIR = Path(__file__).resolve().parents[1] / "ds_configs"
@@ -290,12 +290,7 @@ def find_checkpoint(cfg: TrainConfig, identity: Mapping[str, object]) -> tuple[P
             f"checkpoint.resume: {path} holds no complete lfr-ds checkpoint; give a step_* directory or use auto"
         )
     check_checkpoint_files(path)
-    try:
-        state = json.loads((path / "lfr" / "state.json").read_text())
-    except ValueError:
-        raise UserError(
-            f"{path}/lfr/state.json: unreadable (not JSON); the checkpoint is damaged or from another lfr-ds version"
-        ) from None
+    state = read_state(path)
     check_fits(path, state, identity, afresh="or train from scratch in a new run_dir")
     return path, state
 

@@ -17,6 +17,8 @@ the optimizer, ``lfr.*``, logging and evaluation.
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +100,19 @@ def record(cfg: TrainConfig, *, vocab_size: int, tokenizer: Digest | None, datas
         "dataset": dataset.digest,
         "global_batch_size": cfg.engine.global_batch_size,
     }
+
+
+def read_state(ckpt: str | os.PathLike) -> dict:
+    """``ckpt``'s ``lfr/state.json`` (which the caller found), refused in one line if it is not a JSON object."""
+    path = Path(ckpt) / "lfr" / "state.json"
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        state = e
+    if not isinstance(state, dict):
+        reason = state if isinstance(state, Exception) else "not a JSON object"
+        raise UserError(f"{path}: unreadable ({reason}); the checkpoint is damaged or from another lfr-ds version")
+    return state
 
 
 def checkpoint_identity(ckpt: Path, state: dict) -> dict[str, object]:

@@ -179,6 +179,11 @@ def _other_dataset(c: Ctx) -> Path:
     return _recorded_checkpoint(c, dataset="f" * 64, schedule=schedule)
 
 
+def _damaged_state(c: Ctx) -> Path:
+    c.write("ck/step_00000005/lfr/arrays.npz", b"")
+    return c.write("ck/step_00000005/lfr/state.json", "{not json").parents[1]
+
+
 # fmt: off
 FIT_CASES = [
     ("resume-other-shape", "lfr-train",
@@ -198,6 +203,8 @@ FIT_CASES = [
      ["the checkpoint has tokenizer /runs/old/tok.model (sha256 000000000000)", "(pass --tokenizer /runs/old/tok.model)"]),
     ("rewrite-other-dataset", "lfr-rewrite", lambda c: [_other_dataset(c), "--phase", "0", "--out", c.tmp / "x.npy"],
      ["the checkpoint has dataset", "(fingerprint ffffffffffff)", "has changed since: restore it"]),
+    ("rewrite-damaged-state", "lfr-rewrite", lambda c: [_damaged_state(c), "--out", c.tmp / "x.npy"],
+     ["step_00000005/lfr/state.json: unreadable (Expecting property name"]),
 ]
 # fmt: on
 

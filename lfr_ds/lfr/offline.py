@@ -11,7 +11,6 @@ also how to try selection settings on a real loss table without training.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ from lfr_ds.config import config_from_dict, load_config
 from lfr_ds.data.blocks import BlockView
 from lfr_ds.data.dataset import open_dataset
 from lfr_ds.errors import ArgumentParser, UserError, cli
-from lfr_ds.identity import check_fits, dataset_digest
+from lfr_ds.identity import check_fits, dataset_digest, read_state
 from lfr_ds.lfr.loss_table import LossTable
 from lfr_ds.lfr.rewriter import build_order, inputs_digest, write_phase_index
 from lfr_ds.lfr.schedule import Phase
@@ -32,7 +31,7 @@ def load_checkpoint_state(path: str) -> tuple[dict, LossTable]:
     lfr_dir = Path(path) / "lfr"
     if not (lfr_dir / "state.json").is_file() or not (lfr_dir / "arrays.npz").is_file():
         raise UserError(f"{path}: not an lfr-ds checkpoint (no lfr/state.json); give a step_* directory under RUN_DIR/checkpoints")
-    state = json.loads((lfr_dir / "state.json").read_text())
+    state = read_state(path)
     table = LossTable.from_arrays(load_arrays(lfr_dir / "arrays.npz"))
     return state, table
 
