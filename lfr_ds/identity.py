@@ -98,7 +98,6 @@ def record(cfg: TrainConfig, *, vocab_size: int, tokenizer: Digest | None, datas
         "vocab_size": vocab_size,
         "tokenizer": None if tokenizer is None else {"path": tokenizer.path, "sha256": tokenizer.digest},
         "dataset": dataset.digest,
-        "global_batch_size": cfg.engine.global_batch_size,
     }
 
 
