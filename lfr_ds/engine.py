@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from lfr_ds import atomic
 from lfr_ds.config import ModelConfig, TrainConfig
 from lfr_ds.errors import UserError
 from lfr_ds.faults import crash_point
+from lfr_ds.identity import check_fits, read_state
 from lfr_ds.resources import OutOfResource
 from lfr_ds.safe_load import check_checkpoint_files, load_arrays, weights_only_loads
 
@@ -407,8 +409,11 @@ def _prune(root: Path, latest: str, keep_last: int) -> None:
         shutil.rmtree(root / f"{name}.partial")
 
 
-def find_checkpoint(cfg: TrainConfig) -> Path | None:
-    """The checkpoint to resume from per ``checkpoint.resume``, or ``None`` to start fresh."""
+def find_checkpoint(cfg: TrainConfig, identity: Mapping[str, object]) -> tuple[Path, dict] | None:
+    """The checkpoint to resume from per ``checkpoint.resume`` and its ``state.json``, or ``None`` to start
+    fresh. Refused, in one line, if it does not fit ``identity`` (this run's
+    :func:`~lfr_ds.identity.run_identity`): called before any process group exists, so that a checkpoint
+    that cannot be resumed fails fast, on every rank, before DeepSpeed loads anything."""
     mode = cfg.checkpoint.resume
     if mode == "never":
         return None
@@ -425,24 +430,14 @@ def find_checkpoint(cfg: TrainConfig) -> Path | None:
         raise UserError(
             f"checkpoint.resume: {path} holds no complete lfr-ds checkpoint; give a step_* directory or use auto"
         )
-    # Before any process group exists, so that a bad checkpoint fails fast, in one line, on every rank.
     check_checkpoint_files(path)
-    try:
-        saved_stage = json.loads((path / "lfr" / "state.json").read_text())["config"]["engine"]["zero_stage"]
-    except (ValueError, KeyError, TypeError):
-        raise UserError(
-            f"{path}/lfr/state.json: unreadable; the checkpoint is damaged or from another lfr-ds version"
-        ) from None
-    if saved_stage != cfg.engine.zero_stage:
-        raise UserError(
-            f"{path}: written under ZeRO-{saved_stage}, and this run uses ZeRO-{cfg.engine.zero_stage}; "
-            f"resume with engine.zero_stage={saved_stage}"
-        )
-    return path
+    state = read_state(path)
+    check_fits(path, state, identity, afresh="or train from scratch in a new run_dir")
+    return path, state
 
 
 def load_checkpoint(engine, info: DistInfo, cfg: TrainConfig, path: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """Restore engine, RNG and lfr-ds state from ``path`` (checked by :func:`find_checkpoint`); returns
+    """Restore engine, RNG and lfr-ds state from ``path`` (found by :func:`find_checkpoint`); returns
     ``(state, arrays)``. Every ``torch.load`` in DeepSpeed's loaders is made weights-only.
 
     On the checkpoint's number of data-parallel ranks this is DeepSpeed's own load, exact to the bit. On

@@ -47,9 +47,10 @@ from lfr_ds.engine import (
 from lfr_ds.errors import ArgumentParser, UserError, cli
 from lfr_ds.eval.periodic import PeriodicEval, check_eval_paths
 from lfr_ds.faults import crash_point
+from lfr_ds.identity import dataset_digest, record, run_identity, tokenizer_digest
 from lfr_ds.lfr.loss_table import LossTable, gather_step
 from lfr_ds.lfr.rewriter import prepare_phase
-from lfr_ds.lfr.schedule import parse_schedule, phase_at
+from lfr_ds.lfr.schedule import Phase, parse_schedule, phase_at
 from lfr_ds.metrics import Metrics, StepStats, timer
 from lfr_ds.resources import out_of_disk, out_of_memory
 
@@ -95,7 +96,12 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
             f"data.path: {blocked} is read-only to this user, and lfr-ds caches the block index beside the dataset "
             f"({cache.parent}); make it writable, or copy the dataset's files somewhere writable"
         )
-    resume = find_checkpoint(cfg)
+    # Resuming: the checkpoint must fit this run (shape, vocabulary, data, batch), refused before DeepSpeed.
+    data_id = {"vocab_size": vocab_size, "tokenizer": tokenizer_digest(tokenizer), "dataset": dataset_digest(dataset)}
+    identity = run_identity(cfg, **data_id)
+    found = find_checkpoint(cfg, identity)
+    resume = found[0] if found else None
+    resumed_digest = _resumed_digest(found[1], phases, cfg.steps) if found else None
     check_eval_paths(cfg.eval)
     bf16 = resolve_bf16(cfg.engine.precision)
     ds_config = build_ds_config(cfg, env.world_size, bf16)
@@ -125,13 +131,11 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
 
     # ---- loss table, and where to start
     table = LossTable(blocks.num_blocks, len(phases), model_cfg.sketch_dim)
-    step, resumed_digest = 0, None
+    step = 0
     if resume is not None:
         state, arrays = load_checkpoint(engine, info, cfg, resume)
-        _check_resumable(state, cfg, dataset.fingerprint)
         step = state["step"]
-        table = LossTable.from_arrays(arrays)
-        resumed_digest = state["phase_digest"]
+        table = LossTable.from_arrays(arrays, num_phases=len(phases))
     if info.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic.write_json(run_dir / "config.json", dataclasses.asdict(cfg))
@@ -274,11 +278,9 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
                 "tokens": step * G * seq,
                 "phase": phase.index,
                 "phase_digest": manifest["inputs_sha256"],
-                "dataset": dataset.fingerprint,
-                "global_batch_size": G,
                 "world_size": info.world_size,
                 "schedule": [dataclasses.asdict(p) for p in phases],
-                "config": dataclasses.asdict(cfg),
+                **record(cfg, **data_id),
             }
             path = save_checkpoint(engine, info, cfg, step, state, table.arrays())
             metrics.log(f"saved checkpoint {path}")
@@ -331,16 +333,24 @@ def _unwritable(path: Path) -> Path | None:
     return None if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK) else existing
 
 
-def _check_resumable(state: dict, cfg: TrainConfig, fingerprint: str) -> None:
-    if state["dataset"] != fingerprint:
-        raise UserError(
-            "checkpoint.resume: the checkpoint was trained on another dataset (fingerprint differs); resume with its data.path"
-        )
-    if state["global_batch_size"] != cfg.engine.global_batch_size:
-        raise UserError(
-            f"engine.global_batch_size {cfg.engine.global_batch_size} differs from the checkpoint's {state['global_batch_size']}; "
-            "keep it to continue the same data order"
-        )
+def _resumed_digest(state: dict, phases: list[Phase], steps: int) -> str | None:
+    """The digest of the sample index that a run resumed mid-phase (from checkpoint ``state``) must reuse as
+    it was written: the loss table has moved on since the phase began. ``None`` where it may be rebuilt: a
+    shuffle phase that the new ``steps`` lengthened (its seeded epochs put the same blocks first). A Focus
+    phase lengthened mid-phase is refused: its order was drawn once, from the table at its start."""
+    step = state["step"]
+    if step >= steps:
+        return None
+    phase, was = phase_at(phases, step), Phase(**state["schedule"][state["phase"]])
+    if dataclasses.replace(was, steps=phase.steps) != phase or phase.steps <= was.steps:
+        return state["phase_digest"]
+    if phase.kind != "focus":
+        return None
+    raise UserError(
+        f"steps={steps}: lengthens {phase.name} from {was.steps} to {phase.steps} steps, but a Focus phase draws its "
+        f"order once, from the loss table at its start (step {phase.start}); keep it at {was.steps} steps in "
+        "lfr.schedule and add a phase after it"
+    )
 
 
 def _open_log(path: Path, step: int):

@@ -29,9 +29,12 @@ from lfr_ds.config import load_config
 from lfr_ds.data import preprocess
 from lfr_ds.data.dataset import open_dataset
 from lfr_ds.data.sample_index import write_sample_index
+from lfr_ds.data.tokenizer import Tokenizer
 from lfr_ds.eval import cli as eval_cli
+from lfr_ds.identity import dataset_digest, record, tokenizer_digest
 from lfr_ds.lfr import inspect_index, offline
 from lfr_ds.lfr.loss_table import LossTable
+from lfr_ds.lfr.schedule import Phase
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -143,9 +146,74 @@ def _index_outside_run(c: Ctx) -> Path:
 
 
 def _zero2_checkpoint(c: Ctx) -> Path:
-    state = {"step": 5, "world_size": 1, "config": {"engine": {"zero_stage": 2}}}
-    return c.write("ck/step_00000005/lfr/state.json", json.dumps(state)).parents[1]
+    return _recorded_checkpoint(c, "engine.zero_stage=2")
 
+
+# ---- checkpoints that do not fit the run (issue 12: resume compatibility, lfr_ds/identity.py) -------------
+
+
+def _recorded_checkpoint(c: Ctx, *overrides: str, **fields) -> Path:
+    """A checkpoint's lfr-ds state as lfr-train records it for ``c.train_args(*overrides)`` (``fields``
+    replace recorded values), and a small loss table. No DeepSpeed files: every refusal comes first."""
+    tok = Tokenizer(c.tok)
+    recorded = record(
+        load_config(None, c.train_args(*overrides)),
+        vocab_size=tok.vocab_size,
+        tokenizer=tokenizer_digest(tok),
+        dataset=dataset_digest(open_dataset(c.data)),
+    )
+    state = {"step": 5, "world_size": 1, "phase": 0, "phase_digest": "0" * 64, **recorded, **fields}
+    step = c.write("ck/step_00000005/lfr/state.json", json.dumps(state)).parents[1]
+    np.savez(step / "lfr" / "arrays.npz", **LossTable(4, 1).arrays())
+    return step
+
+
+def _focus_checkpoint(c: Ctx) -> Path:
+    """Step 20, the end of a focus:* phase that began at step 10."""
+    phases = [Phase(0, "learn", 0, 10), Phase(1, "focus", 10, 10, 0.5)]
+    schedule = [dataclasses.asdict(p) for p in phases]
+    return _recorded_checkpoint(c, "steps=20", step=20, phase=1, schedule=schedule)
+
+
+def _other_tokenizer(c: Ctx) -> Path:
+    return _recorded_checkpoint(c, tokenizer={"path": "/runs/old/tok.model", "sha256": "0" * 64})
+
+
+def _other_dataset(c: Ctx) -> Path:
+    schedule = [dataclasses.asdict(Phase(0, "random", 0, 1000))]
+    return _recorded_checkpoint(c, dataset="f" * 64, schedule=schedule)
+
+
+def _damaged_state(c: Ctx) -> Path:
+    c.write("ck/step_00000005/lfr/arrays.npz", b"")
+    return c.write("ck/step_00000005/lfr/state.json", "{not json").parents[1]
+
+
+# fmt: off
+FIT_CASES = [
+    ("resume-other-shape", "lfr-train",
+     lambda c: c.train_args("model.num_layers=2", "model.seq_length=128", f"checkpoint.resume={_recorded_checkpoint(c)}"),
+     ["step_00000005: the checkpoint has 4 layers, this run 2 layers (set model.num_layers=4); the checkpoint has "
+      "sequence length 256, this run sequence length 128 (set model.seq_length=256); or train from scratch"]),
+    ("resume-other-batch-and-seed", "lfr-train",
+     lambda c: c.train_args("engine.global_batch_size=64", "data.seed=1", f"checkpoint.resume={_recorded_checkpoint(c)}"),
+     ["has blocks cut with data.seed 1234", "(set data.seed=1234)", "(set engine.global_batch_size=32)"]),
+    ("resume-other-dataset", "lfr-train",
+     lambda c: c.train_args(f"checkpoint.resume={_recorded_checkpoint(c, dataset='f' * 64)}"),
+     ["the checkpoint has dataset", "(fingerprint ffffffffffff)", "has changed since: restore it"]),
+    ("resume-focus-lengthened", "lfr-train",
+     lambda c: c.train_args("steps=25", "lfr.schedule=learn:10,focus:*@0.5", f"checkpoint.resume={_focus_checkpoint(c)}"),
+     ["steps=25: lengthens phase_001_focus from 10 to 15 steps", "keep it at 10 steps in lfr.schedule"]),
+    ("eval-other-tokenizer", "lfr-eval", lambda c: [_other_tokenizer(c), "--tokenizer", c.tok, "--valid", c.train_jsonl],
+     ["the checkpoint has tokenizer /runs/old/tok.model (sha256 000000000000)", "(pass --tokenizer /runs/old/tok.model)"]),
+    ("rewrite-other-dataset", "lfr-rewrite", lambda c: [_other_dataset(c), "--phase", "0", "--out", c.tmp / "x.npy"],
+     ["the checkpoint has dataset", "(fingerprint ffffffffffff)", "has changed since: restore it"]),
+    ("rewrite-damaged-state", "lfr-rewrite", lambda c: [_damaged_state(c), "--out", c.tmp / "x.npy"],
+     ["step_00000005/lfr/state.json: unreadable (Expecting property name"]),
+]
+# fmt: on
+
+# ---- end of the resume-compatibility block -------------------------------------------------------------
 
 #: (id, cli, argv builder, needles in the error line). A "!" after the CLI: run it as a real process.
 # fmt: off
@@ -209,7 +277,7 @@ CASES = [
      ["step_00000005/lfr/state.json: unreadable"]),
     ("resume-other-zero-stage", "lfr-train",
      lambda c: c.train_args("engine.zero_stage=3", f"checkpoint.resume={_zero2_checkpoint(c)}"),
-     ["written under ZeRO-2, and this run uses ZeRO-3; resume with engine.zero_stage=2"]),
+     ["the checkpoint has ZeRO stage 2, this run ZeRO stage 3 (set engine.zero_stage=2)"]),
     ("eval-partial-checkpoint", "lfr-eval",
      lambda c: [c.write("ckpts/step_00000005.partial/lfr/state.json", "{}").parents[1], "--valid", c.train_jsonl],
      ["step_00000005.partial: an incomplete checkpoint"]),
@@ -226,6 +294,7 @@ CASES = [
     ("index-no-manifest", "lfr-inspect-index", lambda c: [_index_without_manifest(c)], ["phase_000_random.json is missing"]),
     ("index-other-dataset", "lfr-inspect-index", lambda c: [c.index(dataset="f" * 64)], ["belongs to another dataset"]),
     ("index-outside-run", "lfr-inspect-index", lambda c: [_index_outside_run(c)], ["not inside a run directory", "--data"]),
+    *FIT_CASES,
 ]
 # fmt: on
 

@@ -29,6 +29,7 @@ from lfr_ds.config import ModelConfig
 from lfr_ds.data.tokenizer import Tokenizer
 from lfr_ds.engine import CHECKPOINTS, LATEST, import_deepspeed
 from lfr_ds.errors import UserError
+from lfr_ds.identity import check_fits, read_state, tokenizer_digest
 from lfr_ds.safe_load import check_checkpoint_files, weights_only_loads
 
 
@@ -81,11 +82,11 @@ def open_checkpoint(path: str | os.PathLike, *, tokenizer: str | os.PathLike | N
     in the training dataset's sidecar (``DATA.meta.json``), which must still match its checksum.
     """
     ckpt = find_checkpoint_dir(path)
+    state = read_state(ckpt)
     try:
-        state = json.loads((ckpt / "lfr" / "state.json").read_text())
         config = state["config"]
         model = ModelConfig(**config["model"])
-    except (ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):
         raise UserError(
             f"{ckpt}/lfr/state.json: unreadable (no valid config.model); the checkpoint is damaged "
             "or from another lfr-ds version"
@@ -93,6 +94,12 @@ def open_checkpoint(path: str | os.PathLike, *, tokenizer: str | os.PathLike | N
     except UserError as e:  # a value ModelConfig's validation refuses
         raise UserError(f"{ckpt}/lfr/state.json: its config.model is not valid ({e})") from None
     tok = Tokenizer(tokenizer) if tokenizer is not None else _run_tokenizer(ckpt, config)
+    check_fits(
+        ckpt,
+        state,
+        {"data.tokenizer": tokenizer_digest(tok), "model.vocab_size": tok.vocab_size},
+        flags={"data.tokenizer": "--tokenizer"},
+    )
     model_config = dataclasses.replace(model, vocab_size=tok.vocab_size)
     return Checkpoint(ckpt, state, model_config, tok)
 

@@ -11,7 +11,6 @@ also how to try selection settings on a real loss table without training.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +19,7 @@ from lfr_ds.config import config_from_dict, load_config
 from lfr_ds.data.blocks import BlockView
 from lfr_ds.data.dataset import open_dataset
 from lfr_ds.errors import ArgumentParser, UserError, cli
+from lfr_ds.identity import check_fits, dataset_digest, read_state
 from lfr_ds.lfr.loss_table import LossTable
 from lfr_ds.lfr.rewriter import build_order, inputs_digest, write_phase_index
 from lfr_ds.lfr.schedule import Phase
@@ -32,7 +32,7 @@ def load_checkpoint_state(path: str) -> tuple[dict, LossTable]:
     lfr_dir = Path(path) / "lfr"
     if not (lfr_dir / "state.json").is_file() or not (lfr_dir / "arrays.npz").is_file():
         raise UserError(f"{path}: not an lfr-ds checkpoint (no lfr/state.json); give a step_* directory under RUN_DIR/checkpoints")
-    state = json.loads((lfr_dir / "state.json").read_text())
+    state = read_state(path)
     table = LossTable.from_arrays(load_arrays(lfr_dir / "arrays.npz"))
     return state, table
 
@@ -77,8 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise UserError(f"--out {out}: must be a .npy path in an existing directory")
 
     dataset = open_dataset(args.data or cfg.data.path)
-    if dataset.fingerprint != state["dataset"]:
-        raise UserError(f"{dataset.prefix}: not the dataset this checkpoint was trained on (fingerprint differs); pass --data")
+    check_fits(Path(args.checkpoint), state, {"data.path": dataset_digest(dataset)}, flags={"data.path": "--data"})
     blocks = BlockView(dataset, cfg.model.seq_length, cfg.data.seed)
     G = cfg.engine.global_batch_size
     digest = inputs_digest(phase, cfg.data.seed, dataset.fingerprint, G, table, cfg.lfr)
