@@ -18,7 +18,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from lfr_ds import atomic, compare, report, synthetic
+from lfr_ds import atomic, report, synthetic
+from lfr_ds.compare import cli as compare
 from lfr_ds.data.reader import ReadOptions, check_inputs, iter_documents
 from lfr_ds.errors import ArgumentParser, UserError, cli
 

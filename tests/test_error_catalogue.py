@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 from clitools import CliResult, assert_one_line_error
 
-from lfr_ds import compare, train
+from lfr_ds import train
+from lfr_ds.compare import cli as compare
 from lfr_ds.config import load_config
 from lfr_ds.data import preprocess
 from lfr_ds.data.dataset import open_dataset

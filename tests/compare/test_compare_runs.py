@@ -7,7 +7,8 @@ import json
 import pytest
 from clitools import assert_one_line_error
 
-from lfr_ds import compare, demo, report, synthetic
+from lfr_ds import demo, report, synthetic
+from lfr_ds.compare import cli as compare
 
 ARGS = ["--preset", "smoke", "--seeds", "1", "--arms", "random,lfr", "--blimp-pairs", "1", "--evals", "4", "--valid-blocks", "32"]
 
