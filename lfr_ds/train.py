@@ -46,7 +46,7 @@ from lfr_ds.eval.periodic import PeriodicEval
 from lfr_ds.faults import crash_point
 from lfr_ds.lfr.loss_table import LossTable, gather_step
 from lfr_ds.lfr.rewriter import prepare_phase
-from lfr_ds.lfr.schedule import parse_schedule, phase_at
+from lfr_ds.lfr.schedule import parse_schedule, phase_at, resolve_length, resumed_schedule
 from lfr_ds.metrics import Metrics, StepStats, timer
 
 
@@ -105,6 +105,7 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
     if resume is not None:
         state, arrays = load_checkpoint(engine, info, cfg, resume)
         _check_resumable(state, cfg, dataset.fingerprint)
+        phases = resumed_schedule(phases, state["schedule"])  # kp lengths as their boundaries resolved them
         step = state["step"]
         table = LossTable.from_arrays(arrays)
         resumed_digest = state["phase_digest"]
@@ -154,6 +155,9 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
                 device=info.device if info.device.type == "cuda" else None,
                 resumed_digest=resumed_digest if step > phase.start else None,
             )
+            if manifest["steps"] != phase.steps:  # a kp phase: its length is known now that its kept set is
+                phases = resolve_length(phases, phase.index, manifest["steps"])
+                phase = phases[phase.index]
             sampler = DataParallelSampler(order, G, micro, info.rank, info.world_size)
             metrics.phase_start(phase, manifest, table, step)
 
