@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ from launch import launch
 from lfr_ds.config import LFRConfig
 from lfr_ds.data.blocks import BlockView
 from lfr_ds.data.dataset import open_dataset
+from lfr_ds.errors import UserError
 from lfr_ds.lfr.focus import focus_order
 from lfr_ds.lfr.loss_table import LossTable
 from lfr_ds.lfr.offline import load_checkpoint_state
@@ -86,3 +88,13 @@ def test_auto_drops_almost_nothing_before_anything_is_learned():
     _, fields, keep = focus_order(table, phase, global_batch=32, seed=[1, 1], block_source=np.zeros(4000, dtype=int),
                                   sources=["all"], options=LFRConfig(auto_max_drop=0.1))
     assert fields["drop_fraction"] == 0.1 and keep[1000:].all()  # the cap: only learned blocks, at most 10%
+
+
+@pytest.mark.parametrize(("field", "value", "needle"), [
+    ("weighting", "loss", "lfr.weighting: 'loss'; use perplexity or learnable"),
+    ("auto_max_drop", 1.0, "lfr.auto_max_drop: 1.0 must be in (0, 1)"),
+    ("auto_max_drop", 0.0, "lfr.auto_max_drop: 0.0 must be in (0, 1)"),
+])
+def test_bad_option_values(field, value, needle):
+    with pytest.raises(UserError, match=re.escape(needle)):
+        LFRConfig(**{field: value})
