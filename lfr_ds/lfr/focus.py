@@ -48,7 +48,7 @@ SKETCH_COMPONENTS = 4
 #: ``@auto``: a block is learned when its latest loss is at most this fraction of its batch's mean loss.
 LEARNED_RATIO = 0.75
 
-#: ``weighting="learnable"``: the least a cluster's learnability weighs, so no kept cluster is never drawn.
+#: ``weighting="learnable"``: the least a cluster's learnability weighs, so every kept cluster is still drawn.
 LEARNABILITY_FLOOR = 0.05
 
 
