@@ -4,7 +4,7 @@ with the hidden-state sketch on and off.
 
 1. Write the planted corpus (200 documents: trivial / learnable / noise, 50/35/15%), its 512-piece
    tokenizer and dataset; train the small model (``synthetic.SMALL_MODEL``) for a 2-pass Learn (176 steps
-   of 32 blocks) and checkpoint its loss table (about a minute on 2 cores).
+   of 32 blocks) and checkpoint its loss table (3.5 min in all on 2 busy cores).
 2. From that one table, rewrite the Focus boundary offline (the code path training uses) for each option
    (``@0.5`` with perplexity weighting, ``@0.5`` with ``lfr.weighting=learnable``, ``@auto``), each with
    the table's 16-wide sketch and without it (``model.sketch_dim=0`` clusters on difficulty and progress
