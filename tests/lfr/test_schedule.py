@@ -39,6 +39,7 @@ def test_kept_passes_are_provisional_until_the_boundary():
     assert _lengths("learn:1ep,focus:1kp@0.5,review:*", 200) == [("learn", 40), ("focus", 20), ("review", 140)]
     assert _lengths("learn:1ep,focus:2kp@auto,review:*", 200) == [("learn", 40), ("focus", 80), ("review", 80)]
     assert _lengths("learn:1ep,focus:1kp@0.5,review:*", 100, scale=0.5) == [("learn", 20), ("focus", 10), ("review", 70)]
+    assert _phases("learn:1ep,focus:1kp@0.5,review:*", 100, scale=0.5)[1].kept_passes == 0.5  # resolves at half a pass too
     focus = _phases("learn:1ep,focus:1kp@auto,review:*", 200)[1]
     assert (focus.kept_passes, focus.auto_drop, focus.drop) == (1.0, True, 0.0)
 
