@@ -29,25 +29,29 @@ import torch.distributed as dist
 
 from lfr_ds import atomic
 from lfr_ds.config import TrainConfig, load_config
-from lfr_ds.data.blocks import BlockView
+from lfr_ds.data.blocks import BlockView, cache_dir
 from lfr_ds.data.dataset import open_dataset
 from lfr_ds.data.sampler import DataParallelSampler
 from lfr_ds.data.tokenizer import Tokenizer
 from lfr_ds.engine import (
+    build_ds_config,
     build_engine,
+    check_memory,
     find_checkpoint,
     init_distributed,
+    launch_env,
     load_checkpoint,
     resolve_bf16,
     save_checkpoint,
 )
 from lfr_ds.errors import ArgumentParser, UserError, cli
-from lfr_ds.eval.periodic import PeriodicEval
+from lfr_ds.eval.periodic import PeriodicEval, check_eval_paths
 from lfr_ds.faults import crash_point
 from lfr_ds.lfr.loss_table import LossTable, gather_step
 from lfr_ds.lfr.rewriter import prepare_phase
 from lfr_ds.lfr.schedule import parse_schedule, phase_at, resolve_length, resumed_schedule
 from lfr_ds.metrics import Metrics, StepStats, timer
+from lfr_ds.resources import out_of_disk, out_of_memory
 
 
 @dataclass
@@ -64,13 +68,20 @@ class StepRecord:
 def train(cfg: TrainConfig) -> Iterator[StepRecord]:
     """Run (or resume) ``cfg``; yields a :class:`StepRecord` after every optimizer step, on every rank."""
     # ---- check the inputs before starting any process group: bad input fails fast, in one line
+    env = launch_env()
+    _check_run_dir(cfg.run_dir)
     dataset = open_dataset(cfg.data.path)
     tokenizer, vocab_size = _tokenizer(cfg, dataset)
     model_cfg = dataclasses.replace(cfg.model, vocab_size=vocab_size)
-    accumulation = cfg.engine.accumulation_steps(int(os.environ.get("WORLD_SIZE", "1")))
+    accumulation = cfg.engine.accumulation_steps(env.world_size)
     G, micro, seq = cfg.engine.global_batch_size, cfg.engine.micro_batch_size, model_cfg.seq_length
     # Megatron cuts one epoch of the stream into floor((tokens - 1) / seq) blocks of seq + 1 tokens.
     num_blocks = (dataset.num_tokens - 1) // seq
+    if num_blocks < 1:
+        raise UserError(
+            f"model.seq_length {seq}: {dataset.prefix} holds {dataset.num_tokens:,} tokens, not one block of "
+            f"{seq + 1}; use more data or a shorter model.seq_length"
+        )
     phases = parse_schedule(
         cfg.lfr.schedule,
         total_steps=cfg.steps,
@@ -78,7 +89,17 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
         review_steps=math.ceil(num_blocks / G),
         scale=cfg.lfr.length_scale,
     )
+    cache = Path(cache_dir(dataset, seq, cfg.data.seed))
+    if env.rank == 0 and not cache.is_dir() and (blocked := _unwritable(cache)):
+        raise UserError(
+            f"data.path: {blocked} is read-only to this user, and lfr-ds caches the block index beside the dataset "
+            f"({cache.parent}); make it writable, or copy the dataset's files somewhere writable"
+        )
     resume = find_checkpoint(cfg)
+    check_eval_paths(cfg.eval)
+    bf16 = resolve_bf16(cfg.engine.precision)
+    ds_config = build_ds_config(cfg, env.world_size, bf16)
+    check_memory(model_cfg, cfg.engine.zero_stage, env, bf16)
 
     info = init_distributed(cfg.engine.backend)
     from lfr_ds.model.compat import setup_megatron
@@ -95,9 +116,12 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
                              rank=info.rank, barrier=dist.barrier)
 
     # ---- model and engine
-    bf16 = resolve_bf16(cfg.engine.precision)
-    model = build_model(model_cfg, bf16=bf16)
-    engine = build_engine(model, cfg, info.world_size, bf16)
+    with out_of_memory(
+        "building the model and its optimizer state",
+        "use a smaller model (model.preset or model.*), engine.zero_stage=3, or more ranks",
+    ):
+        model = build_model(model_cfg, bf16=bf16)
+        engine = build_engine(model, cfg, ds_config)
 
     # ---- loss table, and where to start
     table = LossTable(blocks.num_blocks, len(phases), model_cfg.sketch_dim)
@@ -134,6 +158,10 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
     metrics.start(step)
 
     phase, sampler = None, None
+    step_fix = (
+        f"lower engine.micro_batch_size (now {micro}; the global batch, so the data order, stays the same), "
+        "or use engine.zero_stage=3"
+    )
     while step < cfg.steps:
         # ---- phase boundary: the rewriter writes (rank 0) and distributes this phase's sample index
         if phase is None or step >= phase.end:
@@ -167,12 +195,16 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
         local = []
         sketches = []
         for ids in sampler.micro_batches(step - phase.start):
-            batch = torch.from_numpy(blocks.batch(ids)).to(info.device)
-            tokens, labels = batch[:, :-1], batch[:, 1:]
-            out = per_block_loss(engine, tokens, labels, torch.ones_like(labels, dtype=torch.float32))
-            engine.backward(out.loss)
-            crash_point("step", step + 1)
-            engine.step()
+            tokens_np = blocks.batch(ids)
+            if tokenizer is None:  # a plain Megatron dataset: nothing vouches that its ids fit model.vocab_size
+                _check_token_ids(tokens_np, ids, vocab_size, dataset.prefix)
+            with out_of_memory("in a training step", step_fix):
+                batch = torch.from_numpy(tokens_np).to(info.device)
+                tokens, labels = batch[:, :-1], batch[:, 1:]
+                out = per_block_loss(engine, tokens, labels, torch.ones_like(labels, dtype=torch.float32))
+                engine.backward(out.loss)
+                crash_point("step", step + 1)
+                engine.step()
             local.append(
                 torch.stack(
                     [
@@ -229,7 +261,11 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
         yield StepRecord(step, phase.kind, loss, local.cpu().numpy(), rows)
 
         if evaluator.due(step, cfg.steps):
-            results = {"step": step, "tokens": step * G * seq, "phase": phase.index, **evaluator.run(engine)}
+            t_eval = timer()
+            with out_of_memory("in an evaluation", step_fix):
+                scores = evaluator.run(engine)
+            results = {"step": step, "tokens": step * G * seq, "phase": phase.index, **scores}
+            results["seconds"] = round(timer() - t_eval, 3)
             metrics.evaluation(results)
             if eval_log is not None:
                 eval_log.write(json.dumps(results) + "\n")
@@ -271,6 +307,32 @@ def _tokenizer(cfg: TrainConfig, dataset) -> tuple[Tokenizer | None, int]:
             "leave model.vocab_size unset to take it from the tokenizer"
         )
     return tokenizer, tokenizer.vocab_size
+
+
+def _check_token_ids(tokens: np.ndarray, ids: np.ndarray, vocab_size: int, prefix: str) -> None:
+    """Token ids at or past the vocabulary would index past the embedding: an IndexError on CPU, a device-side
+    assert that kills the CUDA context on a GPU."""
+    if tokens.size and int(tokens.max()) >= vocab_size:
+        block = int(ids[int(np.argmax(tokens.max(axis=1)))])
+        raise UserError(
+            f"model.vocab_size {vocab_size}: block {block} of {prefix} holds token id {int(tokens.max())}; set "
+            "model.vocab_size to the tokenizer's size (or data.tokenizer)"
+        )
+
+
+def _check_run_dir(run_dir: str) -> None:
+    """``run_dir`` is, or can be created as, a writable directory (checked before any rank starts)."""
+    path = Path(run_dir).absolute()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"run_dir: {run_dir} exists and is not a directory; choose a new run_dir")
+    if blocked := _unwritable(path):
+        raise UserError(f"run_dir: {run_dir} cannot be written ({blocked} is read-only to this user); choose another run_dir")
+
+
+def _unwritable(path: Path) -> Path | None:
+    """The nearest existing directory at or above ``path`` if this user cannot create files in it, else ``None``."""
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    return None if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK) else existing
 
 
 def _check_resumable(state: dict, cfg: TrainConfig, fingerprint: str) -> None:
@@ -316,8 +378,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = load_config(args.config, args.overrides)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*cuda_graph_scope.*")
-    for _ in train(cfg):
-        pass
+    # Everything lfr-train writes goes under run_dir, except the block index cache beside the dataset.
+    with out_of_disk(cfg.run_dir, "run_dir"):
+        for _ in train(cfg):
+            pass
     return 0
 
 

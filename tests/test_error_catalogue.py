@@ -5,31 +5,33 @@ traceback, and leave nothing behind.
 CLIs that start in well under a second (lfr-check-hostfile, lfr-inspect-data, lfr-train-tokenizer, the
 multi-node launch script) run as real console-script subprocesses. The others import torch, megatron-core
 and DeepSpeed (5-10 s a start on this machine), so they run in-process through ``run_cli``, which calls the
-same ``main`` behind the same ``@cli`` wrapper; the one exception is a ds_config error, which DeepSpeed-side
-validation raises only after the process group exists, so it needs a real ``lfr-train`` process.
+same ``main`` behind the same ``@cli`` wrapper.
 Crafted pickles are in test_untrusted_files.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
 from clitools import CliResult, assert_one_line_error
 
-from lfr_ds import train
+from lfr_ds import compare, train
+from lfr_ds.config import load_config
 from lfr_ds.data import preprocess
 from lfr_ds.data.dataset import open_dataset
 from lfr_ds.data.sample_index import write_sample_index
 from lfr_ds.eval import cli as eval_cli
 from lfr_ds.lfr import inspect_index, offline
+from lfr_ds.lfr.loss_table import LossTable
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -50,6 +52,12 @@ class Ctx:
     data: str
     tok: str
     train_jsonl: Path
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment variables the command runs with."""
+
+    def setenv(self, name: str, value: str) -> Ctx:
+        self.env[name] = value
+        return self
 
     def write(self, name: str, content: str | bytes) -> Path:
         path = self.tmp / name
@@ -181,7 +189,7 @@ CASES = [
     ("config-batch-split", "lfr-train",
      lambda c: c.train_args("engine.global_batch_size=10", "engine.micro_batch_size=4"),
      ["engine.global_batch_size 10: not a multiple of engine.micro_batch_size 4"]),
-    ("ds-config-derived-key", "lfr-train!",
+    ("ds-config-derived-key", "lfr-train",
      lambda c: c.train_args(f"engine.ds_config={c.write('ds.json', json.dumps({'train_batch_size': 8}))}"),
      ["ds.json: sets 'train_batch_size', which lfr-ds derives", "remove it"]),
     # ---- schedules
@@ -231,6 +239,107 @@ CASES = [
 # fmt: on
 
 
+# ==== issue 12: config values, the launch environment, third-party errors, resources (begin) ====
+
+
+def _tiny_dataset(c: Ctx) -> Path:
+    """A dataset of one short document: fewer tokens than one block of the tiny preset."""
+    prefix = c.tmp / "tiny" / "ds"
+    prefix.parent.mkdir()
+    preprocess.preprocess([str(c.write("tiny.jsonl", '{"text": "a few words"}\n'))], str(prefix), c.tok, progress=False)
+    return prefix
+
+
+def _rewrite_checkpoint(c: Ctx, **model) -> Path:
+    """An lfr/ directory as lfr-rewrite reads it (state and loss table), its config's model changed by ``model``."""
+    cfg = dataclasses.asdict(load_config(None, [f"data.path={c.data}"]))
+    cfg["model"].update(model)
+    lfr = c.tmp / "ck" / "step_00000004" / "lfr"
+    lfr.mkdir(parents=True)
+    (lfr / "state.json").write_text(json.dumps({"config": cfg, "step": 4, "schedule": [], "dataset": "f" * 64}))
+    np.savez(lfr / "arrays.npz", **LossTable(64, 1).arrays())
+    return lfr.parent
+
+
+_HUGE_MODEL = ("model.preset=null", "model.num_layers=1024", "model.hidden_size=65536", "model.num_attention_heads=64",
+               "model.seq_length=64")
+
+# fmt: off
+CASES += [
+    # ---- config values: non-finite, out of range, cross-field, malformed paths
+    ("config-non-finite-lr", "lfr-train!", lambda c: c.train_args("optim.lr=nan"),
+     ["optim.lr: must be a finite number in (0.0, 1.0], got nan"]),
+    ("config-infinite-eps", "lfr-train", lambda c: c.train_args("optim.eps=.inf"), ["optim.eps: must be a finite number"]),
+    ("config-seed-out-of-range", "lfr-train", lambda c: c.train_args("data.seed=-1"),
+     ["data.seed: must be an integer in [0, 4294967295], got -1"]),
+    ("config-heads-do-not-divide", "lfr-train", lambda c: c.train_args("model.num_attention_heads=3"),
+     ["model.num_attention_heads: 3 does not divide model.hidden_size 256"]),
+    ("config-path-with-nul", "lfr-train", lambda c: [*c.train_args(), "run_dir=run\0x"],
+     ["run_dir: must be a non-empty path without NUL bytes"]),
+    ("config-schedule-infinite-length", "lfr-train", lambda c: c.train_args("steps=10", "lfr.schedule=learn:infep,focus:*@0.5"),
+     ["phase 1 ('learn:infep'): length 'infep' is not a finite number"]),
+    ("config-sequence-longer-than-the-data", "lfr-train",
+     lambda c: [f"data.path={_tiny_dataset(c)}", "model.preset=tiny", f"run_dir={c.tmp / 'run'}"],
+     ["model.seq_length 256", "not one block of 257"]),
+    ("config-run-dir-is-a-file", "lfr-train", lambda c: [*c.train_args(), f"run_dir={c.write('taken', '')}"],
+     ["run_dir: ", "taken exists and is not a directory"]),
+    ("config-eval-path-missing", "lfr-train", lambda c: c.train_args(f"eval.valid_path={c.tmp / 'held.jsonl'}"),
+     ["eval.valid_path: ", "held.jsonl not found"]),
+    ("ds-config-deepspeed-rejects-a-field", "lfr-train",
+     lambda c: c.train_args(f"engine.ds_config={c.write('ds.json', json.dumps({'zero_optimization': {'stage': 2, 'bogus': 1}}))}"),
+     ["engine.ds_config: ", "ds.json: bogus: Extra inputs are not permitted"]),
+    ("rewrite-override-non-finite", "lfr-rewrite",
+     lambda c: [_rewrite_checkpoint(c), "--out", c.tmp / "x.npy", "lfr.temperature=nan"], ["lfr.temperature: nan must be positive"]),
+    ("rewrite-checkpoint-config-invalid", "lfr-rewrite",
+     lambda c: [_rewrite_checkpoint(c, hidden_dropout=2.0), "--out", c.tmp / "x.npy"],
+     ["lfr/state.json: the run's config is not valid here", "model.hidden_dropout"]),
+    ("eval-checkpoint-model-invalid", "lfr-eval",
+     lambda c: [c.write("ck/step_00000005/lfr/state.json", json.dumps({"config": {"model": {"num_layers": 0}}})).parents[1],
+                "--valid", c.train_jsonl], ["config.model is not valid", "model.num_layers"]),
+    # ---- the launch environment
+    ("env-world-size-not-a-number", "lfr-train", lambda c: c.setenv("WORLD_SIZE", "two").train_args(),
+     ["WORLD_SIZE='two': must be an integer", "unset it"]),
+    ("env-rank-beyond-world-size", "lfr-train", lambda c: c.setenv("WORLD_SIZE", "2").setenv("RANK", "2").train_args(),
+     ["RANK='2': must be an integer in [0, 1]"]),
+    ("env-master-port", "lfr-train", lambda c: c.setenv("MASTER_PORT", "http").train_args(), ["MASTER_PORT='http'"]),
+    ("env-master-addr-unresolvable", "lfr-train", lambda c: c.setenv("MASTER_ADDR", "node-zero.invalid").train_args(),
+     ["MASTER_ADDR='node-zero.invalid': does not resolve"]),
+    ("env-ds-accelerator", "lfr-train", lambda c: c.setenv("DS_ACCELERATOR", "tpu").train_args(),
+     ["DS_ACCELERATOR='tpu': lfr-ds runs on"]),
+    # ---- resources (a full disk and allocation failures: tests/test_edges.py)
+    ("memory-model-cannot-fit", "lfr-train", lambda c: c.train_args(*_HUGE_MODEL),
+     ["GiB of host memory per rank", "use a smaller model.preset or model.*, engine.zero_stage=3, or more ranks"]),
+]
+# fmt: on
+
+
+def test_compare_checks_the_arms_config_before_writing_anything(run_cli, tmp_path):
+    result = run_cli(compare.main, ["--out", tmp_path / "cmp", "--preset", "smoke", "optim.lr=inf"])
+    assert_one_line_error(result, "optim.lr: must be a finite number", "got inf")
+    assert result.code == 2 and not (tmp_path / "cmp").exists()
+
+
+@pytest.mark.parametrize("read_only", ["run_dir", "data.path"])
+def test_read_only_directories_are_named_before_any_process_starts(
+    read_only, run_cli, tmp_path, monkeypatch, webmix_dataset, webmix_tokenizer, webmix_train
+):
+    """A read-only directory for the run, or beside a dataset whose block index is not cached yet (rank 0
+    writes it there). Running as root, the test makes the directory read-only by answering os.access."""
+    c = Ctx(tmp_path, str(webmix_dataset), str(webmix_tokenizer), webmix_train)
+    prefix = c.dataset_copy()  # no block-index cache beside it yet
+    blocked = prefix.parent if read_only == "data.path" else tmp_path
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != blocked and real_access(p, mode))
+    run_dir = tmp_path / "run" if read_only == "run_dir" else tmp_path / "writable" / "run"
+    (tmp_path / "writable").mkdir()
+    result = run_cli(train.main, [f"data.path={prefix}", f"run_dir={run_dir}"])
+    assert_one_line_error(result, f"{read_only}: ", f"{blocked} is read-only to this user")
+    assert not run_dir.exists() and not Path(f"{prefix}.lfr_cache").exists()
+
+
+# ==== issue 12: config values, the launch environment, third-party errors, resources (end) ====
+
+
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
     return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*")}
 
@@ -246,9 +355,11 @@ def _run(cli: str, argv: list, run_cli) -> CliResult:
 
 
 @pytest.mark.parametrize(("cli", "make", "needles"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input(cli, make, needles, tmp_path, run_cli, webmix_dataset, webmix_tokenizer, webmix_train):
+def test_bad_input(cli, make, needles, tmp_path, run_cli, webmix_dataset, webmix_tokenizer, webmix_train, monkeypatch):
     ctx = Ctx(tmp_path, str(webmix_dataset), str(webmix_tokenizer), webmix_train)
     argv = make(ctx)
+    for name, value in ctx.env.items():
+        monkeypatch.setenv(name, value)
     before = _snapshot(tmp_path)
     result = _run(cli, argv, run_cli)
     assert_one_line_error(result, *needles)

@@ -175,8 +175,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     preset = PRESETS[args.preset]
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    # The arms' shared lfr-train config is checked before anything is written.
     shared = load_config(None, [*preset.overrides, *args.overrides, f"data.path={out / 'data' / 'train'}"])
+    out.mkdir(parents=True, exist_ok=True)
     seq, G = shared.model.seq_length, shared.engine.global_batch_size
     corpus = prepare(CorpusSpec(args.train, args.valid, args.redundancy, args.subset_seed, args.vocab_size,
                                 preset.unique_tokens, seq, args.valid_blocks), out)

@@ -3,10 +3,10 @@
 ``OUT/data/`` holds:
 
 - ``train.jsonl``: whole documents of ``--train`` in a seeded order (``subset_seed``) until about
-  ``unique_tokens`` tokens; with ``redundancy`` R > 0, a fraction R of those tokens are copies
-  (:mod:`lfr_ds.redundant`), so every R trains on the same number of tokens. Any document whose text
+  (1 - R) ``unique_tokens`` tokens, plus copies of them (:mod:`lfr_ds.redundant`) that make up a
+  fraction ``redundancy`` R of the tokens, so every R trains on the same number of tokens. Any document whose text
   is also in the held-out file is left out: held-out text never reaches training.
-- ``tokenizer.model`` (trained on ``train.jsonl``) and ``train.{bin,idx,meta.json}``.
+- ``tokenizer.model`` (trained on the unique documents) and ``train.{bin,idx,meta.json}``.
 - ``train.repeat.npy``: per document of the dataset (in ``.bin`` order), 1 if the builder copied it.
 - ``heldout.jsonl``: the fixed held-out set, whole documents of ``--valid`` (the dev split) chosen
   once: in a seeded order, each source takes documents until its share of the valid file's tokens
@@ -37,7 +37,7 @@ from lfr_ds.data.tokenizer import Tokenizer, train_tokenizer
 from lfr_ds.errors import UserError
 
 #: Bumped whenever the build itself changes, so corpora built by older code are not taken for new ones.
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 #: The held-out file holds this many more tokens than its blocks need, so cutting never runs short.
 _HELDOUT_SLACK = 1.05
 
@@ -117,25 +117,26 @@ def _build(spec: CorpusSpec, data: Path) -> dict:
     pool = [d for d in everything if d["text"] not in held_texts]
     random.Random(spec.subset_seed).shuffle(pool)
     subset, prefix, tok = data / "train.jsonl", str(data / "train"), str(data / "tokenizer.model")
-    # The builder counts characters; the tokenizer, trained on the result, compresses repeated text
-    # better than unique text. So re-cut until the tokens (total and repeat share) are on target.
-    chars_per_token, char_share = 4.0, spec.redundancy
-    for _ in range(4):
-        docs, stats = redundant.build(pool, spec.unique_tokens * chars_per_token, char_share, spec.subset_seed)
-        atomic.write_bytes(subset, "".join(json.dumps(d) + "\n" for d in docs).encode())
+    # The unique part: whole documents until (1 - R) of the tokens. The tokenizer is trained on it alone,
+    # so the copies are measured in tokens of the same tokenizer and fill R of the total exactly (a
+    # tokenizer trained with the copies would compress them, and the share would drift below R).
+    target, chars_per_token = (1 - spec.redundancy) * spec.unique_tokens, 4.0
+    for _ in range(3):
+        unique = _prefix(pool, target * chars_per_token)
+        atomic.write_bytes(subset, "".join(json.dumps(d) + "\n" for d in unique).encode())
         train_tokenizer([str(subset)], tok, spec.vocab_size)
-        meta = preprocess([str(subset)], prefix, tok, progress=False)
-        if meta["num_documents"] != len(docs):
-            raise AssertionError("preprocess dropped documents; the repeat labels would not line up")
-        repeats = np.array([d["repeat_of"] is not None for d in docs])
-        dataset = open_dataset(prefix)  # held: its mmap must outlive the lengths read from it
-        share = float(dataset.indexed.sequence_lengths[repeats].sum()) / meta["num_tokens"]
-        if abs(meta["num_tokens"] / spec.unique_tokens - 1) < 0.1 and abs(share - spec.redundancy) < 0.005:
+        lengths = [len(ids) + 1 for ids in Tokenizer(tok).encode([d["text"] for d in unique])]  # + <eod>
+        chars_per_token *= target / sum(lengths)
+        if abs(sum(lengths) / target - 1) < 0.05:
             break
-        chars_per_token *= spec.unique_tokens / meta["num_tokens"]
-        if spec.redundancy > 0:  # correct the share in odds: odds(char share) *= odds(target) / odds(achieved)
-            odds = char_share / (1 - char_share) * (spec.redundancy / (1 - spec.redundancy)) / (share / (1 - share))
-            char_share = min(0.99, odds / (1 + odds))
+    docs, stats = redundant.build(unique, lengths, spec.redundancy, spec.subset_seed)
+    atomic.write_bytes(subset, "".join(json.dumps(d) + "\n" for d in docs).encode())
+    meta = preprocess([str(subset)], prefix, tok, progress=False)
+    if meta["num_documents"] != len(docs):
+        raise AssertionError("preprocess dropped documents; the repeat labels would not line up")
+    repeats = np.array([d["repeat_of"] is not None for d in docs])
+    dataset = open_dataset(prefix)  # held: its mmap must outlive the lengths read from it
+    share = float(dataset.indexed.sequence_lengths[repeats].sum()) / meta["num_tokens"]
     atomic.save_npy(prefix + ".repeat.npy", repeats.astype(np.uint8))
     heldout = _heldout(valid, Tokenizer(tok), spec)
     atomic.write_bytes(data / "heldout.jsonl", "".join(json.dumps(d) + "\n" for d in heldout).encode())
@@ -143,6 +144,17 @@ def _build(spec: CorpusSpec, data: Path) -> dict:
             "left_out_as_heldout": len(everything) - len(pool),
             "heldout_documents": len(heldout), "heldout_sources": sorted({d["source"] for d in heldout}),
             "builder": stats.as_dict()}
+
+
+def _prefix(pool: list[dict], chars: float) -> list[dict]:
+    """Whole documents from the start of ``pool`` until about ``chars`` characters."""
+    out, have = [], 0
+    for d in pool:
+        if have >= chars:
+            break
+        out.append(d)
+        have += len(d["text"])
+    return out
 
 
 def _read(path: str) -> list[dict]:

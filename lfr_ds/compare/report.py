@@ -46,6 +46,11 @@ def markdown(results: dict) -> str:
     spread = arms["random"]["spread"]
     if spread["std"] is not None:
         lines += ["", f"Seed spread of random alone: std {spread['std']:.4f}, range {spread['min']:.4f}–{spread['max']:.4f}."]
+    timed = [r for a in arms.values() for r in a["seeds"] if r.get("train_seconds")]
+    if timed:
+        share = sum(r["eval_seconds"] for r in timed) / sum(r["train_seconds"] for r in timed)
+        lines += ["", f"Evaluation took {share:.0%} of the runs' time ({len(timed)} runs timed; "
+                      f"{sum(r['train_seconds'] for r in timed) / len(timed) / 60:.1f} min a run)."]
     lines += ["", "## Per seed", "", "| arm | " + " | ".join(f"seed {s}" for s in results["seeds"]) + " |",
               "|---|" + "---|" * len(results["seeds"])]
     for name, a in arms.items():
@@ -159,7 +164,7 @@ def plot(results: dict, phases: list, tokens_per_step: int, path: Path) -> None:
     dx.set_ylabel("paired Δ vs random")
     dx.set_xlabel("training tokens")
     ax.set_title(f"{results['preset']}, redundancy {results['redundancy']}: held-out loss vs tokens "
-                 f"({len(results['seeds'])} seeds; range shaded)", fontsize=10)
+                 f"({len(results['seeds'])} seeds; range shaded)", fontsize=10, pad=14)
     ax.legend()
     dx.legend(fontsize=8)
     fig.tight_layout()

@@ -130,6 +130,7 @@ def launch(run: Run, setup: Setup, test_files: list[str], log) -> tuple[Path, fl
         cmd = [sys.executable, "-m", "lfr_ds.train", *overrides(run, setup)]
         log(f"{run.name}: {' '.join(shlex.quote(c) for c in cmd[3:])}")
         _call(cmd, setup.out / f"{run.name}.log", env, f"{run.name} (training)")
+        atomic.write_json(run_dir / "timing.json", {"train_seconds": round(time.time() - t0, 1)})
     if test_files:
         cmd = [sys.executable, "-m", "lfr_ds.eval.cli", str(run_dir), "--valid", *test_files, "--json", str(run_dir / "test.json")]
         _call(cmd, setup.out / f"{run.name}.test.log", env, f"{run.name} (test sets)")
@@ -168,7 +169,10 @@ def result(run_dir: Path, corpus: Corpus, test_files: list[str]) -> dict:
         "run_dir": str(run_dir), "tokens": final["tokens"], "valid_loss": final["valid"]["loss"],
         "valid_ppl": final["valid"]["ppl"], "per_source": {s: v["loss"] for s, v in final["valid"]["per_source"].items()},
         "blimp_acc": final.get("blimp", {}).get("acc"), "curve": [(c["tokens"], c["valid"]["loss"]) for c in curve],
+        "eval_seconds": round(sum(c.get("seconds", 0.0) for c in curve), 1),
     }
+    if (run_dir / "timing.json").is_file():  # the whole lfr-train process, evaluations included
+        out["train_seconds"] = json.loads((run_dir / "timing.json").read_text())["train_seconds"]
     if test_files:
         tests = json.loads((run_dir / "test.json").read_text())["valid"]
         out["test"] = {f: {"loss": tests[f]["loss"], "per_source": {s: v["loss"] for s, v in tests[f]["per_source"].items()}}

@@ -62,6 +62,11 @@ def _check_cache(cache_dir: str) -> None:
             )
 
 
+def cache_dir(dataset: TokenDataset, seq_length: int, seed: int) -> str:
+    """Where the block index arrays of ``dataset`` cut at ``seq_length`` with ``seed`` are cached."""
+    return os.path.join(dataset.prefix + ".lfr_cache", f"{dataset.fingerprint[:16]}-seq{seq_length}-seed{seed}")
+
+
 class BlockView:
     """Blocks of ``dataset`` for ``seq_length`` and ``seed``; identical in every process and rerun."""
 
@@ -75,8 +80,7 @@ class BlockView:
         self.dataset = dataset
         self.seq_length = seq_length
         self.seed = seed
-        key = f"{dataset.fingerprint[:16]}-seq{seq_length}-seed{seed}"
-        self.cache_dir = os.path.join(dataset.prefix + ".lfr_cache", key)
+        self.cache_dir = cache_dir(dataset, seq_length, seed)
         if rank == 0:
             self._build_cache()
         if barrier is not None:

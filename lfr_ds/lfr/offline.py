@@ -23,6 +23,7 @@ from lfr_ds.errors import ArgumentParser, UserError, cli
 from lfr_ds.lfr.loss_table import LossTable
 from lfr_ds.lfr.rewriter import build_order, inputs_digest, write_phase_index
 from lfr_ds.lfr.schedule import Phase
+from lfr_ds.resources import out_of_disk, out_of_memory
 from lfr_ds.safe_load import load_arrays
 
 
@@ -48,7 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_intermixed_args(argv)  # key=value overrides may follow options
 
     state, table = load_checkpoint_state(args.checkpoint)
-    cfg = config_from_dict(state["config"])
+    try:
+        cfg = config_from_dict(state["config"])
+    except UserError as e:
+        raise UserError(f"{args.checkpoint}/lfr/state.json: the run's config is not valid here ({e})") from None
     if args.overrides:
         bad = [o for o in args.overrides if not o.startswith("lfr.")]
         if bad:
@@ -78,10 +82,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     blocks = BlockView(dataset, cfg.model.seq_length, cfg.data.seed)
     G = cfg.engine.global_batch_size
     digest = inputs_digest(phase, cfg.data.seed, dataset.fingerprint, G, table, cfg.lfr)
-    order, fields, keep = build_order(phase, num_blocks=blocks.num_blocks, global_batch=G, seed=cfg.data.seed, table=table,
-                                      block_source=blocks.block_source, sources=dataset.sources, options=cfg.lfr)
-    manifest = write_phase_index(out, phase, order, fields, keep, seed=cfg.data.seed, dataset=dataset.fingerprint,
-                                 num_blocks=blocks.num_blocks, seq_length=cfg.model.seq_length, global_batch=G, digest=digest,
-                                 block_source=blocks.block_source, sources=dataset.sources)
+    with out_of_memory("ranking and clustering the blocks", f"lower lfr.centroids (now {cfg.lfr.centroids}), or run "
+                       "lfr-rewrite on a machine with more memory"):
+        order, fields, keep = build_order(phase, num_blocks=blocks.num_blocks, global_batch=G, seed=cfg.data.seed, table=table,
+                                          block_source=blocks.block_source, sources=dataset.sources, options=cfg.lfr)
+    with out_of_disk(out.parent, "--out"):
+        manifest = write_phase_index(out, phase, order, fields, keep, seed=cfg.data.seed, dataset=dataset.fingerprint,
+                                     num_blocks=blocks.num_blocks, seq_length=cfg.model.seq_length, global_batch=G,
+                                     digest=digest, block_source=blocks.block_source, sources=dataset.sources)
     print(f"wrote {out}: {phase.name}, {manifest['length']:,} samples, kept {manifest['kept']:,} of {blocks.num_blocks:,} blocks", file=sys.stderr)
     return 0

@@ -223,12 +223,14 @@ def _length(
             passes = float(text[:-2]) * scale
         except ValueError:
             raise UserError(f"{where}: bad number of kept passes {text!r}") from None
+        if not math.isfinite(passes * review_steps / scale):  # its longest resolution, in steps
+            raise UserError(f"{where}: length {text!r} is not a finite number")
         if not passes > 0:
             raise UserError(f"{where}: length {text!r} is less than one step")
         return None, passes
     if text.endswith("ep"):
         try:
-            steps = round(float(text[:-2]) * review_steps)
+            steps = float(text[:-2]) * review_steps
         except ValueError:
             raise UserError(f"{where}: bad number of passes {text!r}") from None
     elif text.endswith("%"):
@@ -236,7 +238,7 @@ def _length(
             share = float(text[:-1])
         except ValueError:
             raise UserError(f"{where}: bad percentage {text!r}") from None
-        steps = round(total * share / 100)
+        steps = total * share / 100
     else:
         m = _LENGTH.match(text)
         if not m:
@@ -244,10 +246,15 @@ def _length(
                 f"{where}: bad length {text!r}; use steps (2000), tokens (5Mt), passes (1.5ep), a percentage (20%) or *"
             )
         value = float(m["num"]) * _MULT[m["mult"]] * scale
-        steps = round(value / tokens_per_step) if m["unit"] else math.floor(value)
-    if steps < 1:
+        steps = value / tokens_per_step if m["unit"] else value
+        if not m["unit"] and math.isfinite(steps):
+            steps = math.floor(steps)  # a step count is cut to whole steps; tokens round to the nearest
+    # float() parses "inf" and "nan", and "1e999ep" or 400 digits overflow: refuse them before rounding.
+    if not math.isfinite(steps):
+        raise UserError(f"{where}: length {text!r} is not a finite number")
+    if round(steps) < 1:
         raise UserError(f"{where}: length {text!r} is less than one step")
-    return steps, None
+    return round(steps), None
 
 
 def phase_at(phases: list[Phase], step: int) -> Phase:

@@ -92,8 +92,8 @@ def test_auto_drops_almost_nothing_before_anything_is_learned():
 
 @pytest.mark.parametrize(("field", "value", "needle"), [
     ("weighting", "loss", "lfr.weighting: 'loss'; use perplexity or learnable"),
-    ("auto_max_drop", 1.0, "lfr.auto_max_drop: 1.0 must be in (0, 1)"),
-    ("auto_max_drop", 0.0, "lfr.auto_max_drop: 0.0 must be in (0, 1)"),
+    ("auto_max_drop", 1.0, "lfr.auto_max_drop: must be a finite number in (0.0, 1.0), got 1.0"),
+    ("auto_max_drop", 0.0, "lfr.auto_max_drop: must be a finite number in (0.0, 1.0), got 0.0"),
 ])
 def test_bad_option_values(field, value, needle):
     with pytest.raises(UserError, match=re.escape(needle)):
