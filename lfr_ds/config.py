@@ -337,8 +337,17 @@ class LFRConfig:
     temperature: float = 1.0
     """Focus sampling weight ∝ (relative) perplexity^(1/T): 1 samples a block e times more often per nat
     of extra loss; larger is flatter (∞ = uniform over kept blocks)."""
+    weighting: str = "perplexity"
+    """How Focus weights the draw among kept clusters: ``perplexity`` (the paper's) = ∝ kept blocks ×
+    exp(mean difficulty / T); ``learnable`` = ∝ kept blocks × the cluster's learnability, the share of its
+    excess relative loss that it lost between its blocks' last two visits (in [0.05, 1]; 1 for clusters no
+    harder than average or not yet seen twice), so hard text the model does not learn (noise) is drawn
+    less. Within a cluster both draw ∝ exp(difficulty / T). See docs/lfr.md."""
+    auto_max_drop: float = 0.7
+    """``focus:...@auto`` only: the largest fraction of the seen blocks it may drop (it drops only blocks
+    the loss table says are learned, see docs/lfr.md)."""
     length_scale: float = 1.0
-    """Multiplies every absolute phase length of ``schedule`` (steps, tokens, passes, the default Review).
+    """Multiplies every absolute phase length of ``schedule`` (steps, tokens, passes, kept passes, the default Review).
     For budget sweeps: the same schedule at a fraction of the tokens (``steps`` scaled alike), so a
     1-pass Learn at 0.5 is half a pass. Shares (``%``) and ``*`` follow ``steps`` by themselves."""
 
@@ -353,6 +362,8 @@ class LFRConfig:
         check_int("lfr.centroids", self.centroids, 1, 65536)
         if self.centroids < self.clusters:
             raise UserError(f"lfr.centroids ({self.centroids}) must be >= lfr.clusters ({self.clusters})")
+        check_choice("lfr.weighting", self.weighting, ("perplexity", "learnable"))
+        check_number("lfr.auto_max_drop", self.auto_max_drop, 0.0, 1.0, open_low=True, open_high=True)
         # +inf is meaningful (uniform weights); NaN and non-positive values are not.
         if isinstance(self.temperature, bool) or not isinstance(self.temperature, int | float) or not self.temperature > 0:
             raise UserError(f"lfr.temperature: {self.temperature!r} must be positive")

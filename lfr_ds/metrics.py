@@ -182,7 +182,7 @@ class Metrics:
                 f"{num_blocks:,} blocks")
         if phase.kind == "focus":
             drops = ", ".join(f"{s} {f:.0%}" for s, f in manifest["source_drop_fraction"].items())
-            line += f" (drops {phase.drop:.0%} of seen blocks; per source: {drops})"
+            line += f" (drops {manifest['drop_fraction']:.0%} of seen blocks{' (auto)' if phase.auto_drop else ''}; per source: {drops})"
         self.log(line)
         if self.writer is None:
             return

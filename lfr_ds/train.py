@@ -50,7 +50,7 @@ from lfr_ds.faults import crash_point
 from lfr_ds.identity import dataset_digest, record, run_identity, tokenizer_digest
 from lfr_ds.lfr.loss_table import LossTable, gather_step
 from lfr_ds.lfr.rewriter import prepare_phase
-from lfr_ds.lfr.schedule import Phase, parse_schedule, phase_at
+from lfr_ds.lfr.schedule import Phase, parse_schedule, phase_at, resolve_length, resumed_schedule
 from lfr_ds.metrics import Metrics, StepStats, timer
 from lfr_ds.resources import out_of_disk, out_of_memory
 
@@ -101,6 +101,8 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
     identity = run_identity(cfg, **data_id)
     found = find_checkpoint(cfg, identity)
     resume = found[0] if found else None
+    if found:
+        phases = resumed_schedule(phases, found[1]["schedule"])  # kp lengths as their boundaries resolved them
     resumed_digest = _resumed_digest(found[1], phases, cfg.steps) if found else None
     check_eval_paths(cfg.eval)
     bf16 = resolve_bf16(cfg.engine.precision)
@@ -186,6 +188,9 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
                 device=info.device if info.device.type == "cuda" else None,
                 resumed_digest=resumed_digest if step > phase.start else None,
             )
+            if manifest["steps"] != phase.steps:  # a kp phase: its length is known now that its kept set is
+                phases = resolve_length(phases, phase.index, manifest["steps"])
+                phase = phases[phase.index]
             sampler = DataParallelSampler(order, G, micro, info.rank, info.world_size)
             metrics.phase_start(phase, manifest, table, step)
 

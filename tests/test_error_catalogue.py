@@ -270,6 +270,15 @@ CASES = [
      ["a focus phase needs a drop fraction"]),
     ("schedule-unknown-kind", "lfr-train", lambda c: c.train_args("steps=10", "lfr.schedule=learn:5,cram:*"),
      ["unknown kind 'cram'"]),
+    # ---- schedules: kept passes and @auto (issue 11)
+    ("schedule-unknown-length-unit", "lfr-train", lambda c: c.train_args("steps=10", "lfr.schedule=learn:5,focus:2xp@0.5,review:*"),
+     ["unknown length unit 'xp'"]),
+    ("schedule-auto-not-focus", "lfr-train", lambda c: c.train_args("steps=10", "lfr.schedule=learn:5,review:*@auto"),
+     ["@auto chooses a Focus drop fraction; only focus phases take it"]),
+    ("schedule-kp-on-review", "lfr-train", lambda c: c.train_args("steps=10", "lfr.schedule=learn:5,focus:*@0.5,review:1kp"),
+     ["kp (passes over the blocks a Focus keeps) is a Focus length; use ep for review"]),
+    ("schedule-kp-without-star", "lfr-train", lambda c: c.train_args("steps=10", "lfr.schedule=learn:5,focus:1kp@0.5,review:1"),
+     ["a later phase of length '*' must absorb the difference"]),
     # ---- checkpoints
     ("resume-no-checkpoint", "lfr-train", lambda c: c.train_args(f"checkpoint.resume={c.write('empty/x', '').parent}"),
      ["checkpoint.resume", "no complete lfr-ds checkpoint"]),

@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.drop is not None:
         if not 0 <= args.drop < 1:
             raise UserError(f"--drop {args.drop}: must be in [0, 1)")
-        phase = dataclasses.replace(phase, drop=args.drop)
+        phase = dataclasses.replace(phase, drop=args.drop, auto_drop=False)
     out = Path(args.out)
     if out.suffix != ".npy" or not out.parent.is_dir():
         raise UserError(f"--out {out}: must be a .npy path in an existing directory")
