@@ -89,7 +89,7 @@ def overrides(run: Run, setup: Setup) -> list[str]:
            f"data.path={setup.corpus.prefix}", f"data.tokenizer={setup.corpus.tokenizer}", f"run_dir={setup.out / run.name}",
            f"steps={steps}", f"seed={run.seed}", f"data.seed={run.seed}", f"lfr.length_scale={run.budget}",
            f"eval.valid_path={setup.corpus.heldout}", f"eval.valid_blocks={setup.heldout_blocks}",
-           f"eval.valid_seed={HELDOUT_SEED}", f"eval.interval={max(1, steps // setup.evals)}", "log.progress_bar=false"]
+           f"eval.valid_seed={HELDOUT_SEED}", f"eval.interval={-(-steps // setup.evals)}", "log.progress_bar=false"]
     if setup.blimp:
         out += [f"eval.blimp={setup.blimp}", f"eval.blimp_pairs={setup.blimp_pairs}"]
     return out

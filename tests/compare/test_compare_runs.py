@@ -40,8 +40,8 @@ def test_compare_writes_results_table_and_plot(smoke, test_file):
         assert seed["tokens"] == results["steps"] * 16 * 64
         assert seed["valid_loss"] > 0 and seed["per_source"] and 0 <= seed["blimp_acc"] <= 1
         assert seed["test"][str(test_file)]["loss"] > 0
-        # Every 58 // 4 = 14 steps, and after the last: 14, 28, 42, 56, 58.
-        assert [t for t, _ in seed["curve"]] == [s * 16 * 64 for s in (14, 28, 42, 56, 58)]
+        # Every ceil(58 / 4) = 15 steps, the last at the end: 15, 30, 45, 58.
+        assert [t for t, _ in seed["curve"]] == [s * 16 * 64 for s in (15, 30, 45, 58)]
     # Every source of the dev split is in the fixed held-out set.
     assert set(results["arms"]["random"]["seeds"][0]["per_source"]) == {"chat", "news", "reviews", "speeches", "wiki"}
     lfr = results["arms"]["lfr"]
