@@ -86,6 +86,7 @@ class Metrics:
         self._summary_path = f"{run_dir}/metrics.json"
 
     def start(self, step: int) -> None:
+        self._first_step, self._started = step, timer()
         if self.bar is not None:
             self.bar.n = step
             self.bar.refresh()
@@ -93,6 +94,7 @@ class Metrics:
     def step(self, s: StepStats) -> None:
         if self.rank != 0:
             return
+        self._last_step, self._last_end = s.step, time.perf_counter()
         self._window.append(s)
         if self.bar is not None:
             self.bar.update(1)
@@ -208,7 +210,10 @@ class Metrics:
                 self.writer.add_scalar(f"lfr/block loss p{q}", float(v), step)
 
     def close(self) -> None:
-        """Write ``RUN_DIR/metrics.json``, the run's steady-state throughput, and close the writers."""
+        """Write ``RUN_DIR/metrics.json``, the run's steady-state throughput, and close the writers.
+
+        ``run_seconds`` is the wall time from the start of this process's first step to the end of its
+        last, phase boundaries (the LFR rewrites) and evaluations included: LFR's total cost over random's."""
         if self.rank == 0 and self._summary:
             from lfr_ds import atomic
 
@@ -226,6 +231,8 @@ class Metrics:
                     "peak_tflops": self.peak,
                     "peak_memory_bytes": self._memory(),
                     "world_size": self.world_size,
+                    "run_steps": self._last_step - self._first_step,
+                    "run_seconds": self._last_end - self._started,
                 },
             )
         if self.bar is not None:

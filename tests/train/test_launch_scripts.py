@@ -57,7 +57,12 @@ def test_gpu_check_cpu_mode_prints_the_table():
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     result = json.loads(lines[-1])
-    assert [(r["preset"], r["zero"]) for r in result["results"]] == [("tiny", 2), ("tiny", 3)]
+    runs = [(r["preset"], r["zero"], r["sampling"]) for r in result["results"]]
+    assert runs == [("tiny", 2, "random"), ("tiny", 2, "lfr"), ("tiny", 3, "random")]
     for r in result["results"]:
         assert r["tokens_per_s"] > 0 and r["mfu_percent"] > 0 and r["peak_memory_gib"] > 0
-    assert sum("tok/s" in line and "MFU" in line for line in lines) == 2
+    assert sum("tok/s" in line and "MFU" in line for line in lines) == 3
+    overhead = result["lfr_overhead"]
+    assert overhead["random_run_s"] > 0 and overhead["lfr_run_s"] > 0
+    ratio = overhead["lfr_run_s"] / overhead["random_run_s"]
+    assert overhead["overhead_percent"] == pytest.approx(100 * (ratio - 1), abs=0.1)
