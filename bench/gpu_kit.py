@@ -62,6 +62,7 @@ def _pins() -> dict[str, str]:
 
 def _needed(plan: list[dict], python_version: str) -> dict[str, str]:
     """The packages reachable from lfr-ds without passing through a BOX package: name -> version."""
+    # Imported here: only prepare needs packaging, and the box's Python runs this file before it has it.
     from packaging.markers import default_environment
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
@@ -93,6 +94,7 @@ def _older_platforms(tag: str) -> list[str]:
 
 
 def prepare(out: Path, python_version: str, platform: str, box_torch: str) -> None:
+    """Build ``out/wheels`` (what the box lacks, for its Python and platform), copy the scripts, write kit.json."""
     wheels = out / "wheels"
     if wheels.exists():
         shutil.rmtree(wheels)

@@ -63,7 +63,8 @@ def planned_installs(wheels: Path, env: Path, torch_version: str) -> dict[str, s
     python = scratch_env(env, wheels, torch_version)
     report = env / "report.json"
     _pip("--python", python, "install", "--dry-run", "--report", str(report), "--find-links", str(wheels), "lfr-ds")
-    return {i["metadata"]["name"]: i["metadata"]["version"] for i in json.loads(report.read_text())["install"]}
+    plan = json.loads(report.read_text())["install"]
+    return {re.sub(r"[-_.]+", "-", i["metadata"]["name"]).lower(): i["metadata"]["version"] for i in plan}
 
 
 @pytest.mark.parametrize("torch_version", ["2.11.0", "2.12.0a0+abc123"], ids=["release", "nvidia-prerelease"])
