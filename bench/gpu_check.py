@@ -9,8 +9,8 @@ Fails fast, in one line, without a CUDA GPU, bf16, NCCL or nvcc (DeepSpeed JIT-c
 built once up front, for this GPU's architecture only, and its build time is reported). Then one row per
 run (tokens/s, TFLOP/s per device, MFU, peak memory) and LFR's overhead: the wall time of the same 124M
 ZeRO-2 run with an LFR schedule against random sampling, every step after the first (warm-up) and every
-phase boundary included (the
-rewrites, and the per-step loss gather both arms pay). The last line is all of it as one JSON object.
+phase boundary included (the rewrites, and the per-step loss gather both arms pay). The last line is all
+of it as one JSON object.
 Transformer Engine is not used: attention is the SDPA path.
 """
 
