@@ -26,10 +26,13 @@ import time
 from pathlib import Path
 
 # (preset, zero stage, micro batch per GPU, steps, schedule); global batch = micro × GPUs × 2 accumulation.
-# The first two are the overhead pair: the same run with random sampling and with LFR.
+# The first two are the overhead pair: the same run with random sampling and with LFR. A rewrite costs a
+# roughly fixed fraction of a second at this data size (bench/rewrite.py), so the phases are 100 steps
+# (about 8 s each at 124M on one H100) for the comparison to say something about real runs, whose phases
+# are thousands of steps.
 GPU_RUNS = [
-    ("gpt2-124m", 2, 16, 120, "random"),
-    ("gpt2-124m", 2, 16, 120, "learn:30,focus:30@0.5,review:30,focus:*@0.7"),
+    ("gpt2-124m", 2, 16, 400, "random"),
+    ("gpt2-124m", 2, 16, 400, "learn:100,focus:100@0.5,review:100,focus:*@0.7"),
     ("gpt2-124m", 3, 16, 12, "random"),
     ("gpt2-1.5b", 2, 8, 12, "random"),
     ("gpt2-1.5b", 3, 8, 12, "random"),
@@ -92,7 +95,8 @@ def main() -> None:
     vocab = 1024 if args.cpu else 50257
     results, run_seconds = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        data = random_token_dataset(f"{tmp}/tokens", vocab, 200_000 if args.cpu else 4_000_000)
+        # About one pass of the overhead pair's 400 steps on one GPU (32 × 1024 tokens a step).
+        data = random_token_dataset(f"{tmp}/tokens", vocab, 200_000 if args.cpu else 14_000_000)
         for i, (preset, zero, micro, steps, schedule) in enumerate(CPU_RUNS if args.cpu else GPU_RUNS):
             overrides = [
                 f"data.path={data}",
