@@ -28,7 +28,7 @@ from pathlib import Path
 # (preset, zero stage, micro batch per GPU, steps, schedule); global batch = micro × GPUs × 2 accumulation.
 # The first two are the overhead pair: the same run with random sampling and with LFR. A rewrite costs a
 # roughly fixed fraction of a second at this data size (bench/rewrite.py), so the phases are 100 steps
-# (about 8 s each at 124M on one H100) for the comparison to say something about real runs, whose phases
+# (an estimated 8 s each at 124M on one H100) for the comparison to say something about real runs, whose phases
 # are thousands of steps.
 GPU_RUNS = [
     ("gpt2-124m", 2, 16, 400, "random"),
