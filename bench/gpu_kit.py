@@ -147,7 +147,7 @@ def install(kit: Path) -> None:
               "that has them: run with PYTHON=<that image's python>, or install them first")
     wheels = kit / "wheels"
     if not any(wheels.glob("lfr_ds-*.whl")):
-        _fail(f"{wheels} holds no lfr-ds wheel; build the kit with `launch_scripts/gpu_kit.sh prepare` first")
+        _fail(f"{wheels} holds no lfr-ds wheel; build the kit with launch_scripts/gpu_kit.sh prepare first")
     offline = ["--no-index", "--find-links", str(wheels), "--only-binary=:all:", "lfr-ds"]
     torch_before = metadata.version("torch")
     with tempfile.TemporaryDirectory() as tmp:

@@ -107,3 +107,12 @@ def test_kit_refuses_to_replace_the_image_torch(wheels, tmp_path):
         "nothing was installed"
     )
     assert installed["torch"] == "2.5.0" and "lfr-ds" not in installed
+
+
+def test_kit_install_needs_the_image_packages(wheels, tmp_path):
+    """A Python with torch but without the image's other big packages: one line, before pip is asked."""
+    python = scratch_env(tmp_path / "bare", wheels, "2.11.0+cu130")
+    proc = subprocess.run([python, str(ROOT / "bench" / "gpu_kit.py"), "install"], capture_output=True, text=True, env=PIP_ENV)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith(f"error: this Python ({python}) lacks numpy, scipy, matplotlib, sentencepiece, ")
+    assert len(proc.stderr.splitlines()) == 1

@@ -66,3 +66,15 @@ def test_gpu_check_cpu_mode_prints_the_table():
     assert overhead["random_run_s"] > 0 and overhead["lfr_run_s"] > 0
     ratio = overhead["lfr_run_s"] / overhead["random_run_s"]
     assert overhead["overhead_percent"] == pytest.approx(100 * (ratio - 1), abs=0.1)
+
+
+def test_gpu_check_without_a_gpu_fails_in_one_line():
+    proc = subprocess.run(
+        [str(SCRIPTS / "gpu_check.sh"), "--preflight"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""},
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: no CUDA GPU visible to torch ") and len(proc.stderr.splitlines()) == 1
