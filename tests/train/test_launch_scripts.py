@@ -46,14 +46,18 @@ def test_multinode_script_names_what_is_missing():
     assert proc.returncode != 0 and "HOSTFILE" in proc.stderr
 
 
-def test_gpu_check_cpu_mode_prints_the_table():
-    proc = subprocess.run(
-        [str(SCRIPTS / "gpu_check.sh"), "--cpu"],
+def _gpu_check(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(SCRIPTS / "gpu_check.sh"), *args],
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "PYTHON": sys.executable},
+        env={**os.environ, "PYTHON": sys.executable, **env},
     )
+
+
+def test_gpu_check_cpu_mode_prints_the_table():
+    proc = _gpu_check("--cpu")
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     result = json.loads(lines[-1])
@@ -69,12 +73,6 @@ def test_gpu_check_cpu_mode_prints_the_table():
 
 
 def test_gpu_check_without_a_gpu_fails_in_one_line():
-    proc = subprocess.run(
-        [str(SCRIPTS / "gpu_check.sh"), "--preflight"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env={**os.environ, "PYTHON": sys.executable, "CUDA_VISIBLE_DEVICES": ""},
-    )
+    proc = _gpu_check("--preflight", CUDA_VISIBLE_DEVICES="")
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: no CUDA GPU visible to torch ") and len(proc.stderr.splitlines()) == 1
