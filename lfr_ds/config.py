@@ -272,6 +272,10 @@ class LFRConfig:
     temperature: float = 1.0
     """Focus sampling weight ∝ (relative) perplexity^(1/T): 1 samples a block e times more often per nat
     of extra loss; larger is flatter (∞ = uniform over kept blocks)."""
+    length_scale: float = 1.0
+    """Multiplies every absolute phase length of ``schedule`` (steps, tokens, passes, the default Review).
+    For budget sweeps: the same schedule at a fraction of the tokens (``steps`` scaled alike), so a
+    1-pass Learn at 0.5 is half a pass. Shares (``%``) and ``*`` follow ``steps`` by themselves."""
 
     def __post_init__(self) -> None:
         if self.distribute not in ("shared_fs", "broadcast"):
@@ -286,6 +290,8 @@ class LFRConfig:
             raise UserError(f"lfr.clusters ({self.clusters}) must be >= 1 and lfr.centroids ({self.centroids}) >= clusters")
         if not self.temperature > 0:
             raise UserError(f"lfr.temperature: {self.temperature} must be positive")
+        if not 0.0 < self.length_scale <= 1e6:
+            raise UserError(f"lfr.length_scale: {self.length_scale} must be a positive number")
 
 
 @dataclass
@@ -299,6 +305,9 @@ class EvalConfig:
     """Held-out data: a dataset prefix or a raw ``.jsonl`` (tokenized with the run's tokenizer). ``None`` = none."""
     valid_blocks: int = 64
     """Held-out blocks scored per evaluation (a fixed subset: evenly spaced, or after a seeded document shuffle)."""
+    valid_seed: int | None = None
+    """Seed that cuts the held-out blocks (the document shuffle); ``None`` = the run's ``data.seed``. Fix it to
+    score runs of different seeds on the very same blocks (``lfr-compare`` does)."""
     blimp: str | None = None
     """BLiMP directory (or one ``.jsonl``) of minimal pairs; ``None`` = none."""
     blimp_pairs: int = 10

@@ -175,7 +175,7 @@ class Metrics:
             parts.append(f"BLiMP {results['blimp']['acc']:.3f}")
             if self.writer is not None:
                 self.writer.add_scalar("blimp acc", results["blimp"]["acc"], step)
-        self.log(f"eval step {step}: " + ", ".join(parts))
+        self.log(f"eval step {step}: " + ", ".join(parts) + (f" in {results['seconds']:.1f}s" if "seconds" in results else ""))
 
     def phase_start(self, phase, manifest: dict, table, step: int) -> None:
         """At a phase boundary: the console line, the phase's kept fraction and source shares, and a

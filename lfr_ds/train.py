@@ -76,6 +76,7 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
         total_steps=cfg.steps,
         tokens_per_step=G * seq,
         review_steps=math.ceil(num_blocks / G),
+        scale=cfg.lfr.length_scale,
     )
     resume = find_checkpoint(cfg)
 
@@ -89,7 +90,8 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
     blocks = BlockView(dataset, seq, cfg.data.seed, rank=info.rank, barrier=dist.barrier)
     assert blocks.num_blocks == num_blocks, (blocks.num_blocks, num_blocks)
     block_source = blocks.block_source
-    evaluator = PeriodicEval(cfg.eval, tokenizer=tokenizer, seq_length=seq, seed=cfg.data.seed, micro_batch_size=micro,
+    valid_seed = cfg.data.seed if cfg.eval.valid_seed is None else cfg.eval.valid_seed
+    evaluator = PeriodicEval(cfg.eval, tokenizer=tokenizer, seq_length=seq, seed=valid_seed, micro_batch_size=micro,
                              rank=info.rank, barrier=dist.barrier)
 
     # ---- model and engine
@@ -223,7 +225,9 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
         yield StepRecord(step, phase.kind, loss, local.cpu().numpy(), rows)
 
         if evaluator.due(step, cfg.steps):
+            t_eval = timer()
             results = {"step": step, "tokens": step * G * seq, "phase": phase.index, **evaluator.run(engine)}
+            results["seconds"] = round(timer() - t_eval, 3)
             metrics.evaluation(results)
             if eval_log is not None:
                 eval_log.write(json.dumps(results) + "\n")

@@ -53,10 +53,15 @@ class Phase:
         return f"phase_{self.index:03d}_{self.kind}"
 
 
-def parse_schedule(text: str, *, total_steps: int, tokens_per_step: int, review_steps: int) -> list[Phase]:
+def parse_schedule(
+    text: str, *, total_steps: int, tokens_per_step: int, review_steps: int, scale: float = 1.0
+) -> list[Phase]:
     """Resolve ``text`` (or a preset name) into phases covering exactly ``total_steps`` steps.
 
-    ``review_steps`` is the length of a review given no length: one pass over all blocks.
+    ``review_steps`` is the length of a review given no length: one pass over all blocks. ``scale``
+    multiplies every absolute length (steps, tokens, passes, the default review): a budget sweep trains
+    the same schedule at a fraction of the tokens, so a 1-pass Learn at scale 0.5 is half a pass.
+    Shares (``%``) and ``*`` are relative to ``total_steps`` already.
     """
     spec = PRESETS.get(text.strip(), text.strip())
     items = [p.strip() for p in spec.split(",")]
@@ -82,7 +87,7 @@ def parse_schedule(text: str, *, total_steps: int, tokens_per_step: int, review_
         elif kind == "focus":
             raise UserError(f"{where}: a focus phase needs a drop fraction, e.g. focus:2000@0.5")
         parsed.append(
-            (kind, _length(m["len"], kind, where, total_steps, tokens_per_step, review_steps), drop)
+            (kind, _length(m["len"], kind, where, total_steps, tokens_per_step, review_steps * scale, scale), drop)
         )
     if sum(1 for _, n, _ in parsed if n is None) > 1:
         raise UserError(f"lfr.schedule {text!r}: at most one phase may have length '*'")
@@ -114,11 +119,11 @@ def parse_schedule(text: str, *, total_steps: int, tokens_per_step: int, review_
 
 
 def _length(
-    text: str | None, kind: str, where: str, total: int, tokens_per_step: int, review_steps: int
+    text: str | None, kind: str, where: str, total: int, tokens_per_step: int, review_steps: float, scale: float
 ) -> int | None:
     if text is None:
         if kind == "review":
-            return review_steps
+            return max(1, round(review_steps))
         raise UserError(f"{where}: needs a length (steps, tokens with a t suffix, %, or *)")
     text = text.strip()
     if text == "*":
@@ -140,7 +145,7 @@ def _length(
             raise UserError(
                 f"{where}: bad length {text!r}; use steps (2000), tokens (5Mt), passes (1.5ep), a percentage (20%) or *"
             )
-        value = float(m["num"]) * _MULT[m["mult"]]
+        value = float(m["num"]) * _MULT[m["mult"]] * scale
         steps = round(value / tokens_per_step) if m["unit"] else math.floor(value)
     if steps < 1:
         raise UserError(f"{where}: length {text!r} is less than one step")
