@@ -31,7 +31,7 @@ from lfr_ds.identity import check_fits, read_state
 from lfr_ds.resources import OutOfResource
 from lfr_ds.safe_load import check_checkpoint_files, load_arrays, weights_only_loads
 
-DS_CONFIG_DIR = Path(__file__).resolve().parents[1] / "ds_configs"
+DS_CONFIG_DIR = Path(__file__).resolve().parent / "ds_configs"  # package data: wheels carry it
 #: ds_config fields lfr-ds derives from TrainConfig; a JSON may leave them out or set them to "auto".
 DERIVED_KEYS = (
     "train_batch_size",
