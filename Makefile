@@ -1,5 +1,5 @@
-# The two commands of the README. Each creates the virtual environment on first use (pinned CPU
-# torch 2.13.0, deepspeed 0.19.8, megatron-core 0.16.1) and reuses it afterwards.
+# The two commands of the README. Each creates the virtual environment on first use (the CPU stack
+# pinned in constraints-cpu.txt: torch 2.13.0+cpu, deepspeed 0.19.8, megatron-core 0.16.1) and reuses it.
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -15,10 +15,10 @@ test: $(VENV)/.installed
 lint: $(VENV)/.installed
 	$(BIN)/ruff check lfr_ds tools bench tests
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -c constraints-cpu.txt -e '.[test]'
 	touch $@
 
 clean:

@@ -35,9 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from lfr_ds import synthetic
-from lfr_ds.data.tokenizer import train_tokenizer
-from lfr_ds.faults import (
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the harness lives with the tests
+
+from faultkit import (
     TRAINING_STARTED,
     checkpoints_consistent,
     compare_training,
@@ -46,6 +46,9 @@ from lfr_ds.faults import (
     plan_training_kills,
     preprocess_outputs,
 )
+
+from lfr_ds import synthetic
+from lfr_ds.data.tokenizer import train_tokenizer
 
 BIN = Path(sys.executable).parent
 FILES = 4  # corpus files: preprocessing output is written (and can be killed) after each

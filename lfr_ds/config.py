@@ -11,6 +11,7 @@ import contextlib
 import dataclasses
 import difflib
 import json
+import math
 import os
 import typing
 from collections.abc import Sequence
@@ -28,6 +29,52 @@ PRESETS: dict[str, dict[str, int]] = {
     "gpt2-774m": dict(num_layers=36, hidden_size=1280, num_attention_heads=20, seq_length=1024),
     "gpt2-1.5b": dict(num_layers=48, hidden_size=1600, num_attention_heads=25, seq_length=1024),
 }
+
+#: Seeds feed numpy's RandomState (megatron-core's document shuffle) and torch's generators: both take
+#: [0, 2**32 - 1].
+MAX_SEED = 2**32 - 1
+#: Token ids are int32 in megatron-core's datasets and embedding lookups.
+MAX_VOCAB = 2**31 - 1
+#: Steps, intervals and counts are stored as int32 in the loss table and the checkpoints' arrays.
+MAX_COUNT = 2**31 - 1
+
+
+# ---- validation helpers: every message names the field and the accepted range, on one line ---------
+
+
+def check_int(name: str, value: object, low: int, high: int) -> None:
+    """``value`` is an int (not a bool) in ``[low, high]``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise UserError(f"{name}: must be an integer in [{low}, {high}], got {value!r}")
+
+
+def check_number(name: str, value: object, low: float, high: float, *, open_low: bool = False,
+                 open_high: bool = False) -> None:
+    """``value`` is a finite number in the interval (NaN and ±inf are refused: torch and DeepSpeed
+    would accept some of them and fail, or silently train on NaN, later)."""
+    ok = (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and (low < value if open_low else low <= value)
+        and (value < high if open_high else value <= high)
+    )
+    if not ok:
+        interval = f"{'(' if open_low else '['}{low}, {high}{')' if open_high else ']'}"
+        raise UserError(f"{name}: must be a finite number in {interval}, got {value!r}")
+
+
+def check_choice(name: str, value: object, choices: Sequence[str]) -> None:
+    if value not in choices:
+        raise UserError(f"{name}: {value!r}; use {', '.join(choices[:-1])} or {choices[-1]}")
+
+
+def check_path(name: str, value: object, *, optional: bool = False) -> None:
+    """A non-empty path string without NUL bytes (which every OS call refuses with a ValueError)."""
+    if optional and value is None:
+        return
+    if not isinstance(value, str) or not value or "\0" in value:
+        raise UserError(f"{name}: must be a non-empty path without NUL bytes, got {value!r}")
 
 
 @dataclass
@@ -70,37 +117,50 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.preset is not None:
-            if self.preset not in PRESETS:
+            if not isinstance(self.preset, str) or self.preset not in PRESETS:
                 raise UserError(
                     f"model.preset: unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}"
                 )
             for key, value in PRESETS[self.preset].items():
                 if getattr(self, key) is None:
                     setattr(self, key, value)
-        for key in ("num_layers", "hidden_size", "num_attention_heads", "seq_length"):
+        # Upper bounds are far past any GPT-2-family shape; they keep sizes inside what megatron-core
+        # indexes with int32 and catch a slipped digit before it becomes an allocation failure.
+        for key, high in (("num_layers", 1024), ("hidden_size", 65536), ("num_attention_heads", 1024),
+                          ("seq_length", 131072)):
             value = getattr(self, key)
             if value is None:
                 raise UserError(f"model.{key}: required when model.preset is null; set it or pick a preset")
-            if not isinstance(value, int) or value <= 0:
-                raise UserError(f"model.{key}: must be a positive integer, got {value!r}")
+            check_int(f"model.{key}", value, 1, high)
         if self.hidden_size % self.num_attention_heads:
             raise UserError(
                 f"model.num_attention_heads: {self.num_attention_heads} does not divide "
                 f"model.hidden_size {self.hidden_size}"
             )
-        if self.vocab_size is not None and self.vocab_size <= 0:
-            raise UserError(f"model.vocab_size: must be positive, got {self.vocab_size}")
-        if self.make_vocab_size_divisible_by < 1:
-            raise UserError("model.make_vocab_size_divisible_by: must be >= 1")
+        if self.vocab_size is not None:
+            check_int("model.vocab_size", self.vocab_size, 1, MAX_VOCAB)
+        check_int("model.make_vocab_size_divisible_by", self.make_vocab_size_divisible_by, 1, 65536)
+        if self.vocab_size is not None and self.padded_vocab_size > MAX_VOCAB:
+            raise UserError(
+                f"model.make_vocab_size_divisible_by: padding model.vocab_size {self.vocab_size} to a multiple "
+                f"of {self.make_vocab_size_divisible_by} exceeds {MAX_VOCAB} token ids; lower it"
+            )
         for key in ("hidden_dropout", "attention_dropout"):
-            if not 0.0 <= getattr(self, key) < 1.0:
-                raise UserError(f"model.{key}: must be in [0, 1), got {getattr(self, key)}")
-        if self.attention_backend not in ("auto", "sdpa", "te"):
-            raise UserError(f"model.attention_backend: {self.attention_backend!r}; use auto, sdpa or te")
-        if self.fused_kernels not in ("auto", "on", "off"):
-            raise UserError(f"model.fused_kernels: {self.fused_kernels!r}; use auto, on or off")
-        if self.sketch_dim < 0:
-            raise UserError("model.sketch_dim: must be >= 0")
+            check_number(f"model.{key}", getattr(self, key), 0.0, 1.0, open_high=True)
+        check_number("model.init_method_std", self.init_method_std, 0.0, 1.0, open_low=True)
+        check_number("model.layernorm_epsilon", self.layernorm_epsilon, 0.0, 1.0, open_low=True)
+        check_choice("model.attention_backend", self.attention_backend, ("auto", "sdpa", "te"))
+        check_choice("model.fused_kernels", self.fused_kernels, ("auto", "on", "off"))
+        check_int("model.sketch_dim", self.sketch_dim, 0, 4096)
+
+    @property
+    def num_parameters(self) -> int:
+        """Parameters of this GPT-2 (tied embeddings, padded vocabulary), counted from its shape: per
+        layer QKV 3h²+3h, attention output h²+h, MLP 8h²+5h, two LayerNorms 4h; plus the embedding,
+        the positions and the final LayerNorm. ``lfr_ds.model.gpt.count_parameters`` builds the model to
+        count the same number."""
+        h = self.hidden_size
+        return self.padded_vocab_size * h + self.seq_length * h + self.num_layers * (12 * h * h + 13 * h) + 2 * h
 
     @property
     def padded_vocab_size(self) -> int:
@@ -120,6 +180,13 @@ class DataConfig:
     """Tokenizer ``.model``; ``None`` = the one recorded in the dataset's sidecar. A different one is refused."""
     seed: int = 1234
     """Seeds the document shuffle that defines blocks (so block ids) and every sample-order shuffle."""
+
+    def __post_init__(self) -> None:
+        # An empty path is allowed here (the default, so a config can be built up); TrainConfig requires it.
+        if self.path:
+            check_path("data.path", self.path)
+        check_path("data.tokenizer", self.tokenizer, optional=True)
+        check_int("data.seed", self.seed, 0, MAX_SEED)
 
 
 @dataclass
@@ -144,16 +211,15 @@ class OptimConfig:
     """Clip the global gradient norm to this; 0 = off."""
 
     def __post_init__(self) -> None:
-        if self.lr <= 0:
-            raise UserError(f"optim.lr: must be positive, got {self.lr}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise UserError(f"optim.min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}")
-        if self.warmup_steps < 0:
-            raise UserError("optim.warmup_steps: must be >= 0")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise UserError("optim.beta1/beta2: must be in [0, 1)")
-        if self.grad_clip < 0 or self.weight_decay < 0 or self.eps <= 0:
-            raise UserError("optim.grad_clip and optim.weight_decay must be >= 0, optim.eps > 0")
+        # AdamW's decoupled decay scales weights by 1 - lr * weight_decay each step: past 1 they flip sign.
+        check_number("optim.lr", self.lr, 0.0, 1.0, open_low=True)
+        check_number("optim.min_lr_ratio", self.min_lr_ratio, 0.0, 1.0)
+        check_int("optim.warmup_steps", self.warmup_steps, 0, MAX_COUNT)
+        check_number("optim.weight_decay", self.weight_decay, 0.0, 1.0)
+        check_number("optim.beta1", self.beta1, 0.0, 1.0, open_high=True)
+        check_number("optim.beta2", self.beta2, 0.0, 1.0, open_high=True)
+        check_number("optim.eps", self.eps, 0.0, math.inf, open_low=True, open_high=True)
+        check_number("optim.grad_clip", self.grad_clip, 0.0, math.inf, open_high=True)
 
 
 @dataclass
@@ -177,13 +243,12 @@ class EngineConfig:
 
     def __post_init__(self) -> None:
         if self.zero_stage not in (2, 3):
-            raise UserError(f"engine.zero_stage: {self.zero_stage}; lfr-ds supports ZeRO stage 2 or 3")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise UserError(f"engine.precision: {self.precision!r}; use auto, bf16 or fp32")
-        if self.backend not in ("auto", "nccl", "gloo"):
-            raise UserError(f"engine.backend: {self.backend!r}; use auto, nccl or gloo")
-        if self.micro_batch_size < 1 or self.global_batch_size < 1:
-            raise UserError("engine.micro_batch_size and engine.global_batch_size: must be >= 1")
+            raise UserError(f"engine.zero_stage: {self.zero_stage!r}; lfr-ds supports ZeRO stage 2 or 3")
+        check_path("engine.ds_config", self.ds_config)
+        check_choice("engine.precision", self.precision, ("auto", "bf16", "fp32"))
+        check_choice("engine.backend", self.backend, ("auto", "nccl", "gloo"))
+        check_int("engine.global_batch_size", self.global_batch_size, 1, 2**24)
+        check_int("engine.micro_batch_size", self.micro_batch_size, 1, 2**24)
         if self.global_batch_size % self.micro_batch_size:
             raise UserError(
                 f"engine.global_batch_size {self.global_batch_size}: not a multiple of engine.micro_batch_size "
@@ -216,8 +281,9 @@ class CheckpointConfig:
     finalises its own shards."""
 
     def __post_init__(self) -> None:
-        if self.interval < 0 or self.keep_last < 1:
-            raise UserError("checkpoint.interval must be >= 0 and checkpoint.keep_last >= 1")
+        check_int("checkpoint.interval", self.interval, 0, MAX_COUNT)
+        check_int("checkpoint.keep_last", self.keep_last, 1, 10**6)
+        check_path("checkpoint.resume", self.resume)
 
 
 @dataclass
@@ -238,10 +304,9 @@ class LogConfig:
     """Show a progress bar with ETA on rank 0 (only when stderr is a terminal)."""
 
     def __post_init__(self) -> None:
-        if self.interval < 1:
-            raise UserError("log.interval: must be >= 1")
-        if self.peak_tflops is not None and self.peak_tflops <= 0:
-            raise UserError("log.peak_tflops: must be positive (or null for the default)")
+        check_int("log.interval", self.interval, 1, MAX_COUNT)
+        if self.peak_tflops is not None:
+            check_number("log.peak_tflops", self.peak_tflops, 0.0, math.inf, open_low=True, open_high=True)
 
 
 @dataclass
@@ -272,20 +337,37 @@ class LFRConfig:
     temperature: float = 1.0
     """Focus sampling weight ∝ (relative) perplexity^(1/T): 1 samples a block e times more often per nat
     of extra loss; larger is flatter (∞ = uniform over kept blocks)."""
+    weighting: str = "perplexity"
+    """How Focus weights the draw among kept clusters: ``perplexity`` (the paper's) = ∝ kept blocks ×
+    exp(mean difficulty / T); ``learnable`` = ∝ kept blocks × the cluster's learnability, the share of its
+    excess relative loss that it lost between its blocks' last two visits (in [0.05, 1]; 1 for clusters no
+    harder than average or not yet seen twice), so hard text the model does not learn (noise) is drawn
+    less. Within a cluster both draw ∝ exp(difficulty / T). See docs/lfr.md."""
+    auto_max_drop: float = 0.7
+    """``focus:...@auto`` only: the largest fraction of the seen blocks it may drop (it drops only blocks
+    the loss table says are learned, see docs/lfr.md)."""
+    length_scale: float = 1.0
+    """Multiplies every absolute phase length of ``schedule`` (steps, tokens, passes, kept passes, the default Review).
+    For budget sweeps: the same schedule at a fraction of the tokens (``steps`` scaled alike), so a
+    1-pass Learn at 0.5 is half a pass. Shares (``%``) and ``*`` follow ``steps`` by themselves."""
 
     def __post_init__(self) -> None:
-        if self.distribute not in ("shared_fs", "broadcast"):
-            raise UserError(f"lfr.distribute: {self.distribute!r}; use shared_fs or broadcast")
-        if self.score not in ("relative", "raw"):
-            raise UserError(f"lfr.score: {self.score!r}; use relative or raw")
-        if self.selection not in ("capped", "paper"):
-            raise UserError(f"lfr.selection: {self.selection!r}; use capped or paper")
-        if not 0.0 < self.max_cluster_drop <= 1.0:
-            raise UserError(f"lfr.max_cluster_drop: {self.max_cluster_drop} must be in (0, 1]")
-        if self.clusters < 1 or self.centroids < self.clusters:
-            raise UserError(f"lfr.clusters ({self.clusters}) must be >= 1 and lfr.centroids ({self.centroids}) >= clusters")
-        if not self.temperature > 0:
-            raise UserError(f"lfr.temperature: {self.temperature} must be positive")
+        if not isinstance(self.schedule, str) or not self.schedule.strip():
+            raise UserError(f"lfr.schedule: {self.schedule!r}; give random, paper or phases such as learn:2000,focus:*@0.5")
+        check_choice("lfr.distribute", self.distribute, ("shared_fs", "broadcast"))
+        check_choice("lfr.score", self.score, ("relative", "raw"))
+        check_choice("lfr.selection", self.selection, ("capped", "paper"))
+        check_number("lfr.max_cluster_drop", self.max_cluster_drop, 0.0, 1.0, open_low=True)
+        check_int("lfr.clusters", self.clusters, 1, 65536)
+        check_int("lfr.centroids", self.centroids, 1, 65536)
+        if self.centroids < self.clusters:
+            raise UserError(f"lfr.centroids ({self.centroids}) must be >= lfr.clusters ({self.clusters})")
+        check_choice("lfr.weighting", self.weighting, ("perplexity", "learnable"))
+        check_number("lfr.auto_max_drop", self.auto_max_drop, 0.0, 1.0, open_low=True, open_high=True)
+        # +inf is meaningful (uniform weights); NaN and non-positive values are not.
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, int | float) or not self.temperature > 0:
+            raise UserError(f"lfr.temperature: {self.temperature!r} must be positive")
+        check_number("lfr.length_scale", self.length_scale, 0.0, 1e6, open_low=True)
 
 
 @dataclass
@@ -299,14 +381,20 @@ class EvalConfig:
     """Held-out data: a dataset prefix or a raw ``.jsonl`` (tokenized with the run's tokenizer). ``None`` = none."""
     valid_blocks: int = 64
     """Held-out blocks scored per evaluation (a fixed subset: evenly spaced, or after a seeded document shuffle)."""
+    valid_seed: int | None = None
+    """Seed that cuts the held-out blocks (the document shuffle); ``None`` = the run's ``data.seed``. Fix it to
+    score runs of different seeds on the very same blocks (``lfr-compare`` does)."""
     blimp: str | None = None
     """BLiMP directory (or one ``.jsonl``) of minimal pairs; ``None`` = none."""
     blimp_pairs: int = 10
     """Pairs taken from the start of each BLiMP file per evaluation (67 files: 670 pairs at 10)."""
 
     def __post_init__(self) -> None:
-        if self.interval < 0 or self.valid_blocks < 1 or self.blimp_pairs < 1:
-            raise UserError("eval.interval must be >= 0, eval.valid_blocks and eval.blimp_pairs >= 1")
+        check_int("eval.interval", self.interval, 0, MAX_COUNT)
+        check_path("eval.valid_path", self.valid_path, optional=True)
+        check_int("eval.valid_blocks", self.valid_blocks, 1, 2**24)
+        check_path("eval.blimp", self.blimp, optional=True)
+        check_int("eval.blimp_pairs", self.blimp_pairs, 1, 10**6)
 
 
 @dataclass
@@ -337,8 +425,9 @@ class TrainConfig:
     """Evaluation during training."""
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise UserError(f"steps: must be >= 1, got {self.steps}")
+        check_path("run_dir", self.run_dir)
+        check_int("steps", self.steps, 1, MAX_COUNT)
+        check_int("seed", self.seed, 0, MAX_SEED)
         if not self.data.path:
             raise UserError("data.path: required; set it to the dataset prefix written by lfr-preprocess")
 
@@ -382,6 +471,8 @@ def _read_file(path: str) -> dict:
     try:
         text = Path(path).read_text()
         data = json.loads(text) if path.endswith(".json") else yaml.safe_load(text)
+    except OSError as e:
+        raise UserError(f"{path}: config file cannot be read ({e.strerror}); check its permissions") from None
     except (ValueError, yaml.YAMLError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(
@@ -417,7 +508,7 @@ def _build(cls, raw: dict, prefix: str):
             raise UserError(f"unknown config key {prefix}{key}{hint}")
         hint = hints[key]
         if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value or {}, prefix + key + ".")
+            kwargs[key] = _build(hint, {} if value is None else value, prefix + key + ".")
         else:
             kwargs[key] = _coerce(value, hint, prefix + key)
     return cls(**kwargs)

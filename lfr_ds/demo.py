@@ -18,7 +18,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from lfr_ds import atomic, compare, report, synthetic
+from lfr_ds import atomic, report, synthetic
+from lfr_ds.compare import cli as compare
 from lfr_ds.data.reader import ReadOptions, check_inputs, iter_documents
 from lfr_ds.errors import ArgumentParser, UserError, cli
 
@@ -58,7 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _step("writing the planted-difficulty corpus: trivial templates, learnable facts, random-word noise")
         train, valid = out / "train.jsonl", out / "valid.jsonl"
         synthetic.write_jsonl(train, synthetic.generate(150, seed=0))
-        synthetic.write_jsonl(valid, synthetic.generate(15, seed=1))
+        synthetic.write_jsonl(valid, synthetic.generate(30, seed=1))
         vocab = 512
     runs = out / "compare"
     _step("training random sampling and LFR on the same token budget (a minute or two each)")

@@ -15,6 +15,7 @@ import os
 import shutil
 import socket
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,12 +24,14 @@ import torch
 import torch.distributed as dist
 
 from lfr_ds import atomic
-from lfr_ds.config import TrainConfig
+from lfr_ds.config import ModelConfig, TrainConfig
 from lfr_ds.errors import UserError
 from lfr_ds.faults import crash_point
+from lfr_ds.identity import check_fits, read_state
+from lfr_ds.resources import OutOfResource
 from lfr_ds.safe_load import check_checkpoint_files, load_arrays, weights_only_loads
 
-DS_CONFIG_DIR = Path(__file__).resolve().parents[1] / "ds_configs"
+DS_CONFIG_DIR = Path(__file__).resolve().parent / "ds_configs"  # package data: wheels carry it
 #: ds_config fields lfr-ds derives from TrainConfig; a JSON may leave them out or set them to "auto".
 DERIVED_KEYS = (
     "train_batch_size",
@@ -41,6 +44,108 @@ DERIVED_KEYS = (
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
 UNIVERSAL = ".universal"  # scratch space of an elastic resume, under checkpoints/
+
+
+@dataclass(frozen=True)
+class LaunchEnv:
+    """The job geometry a launcher (deepspeed, torchrun) puts in the environment; one process without one."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    """Ranks on this node (they share its host memory)."""
+
+
+def launch_env() -> LaunchEnv:
+    """Read and check the launcher's environment before any process group exists, so a bad value is one
+    line naming the variable rather than a hang or a traceback from inside torch.distributed."""
+
+    def read(name: str, default: str, low: int, high: int,
+             fix: str = "it is set by the launcher (deepspeed, torchrun): unset it to run one process") -> int:
+        text = os.environ.get(name, default)
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not low <= value <= high:
+            raise UserError(f"{name}={text!r}: must be an integer in [{low}, {high}]; {fix}")
+        return value
+
+    world_size = read("WORLD_SIZE", "1", 1, 2**20)
+    rank = read("RANK", "0", 0, world_size - 1)
+    if torch.cuda.is_available():
+        gpus = torch.cuda.device_count()
+        local_rank = read("LOCAL_RANK", "0", 0, min(gpus, world_size) - 1,
+                          f"this node shows {gpus} GPU(s) (CUDA_VISIBLE_DEVICES): start one rank per GPU")
+    else:
+        local_rank = read("LOCAL_RANK", "0", 0, world_size - 1)
+    # torchrun names the ranks on this node LOCAL_WORLD_SIZE, the deepspeed launcher LOCAL_SIZE.
+    local_name = "LOCAL_WORLD_SIZE" if "LOCAL_WORLD_SIZE" in os.environ else "LOCAL_SIZE"
+    local_world_size = read(local_name, str(world_size), local_rank + 1, world_size)
+    if "MASTER_PORT" in os.environ:
+        read("MASTER_PORT", "", 1, 65535)
+    if "MASTER_ADDR" in os.environ:
+        # torch's rendezvous retries an address that does not resolve until its timeout (30 min), silently.
+        try:
+            socket.getaddrinfo(os.environ["MASTER_ADDR"], None)
+        except (socket.gaierror, UnicodeError) as e:
+            raise UserError(
+                f"MASTER_ADDR={os.environ['MASTER_ADDR']!r}: does not resolve ({e}); give the first node's host name or IP"
+            ) from None
+    return LaunchEnv(rank, world_size, local_rank, local_world_size)
+
+
+def check_memory(model: ModelConfig, zero_stage: int, env: LaunchEnv, bf16: bool) -> None:
+    """Refuse, before any process starts, a model whose weights, gradients and Adam state alone cannot fit
+    in one rank's share of memory. It is a lower bound (activations and buffers come on top), so it never
+    refuses a run that could fit; on CPU it is what stands between an oversized model and the kernel's
+    OOM killer, which ends the process without a word."""
+    n, w = model.num_parameters, env.world_size
+    weight = 2 if bf16 else 4
+    # Each rank: Adam's two fp32 moments, the fp32 master copy (bf16 only) and the gradients, sharded
+    # across ranks; the weights whole under ZeRO-2, sharded under ZeRO-3.
+    sharded = 8 + (4 if bf16 else 0) + weight + (weight if zero_stage == 3 else 0)
+    need = n * sharded / w + (n * weight if zero_stage == 2 else 0)
+    if torch.cuda.is_available():
+        resource, have = f"GPU {env.local_rank} memory", torch.cuda.mem_get_info(env.local_rank)[0]
+    else:
+        available = _available_host_memory()
+        if available is None:
+            return
+        resource, have = "host memory", available // env.local_world_size
+    if need > have:
+        raise OutOfResource(
+            f"model: {n / 1e6:,.0f}M parameters need at least {need / 2**30:,.1f} GiB of {resource} per rank for "
+            f"weights, gradients and Adam state (ZeRO-{zero_stage}, {w} rank(s)), and {have / 2**30:,.1f} GiB is free; "
+            "use a smaller model.preset or model.*, engine.zero_stage=3, or more ranks"
+        )
+
+
+def _available_host_memory() -> int | None:
+    """``MemAvailable`` from /proc/meminfo in bytes (Linux), else ``None`` (no check)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def import_deepspeed():
+    """DeepSpeed, imported with its accelerator named as torch sees this machine (``cuda`` or ``cpu``), so
+    that it neither guesses nor warns. A ``DS_ACCELERATOR`` the user set to anything else is refused:
+    DeepSpeed would fail on an unknown name at import, and on another device's name later."""
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    chosen = os.environ.setdefault("DS_ACCELERATOR", expected)
+    if chosen != expected:
+        hint = "hide the GPUs with CUDA_VISIBLE_DEVICES= to run on CPU" if expected == "cuda" else "unset it"
+        raise UserError(f"DS_ACCELERATOR={chosen!r}: lfr-ds runs on {expected} on this machine; {hint}")
+    import deepspeed
+
+    return deepspeed
 
 
 @dataclass(frozen=True)
@@ -57,12 +162,7 @@ def init_distributed(backend: str = "auto") -> DistInfo:
     Works under ``deepspeed`` (single- or multi-node, which also passes ``--local_rank``), ``torchrun`` and
     plain ``python`` (a one-process group on a free loopback port).
     """
-    if not torch.cuda.is_available():
-        os.environ.setdefault(
-            "DS_ACCELERATOR", "cpu"
-        )  # say it, rather than have DeepSpeed warn that it guessed
-    import deepspeed
-
+    deepspeed = import_deepspeed()
     logging.getLogger("DeepSpeed").setLevel(logging.WARNING)
     if "RANK" not in os.environ:
         with socket.socket() as s:
@@ -89,7 +189,15 @@ def init_distributed(backend: str = "auto") -> DistInfo:
     if cuda:
         torch.cuda.set_device(local_rank)
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend=backend)
+        try:
+            deepspeed.init_distributed(dist_backend=backend)
+        except dist.DistError as e:  # the rendezvous: a wrong address, a port in use, a rank that never came
+            where = f"MASTER_ADDR={os.environ.get('MASTER_ADDR')} MASTER_PORT={os.environ.get('MASTER_PORT')}"
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(
+                f"{where}: torch.distributed could not start ({reason}); check the launcher's address and port, "
+                "and that every rank was started"
+            ) from None
     return DistInfo(
         dist.get_rank(),
         dist.get_world_size(),
@@ -99,15 +207,20 @@ def init_distributed(backend: str = "auto") -> DistInfo:
 
 
 def resolve_bf16(precision: str) -> bool:
+    """Whether to train in bf16 for ``engine.precision``: ``auto`` = on a GPU that has it (Ampere and newer)."""
+    cuda = torch.cuda.is_available()
     if precision == "auto":
-        return torch.cuda.is_available()
-    if precision == "bf16" and not torch.cuda.is_available():
+        return cuda and torch.cuda.is_bf16_supported()
+    if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported():
+        raise UserError(f"engine.precision: bf16, and {torch.cuda.get_device_name()} has no bf16; use fp32 (or auto)")
+    if precision == "bf16" and not cuda:
         print("warning: bf16 on CPU runs about 10x slower than fp32 here", file=sys.stderr)
     return precision == "bf16"
 
 
 def build_ds_config(cfg: TrainConfig, world_size: int, bf16: bool) -> dict:
-    """The DeepSpeed config: the JSON file's ZeRO/communication settings plus what lfr-ds derives."""
+    """The DeepSpeed config: the JSON file's ZeRO/communication settings plus what lfr-ds derives,
+    checked by DeepSpeed's own validation. Needs no process group: call it before starting one."""
     path = cfg.engine.ds_config
     if path == "auto":
         path = str(
@@ -117,8 +230,14 @@ def build_ds_config(cfg: TrainConfig, world_size: int, bf16: bool) -> dict:
         raise UserError(f"engine.ds_config: {path} not found; point it at a DeepSpeed JSON or use auto")
     try:
         ds = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise UserError(f"engine.ds_config: {path} cannot be read ({e.strerror}); check its permissions") from None
     except ValueError as e:
         raise UserError(f"engine.ds_config: {path} is not valid JSON ({e})") from None
+    for section in ("", "zero_optimization", "bf16", "checkpoint"):
+        value = ds if not section else ds.get(section, {})
+        if not isinstance(value, dict):
+            raise UserError(f"engine.ds_config: {path}: {section or 'the top level'} must be a JSON object")
     for key in DERIVED_KEYS:
         if key in ds and ds[key] != "auto":
             raise UserError(
@@ -152,7 +271,32 @@ def build_ds_config(cfg: TrainConfig, world_size: int, bf16: bool) -> dict:
     ds["fp16"] = {"enabled": False}
     ds.setdefault("steps_per_print", 10**9)  # lfr-ds logs; keep DeepSpeed's own step log quiet
     ds.setdefault("checkpoint", {})["use_node_local_storage"] = not cfg.checkpoint.shared_fs
+    _check_with_deepspeed(ds, path)
     return ds
+
+
+def _check_with_deepspeed(ds: dict, path: str) -> None:
+    """Run DeepSpeed's config validation now, so a field it rejects is one line naming the file, not a
+    traceback from ``deepspeed.initialize`` after every rank has started."""
+    import_deepspeed()
+    from deepspeed.runtime.config import DeepSpeedConfig, DeepSpeedConfigError
+    from pydantic import ValidationError
+
+    # DeepSpeed checks the batch against the ranks it counts: the process group's, or one before there is
+    # one. lfr-ds's batch arithmetic is its own (EngineConfig), so DeepSpeed is shown what it will count.
+    counted = dist.get_world_size() if dist.is_initialized() else 1
+    batch = ds["train_micro_batch_size_per_gpu"] * ds["gradient_accumulation_steps"] * counted
+    try:
+        DeepSpeedConfig({**ds, "train_batch_size": batch})
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise UserError(
+            f"engine.ds_config: {path}: {where}: {first['msg']} (DeepSpeed's {e.title}); fix or remove it"
+        ) from None
+    except (DeepSpeedConfigError, ValueError, AssertionError, KeyError, TypeError) as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"engine.ds_config: {path}: DeepSpeed rejects it ({reason}); fix the file or use auto") from None
 
 
 def lr_lambda(cfg: TrainConfig):
@@ -169,10 +313,10 @@ def lr_lambda(cfg: TrainConfig):
     return f
 
 
-def build_engine(model: torch.nn.Module, cfg: TrainConfig, world_size: int, bf16: bool):
-    """Wrap ``model`` in a DeepSpeed engine (ZeRO-2/3, AdamW, warmup + cosine LR)."""
-    import deepspeed
-
+def build_engine(model: torch.nn.Module, cfg: TrainConfig, ds_config: dict):
+    """Wrap ``model`` in a DeepSpeed engine (ZeRO-2/3, AdamW, warmup + cosine LR) configured by
+    ``ds_config`` (from :func:`build_ds_config`)."""
+    deepspeed = import_deepspeed()
     # GPT-2 / Megatron convention: no weight decay on biases and LayerNorm parameters.
     decay, no_decay = [], []
     for name, p in model.named_parameters():
@@ -181,7 +325,6 @@ def build_engine(model: torch.nn.Module, cfg: TrainConfig, world_size: int, bf16
         {"params": decay, "weight_decay": cfg.optim.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    ds_config = build_ds_config(cfg, world_size, bf16)
     engine, _, _, _ = deepspeed.initialize(
         model=model,
         model_parameters=groups,
@@ -266,8 +409,11 @@ def _prune(root: Path, latest: str, keep_last: int) -> None:
         shutil.rmtree(root / f"{name}.partial")
 
 
-def find_checkpoint(cfg: TrainConfig) -> Path | None:
-    """The checkpoint to resume from per ``checkpoint.resume``, or ``None`` to start fresh."""
+def find_checkpoint(cfg: TrainConfig, identity: Mapping[str, object]) -> tuple[Path, dict] | None:
+    """The checkpoint to resume from per ``checkpoint.resume`` and its ``state.json``, or ``None`` to start
+    fresh. Refused, in one line, if it does not fit ``identity`` (this run's
+    :func:`~lfr_ds.identity.run_identity`): called before any process group exists, so that a checkpoint
+    that cannot be resumed fails fast, on every rank, before DeepSpeed loads anything."""
     mode = cfg.checkpoint.resume
     if mode == "never":
         return None
@@ -284,24 +430,14 @@ def find_checkpoint(cfg: TrainConfig) -> Path | None:
         raise UserError(
             f"checkpoint.resume: {path} holds no complete lfr-ds checkpoint; give a step_* directory or use auto"
         )
-    # Before any process group exists, so that a bad checkpoint fails fast, in one line, on every rank.
     check_checkpoint_files(path)
-    try:
-        saved_stage = json.loads((path / "lfr" / "state.json").read_text())["config"]["engine"]["zero_stage"]
-    except (ValueError, KeyError, TypeError):
-        raise UserError(
-            f"{path}/lfr/state.json: unreadable; the checkpoint is damaged or from another lfr-ds version"
-        ) from None
-    if saved_stage != cfg.engine.zero_stage:
-        raise UserError(
-            f"{path}: written under ZeRO-{saved_stage}, and this run uses ZeRO-{cfg.engine.zero_stage}; "
-            f"resume with engine.zero_stage={saved_stage}"
-        )
-    return path
+    state = read_state(path)
+    check_fits(path, state, identity, afresh="or train from scratch in a new run_dir")
+    return path, state
 
 
 def load_checkpoint(engine, info: DistInfo, cfg: TrainConfig, path: Path) -> tuple[dict, dict[str, np.ndarray]]:
-    """Restore engine, RNG and lfr-ds state from ``path`` (checked by :func:`find_checkpoint`); returns
+    """Restore engine, RNG and lfr-ds state from ``path`` (found by :func:`find_checkpoint`); returns
     ``(state, arrays)``. Every ``torch.load`` in DeepSpeed's loaders is made weights-only.
 
     On the checkpoint's number of data-parallel ranks this is DeepSpeed's own load, exact to the bit. On

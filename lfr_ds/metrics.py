@@ -86,6 +86,7 @@ class Metrics:
         self._summary_path = f"{run_dir}/metrics.json"
 
     def start(self, step: int) -> None:
+        self._run_from = None  # (step, time) at the end of the first step: warm-up (compiles, allocator) excluded
         if self.bar is not None:
             self.bar.n = step
             self.bar.refresh()
@@ -93,6 +94,8 @@ class Metrics:
     def step(self, s: StepStats) -> None:
         if self.rank != 0:
             return
+        self._run_to = (s.step, time.perf_counter())
+        self._run_from = self._run_from or self._run_to
         self._window.append(s)
         if self.bar is not None:
             self.bar.update(1)
@@ -172,7 +175,7 @@ class Metrics:
             parts.append(f"BLiMP {results['blimp']['acc']:.3f}")
             if self.writer is not None:
                 self.writer.add_scalar("blimp acc", results["blimp"]["acc"], step)
-        self.log(f"eval step {step}: " + ", ".join(parts))
+        self.log(f"eval step {step}: " + ", ".join(parts) + (f" in {results['seconds']:.1f}s" if "seconds" in results else ""))
 
     def phase_start(self, phase, manifest: dict, table, step: int) -> None:
         """At a phase boundary: the console line, the phase's kept fraction and source shares, and a
@@ -182,7 +185,7 @@ class Metrics:
                 f"{num_blocks:,} blocks")
         if phase.kind == "focus":
             drops = ", ".join(f"{s} {f:.0%}" for s, f in manifest["source_drop_fraction"].items())
-            line += f" (drops {phase.drop:.0%} of seen blocks; per source: {drops})"
+            line += f" (drops {manifest['drop_fraction']:.0%} of seen blocks{' (auto)' if phase.auto_drop else ''}; per source: {drops})"
         self.log(line)
         if self.writer is None:
             return
@@ -208,7 +211,10 @@ class Metrics:
                 self.writer.add_scalar(f"lfr/block loss p{q}", float(v), step)
 
     def close(self) -> None:
-        """Write ``RUN_DIR/metrics.json``, the run's steady-state throughput, and close the writers."""
+        """Write ``RUN_DIR/metrics.json``, the run's steady-state throughput, and close the writers.
+
+        ``run_seconds`` is the wall time of the ``run_steps`` steps after this process's first (warm-up),
+        phase boundaries (the LFR rewrites) and evaluations included: LFR's total cost over random's."""
         if self.rank == 0 and self._summary:
             from lfr_ds import atomic
 
@@ -226,6 +232,8 @@ class Metrics:
                     "peak_tflops": self.peak,
                     "peak_memory_bytes": self._memory(),
                     "world_size": self.world_size,
+                    "run_steps": self._run_to[0] - self._run_from[0],
+                    "run_seconds": self._run_to[1] - self._run_from[1],
                 },
             )
         if self.bar is not None:

@@ -29,25 +29,30 @@ import torch.distributed as dist
 
 from lfr_ds import atomic
 from lfr_ds.config import TrainConfig, load_config
-from lfr_ds.data.blocks import BlockView
+from lfr_ds.data.blocks import BlockView, cache_dir
 from lfr_ds.data.dataset import open_dataset
 from lfr_ds.data.sampler import DataParallelSampler
 from lfr_ds.data.tokenizer import Tokenizer
 from lfr_ds.engine import (
+    build_ds_config,
     build_engine,
+    check_memory,
     find_checkpoint,
     init_distributed,
+    launch_env,
     load_checkpoint,
     resolve_bf16,
     save_checkpoint,
 )
 from lfr_ds.errors import ArgumentParser, UserError, cli
-from lfr_ds.eval.periodic import PeriodicEval
+from lfr_ds.eval.periodic import PeriodicEval, check_eval_paths
 from lfr_ds.faults import crash_point
+from lfr_ds.identity import dataset_digest, record, run_identity, tokenizer_digest
 from lfr_ds.lfr.loss_table import LossTable, gather_step
 from lfr_ds.lfr.rewriter import prepare_phase
-from lfr_ds.lfr.schedule import parse_schedule, phase_at
+from lfr_ds.lfr.schedule import Phase, parse_schedule, phase_at, resolve_length, resumed_schedule
 from lfr_ds.metrics import Metrics, StepStats, timer
+from lfr_ds.resources import out_of_disk, out_of_memory
 
 
 @dataclass
@@ -64,20 +69,45 @@ class StepRecord:
 def train(cfg: TrainConfig) -> Iterator[StepRecord]:
     """Run (or resume) ``cfg``; yields a :class:`StepRecord` after every optimizer step, on every rank."""
     # ---- check the inputs before starting any process group: bad input fails fast, in one line
+    env = launch_env()
+    _check_run_dir(cfg.run_dir)
     dataset = open_dataset(cfg.data.path)
     tokenizer, vocab_size = _tokenizer(cfg, dataset)
     model_cfg = dataclasses.replace(cfg.model, vocab_size=vocab_size)
-    accumulation = cfg.engine.accumulation_steps(int(os.environ.get("WORLD_SIZE", "1")))
+    accumulation = cfg.engine.accumulation_steps(env.world_size)
     G, micro, seq = cfg.engine.global_batch_size, cfg.engine.micro_batch_size, model_cfg.seq_length
     # Megatron cuts one epoch of the stream into floor((tokens - 1) / seq) blocks of seq + 1 tokens.
     num_blocks = (dataset.num_tokens - 1) // seq
+    if num_blocks < 1:
+        raise UserError(
+            f"model.seq_length {seq}: {dataset.prefix} holds {dataset.num_tokens:,} tokens, not one block of "
+            f"{seq + 1}; use more data or a shorter model.seq_length"
+        )
     phases = parse_schedule(
         cfg.lfr.schedule,
         total_steps=cfg.steps,
         tokens_per_step=G * seq,
         review_steps=math.ceil(num_blocks / G),
+        scale=cfg.lfr.length_scale,
     )
-    resume = find_checkpoint(cfg)
+    cache = Path(cache_dir(dataset, seq, cfg.data.seed))
+    if env.rank == 0 and not cache.is_dir() and (blocked := _unwritable(cache)):
+        raise UserError(
+            f"data.path: {blocked} is read-only to this user, and lfr-ds caches the block index beside the dataset "
+            f"({cache.parent}); make it writable, or copy the dataset's files somewhere writable"
+        )
+    # Resuming: the checkpoint must fit this run (shape, vocabulary, data, batch), refused before DeepSpeed.
+    data_id = {"vocab_size": vocab_size, "tokenizer": tokenizer_digest(tokenizer), "dataset": dataset_digest(dataset)}
+    identity = run_identity(cfg, **data_id)
+    found = find_checkpoint(cfg, identity)
+    resume = found[0] if found else None
+    if found:
+        phases = resumed_schedule(phases, found[1]["schedule"])  # kp lengths as their boundaries resolved them
+    resumed_digest = _resumed_digest(found[1], phases, cfg.steps) if found else None
+    check_eval_paths(cfg.eval)
+    bf16 = resolve_bf16(cfg.engine.precision)
+    ds_config = build_ds_config(cfg, env.world_size, bf16)
+    check_memory(model_cfg, cfg.engine.zero_stage, env, bf16)
 
     info = init_distributed(cfg.engine.backend)
     from lfr_ds.model.compat import setup_megatron
@@ -89,23 +119,25 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
     blocks = BlockView(dataset, seq, cfg.data.seed, rank=info.rank, barrier=dist.barrier)
     assert blocks.num_blocks == num_blocks, (blocks.num_blocks, num_blocks)
     block_source = blocks.block_source
-    evaluator = PeriodicEval(cfg.eval, tokenizer=tokenizer, seq_length=seq, seed=cfg.data.seed, micro_batch_size=micro,
+    valid_seed = cfg.data.seed if cfg.eval.valid_seed is None else cfg.eval.valid_seed
+    evaluator = PeriodicEval(cfg.eval, tokenizer=tokenizer, seq_length=seq, seed=valid_seed, micro_batch_size=micro,
                              rank=info.rank, barrier=dist.barrier)
 
     # ---- model and engine
-    bf16 = resolve_bf16(cfg.engine.precision)
-    model = build_model(model_cfg, bf16=bf16)
-    engine = build_engine(model, cfg, info.world_size, bf16)
+    with out_of_memory(
+        "building the model and its optimizer state",
+        "use a smaller model (model.preset or model.*), engine.zero_stage=3, or more ranks",
+    ):
+        model = build_model(model_cfg, bf16=bf16)
+        engine = build_engine(model, cfg, ds_config)
 
     # ---- loss table, and where to start
     table = LossTable(blocks.num_blocks, len(phases), model_cfg.sketch_dim)
-    step, resumed_digest = 0, None
+    step = 0
     if resume is not None:
         state, arrays = load_checkpoint(engine, info, cfg, resume)
-        _check_resumable(state, cfg, dataset.fingerprint)
         step = state["step"]
-        table = LossTable.from_arrays(arrays)
-        resumed_digest = state["phase_digest"]
+        table = LossTable.from_arrays(arrays, num_phases=len(phases))
     if info.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic.write_json(run_dir / "config.json", dataclasses.asdict(cfg))
@@ -131,6 +163,10 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
     metrics.start(step)
 
     phase, sampler = None, None
+    step_fix = (
+        f"lower engine.micro_batch_size (now {micro}; the global batch, so the data order, stays the same), "
+        "or use engine.zero_stage=3"
+    )
     while step < cfg.steps:
         # ---- phase boundary: the rewriter writes (rank 0) and distributes this phase's sample index
         if phase is None or step >= phase.end:
@@ -152,6 +188,9 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
                 device=info.device if info.device.type == "cuda" else None,
                 resumed_digest=resumed_digest if step > phase.start else None,
             )
+            if manifest["steps"] != phase.steps:  # a kp phase: its length is known now that its kept set is
+                phases = resolve_length(phases, phase.index, manifest["steps"])
+                phase = phases[phase.index]
             sampler = DataParallelSampler(order, G, micro, info.rank, info.world_size)
             metrics.phase_start(phase, manifest, table, step)
 
@@ -161,12 +200,16 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
         local = []
         sketches = []
         for ids in sampler.micro_batches(step - phase.start):
-            batch = torch.from_numpy(blocks.batch(ids)).to(info.device)
-            tokens, labels = batch[:, :-1], batch[:, 1:]
-            out = per_block_loss(engine, tokens, labels, torch.ones_like(labels, dtype=torch.float32))
-            engine.backward(out.loss)
-            crash_point("step", step + 1)
-            engine.step()
+            tokens_np = blocks.batch(ids)
+            if tokenizer is None:  # a plain Megatron dataset: nothing vouches that its ids fit model.vocab_size
+                _check_token_ids(tokens_np, ids, vocab_size, dataset.prefix)
+            with out_of_memory("in a training step", step_fix):
+                batch = torch.from_numpy(tokens_np).to(info.device)
+                tokens, labels = batch[:, :-1], batch[:, 1:]
+                out = per_block_loss(engine, tokens, labels, torch.ones_like(labels, dtype=torch.float32))
+                engine.backward(out.loss)
+                crash_point("step", step + 1)
+                engine.step()
             local.append(
                 torch.stack(
                     [
@@ -223,7 +266,11 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
         yield StepRecord(step, phase.kind, loss, local.cpu().numpy(), rows)
 
         if evaluator.due(step, cfg.steps):
-            results = {"step": step, "tokens": step * G * seq, "phase": phase.index, **evaluator.run(engine)}
+            t_eval = timer()
+            with out_of_memory("in an evaluation", step_fix):
+                scores = evaluator.run(engine)
+            results = {"step": step, "tokens": step * G * seq, "phase": phase.index, **scores}
+            results["seconds"] = round(timer() - t_eval, 3)
             metrics.evaluation(results)
             if eval_log is not None:
                 eval_log.write(json.dumps(results) + "\n")
@@ -236,11 +283,9 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
                 "tokens": step * G * seq,
                 "phase": phase.index,
                 "phase_digest": manifest["inputs_sha256"],
-                "dataset": dataset.fingerprint,
-                "global_batch_size": G,
                 "world_size": info.world_size,
                 "schedule": [dataclasses.asdict(p) for p in phases],
-                "config": dataclasses.asdict(cfg),
+                **record(cfg, **data_id),
             }
             path = save_checkpoint(engine, info, cfg, step, state, table.arrays())
             metrics.log(f"saved checkpoint {path}")
@@ -267,16 +312,50 @@ def _tokenizer(cfg: TrainConfig, dataset) -> tuple[Tokenizer | None, int]:
     return tokenizer, tokenizer.vocab_size
 
 
-def _check_resumable(state: dict, cfg: TrainConfig, fingerprint: str) -> None:
-    if state["dataset"] != fingerprint:
+def _check_token_ids(tokens: np.ndarray, ids: np.ndarray, vocab_size: int, prefix: str) -> None:
+    """Token ids at or past the vocabulary would index past the embedding: an IndexError on CPU, a device-side
+    assert that kills the CUDA context on a GPU."""
+    if tokens.size and int(tokens.max()) >= vocab_size:
+        block = int(ids[int(np.argmax(tokens.max(axis=1)))])
         raise UserError(
-            "checkpoint.resume: the checkpoint was trained on another dataset (fingerprint differs); resume with its data.path"
+            f"model.vocab_size {vocab_size}: block {block} of {prefix} holds token id {int(tokens.max())}; set "
+            "model.vocab_size to the tokenizer's size (or data.tokenizer)"
         )
-    if state["global_batch_size"] != cfg.engine.global_batch_size:
-        raise UserError(
-            f"engine.global_batch_size {cfg.engine.global_batch_size} differs from the checkpoint's {state['global_batch_size']}; "
-            "keep it to continue the same data order"
-        )
+
+
+def _check_run_dir(run_dir: str) -> None:
+    """``run_dir`` is, or can be created as, a writable directory (checked before any rank starts)."""
+    path = Path(run_dir).absolute()
+    if path.exists() and not path.is_dir():
+        raise UserError(f"run_dir: {run_dir} exists and is not a directory; choose a new run_dir")
+    if blocked := _unwritable(path):
+        raise UserError(f"run_dir: {run_dir} cannot be written ({blocked} is read-only to this user); choose another run_dir")
+
+
+def _unwritable(path: Path) -> Path | None:
+    """The nearest existing directory at or above ``path`` if this user cannot create files in it, else ``None``."""
+    existing = next(p for p in (path.absolute(), *path.absolute().parents) if p.exists())
+    return None if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK) else existing
+
+
+def _resumed_digest(state: dict, phases: list[Phase], steps: int) -> str | None:
+    """The digest of the sample index that a run resumed mid-phase (from checkpoint ``state``) must reuse as
+    it was written: the loss table has moved on since the phase began. ``None`` where it may be rebuilt: a
+    shuffle phase that the new ``steps`` lengthened (its seeded epochs put the same blocks first). A Focus
+    phase lengthened mid-phase is refused: its order was drawn once, from the table at its start."""
+    step = state["step"]
+    if step >= steps:
+        return None
+    phase, was = phase_at(phases, step), Phase(**state["schedule"][state["phase"]])
+    if dataclasses.replace(was, steps=phase.steps) != phase or phase.steps <= was.steps:
+        return state["phase_digest"]
+    if phase.kind != "focus":
+        return None
+    raise UserError(
+        f"steps={steps}: lengthens {phase.name} from {was.steps} to {phase.steps} steps, but a Focus phase draws its "
+        f"order once, from the loss table at its start (step {phase.start}); keep it at {was.steps} steps in "
+        "lfr.schedule and add a phase after it"
+    )
 
 
 def _open_log(path: Path, step: int):
@@ -310,8 +389,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = load_config(args.config, args.overrides)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*cuda_graph_scope.*")
-    for _ in train(cfg):
-        pass
+    # Everything lfr-train writes goes under run_dir, except the block index cache beside the dataset.
+    with out_of_disk(cfg.run_dir, "run_dir"):
+        for _ in train(cfg):
+            pass
     return 0
 
 

@@ -39,11 +39,12 @@ def object_array(path: Path, marker: Path) -> Path:
     return path
 
 
-def fake_checkpoint(step_dir: Path, marker: Path, config: dict | None = None) -> Path:
-    """An lfr-ds checkpoint directory whose DeepSpeed model-states file is a crafted pickle."""
+def fake_checkpoint(step_dir: Path, marker: Path, recorded: dict | None = None) -> Path:
+    """An lfr-ds checkpoint directory whose DeepSpeed model-states file is a crafted pickle; ``recorded``:
+    what its state records of the run (:func:`lfr_ds.identity.record`)."""
     (step_dir / "lfr").mkdir(parents=True)
     (step_dir / "lfr" / "state.json").write_text(
-        json.dumps({"step": 5, "world_size": 1, "config": config or {}})
+        json.dumps({"step": 5, "world_size": 1, **(recorded or {"config": {}})})
     )
     torch_pickle(step_dir / "mp_rank_00_model_states.pt", marker)
     return step_dir

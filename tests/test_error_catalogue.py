@@ -5,20 +5,20 @@ traceback, and leave nothing behind.
 CLIs that start in well under a second (lfr-check-hostfile, lfr-inspect-data, lfr-train-tokenizer, the
 multi-node launch script) run as real console-script subprocesses. The others import torch, megatron-core
 and DeepSpeed (5-10 s a start on this machine), so they run in-process through ``run_cli``, which calls the
-same ``main`` behind the same ``@cli`` wrapper; the one exception is a ds_config error, which DeepSpeed-side
-validation raises only after the process group exists, so it needs a real ``lfr-train`` process.
+same ``main`` behind the same ``@cli`` wrapper.
 Crafted pickles are in test_untrusted_files.py.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import json
 import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +29,17 @@ import zstandard
 from clitools import CliResult, assert_one_line_error
 
 from lfr_ds import train
+from lfr_ds.compare import cli as compare
+from lfr_ds.config import load_config
 from lfr_ds.data import preprocess
 from lfr_ds.data.dataset import open_dataset
 from lfr_ds.data.sample_index import write_sample_index
+from lfr_ds.data.tokenizer import Tokenizer
 from lfr_ds.eval import cli as eval_cli
+from lfr_ds.identity import dataset_digest, record, tokenizer_digest
 from lfr_ds.lfr import inspect_index, offline
+from lfr_ds.lfr.loss_table import LossTable
+from lfr_ds.lfr.schedule import Phase
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -54,6 +60,12 @@ class Ctx:
     data: str
     tok: str
     train_jsonl: Path
+    env: dict[str, str] = field(default_factory=dict)
+    """Environment variables the command runs with."""
+
+    def setenv(self, name: str, value: str) -> Ctx:
+        self.env[name] = value
+        return self
 
     def write(self, name: str, content: str | bytes) -> Path:
         path = self.tmp / name
@@ -139,8 +151,7 @@ def _index_outside_run(c: Ctx) -> Path:
 
 
 def _zero2_checkpoint(c: Ctx) -> Path:
-    state = {"step": 5, "world_size": 1, "config": {"engine": {"zero_stage": 2}}}
-    return c.write("ck/step_00000005/lfr/state.json", json.dumps(state)).parents[1]
+    return _recorded_checkpoint(c, "engine.zero_stage=2")
 
 
 # ---- input formats and decoding (issues 12 and 14: readers) ---------------------------------------
@@ -187,6 +198,71 @@ _READER_CASES = [
 # fmt: on
 # ---- end of the reader block
 
+# ---- checkpoints that do not fit the run (issue 12: resume compatibility, lfr_ds/identity.py) -------------
+
+
+def _recorded_checkpoint(c: Ctx, *overrides: str, **fields) -> Path:
+    """A checkpoint's lfr-ds state as lfr-train records it for ``c.train_args(*overrides)`` (``fields``
+    replace recorded values), and a small loss table. No DeepSpeed files: every refusal comes first."""
+    tok = Tokenizer(c.tok)
+    recorded = record(
+        load_config(None, c.train_args(*overrides)),
+        vocab_size=tok.vocab_size,
+        tokenizer=tokenizer_digest(tok),
+        dataset=dataset_digest(open_dataset(c.data)),
+    )
+    state = {"step": 5, "world_size": 1, "phase": 0, "phase_digest": "0" * 64, **recorded, **fields}
+    step = c.write("ck/step_00000005/lfr/state.json", json.dumps(state)).parents[1]
+    np.savez(step / "lfr" / "arrays.npz", **LossTable(4, 1).arrays())
+    return step
+
+
+def _focus_checkpoint(c: Ctx) -> Path:
+    """Step 20, the end of a focus:* phase that began at step 10."""
+    phases = [Phase(0, "learn", 0, 10), Phase(1, "focus", 10, 10, 0.5)]
+    schedule = [dataclasses.asdict(p) for p in phases]
+    return _recorded_checkpoint(c, "steps=20", step=20, phase=1, schedule=schedule)
+
+
+def _other_tokenizer(c: Ctx) -> Path:
+    return _recorded_checkpoint(c, tokenizer={"path": "/runs/old/tok.model", "sha256": "0" * 64})
+
+
+def _other_dataset(c: Ctx) -> Path:
+    schedule = [dataclasses.asdict(Phase(0, "random", 0, 1000))]
+    return _recorded_checkpoint(c, dataset="f" * 64, schedule=schedule)
+
+
+def _damaged_state(c: Ctx) -> Path:
+    c.write("ck/step_00000005/lfr/arrays.npz", b"")
+    return c.write("ck/step_00000005/lfr/state.json", "{not json").parents[1]
+
+
+# fmt: off
+FIT_CASES = [
+    ("resume-other-shape", "lfr-train",
+     lambda c: c.train_args("model.num_layers=2", "model.seq_length=128", f"checkpoint.resume={_recorded_checkpoint(c)}"),
+     ["step_00000005: the checkpoint has 4 layers, this run 2 layers (set model.num_layers=4); the checkpoint has "
+      "sequence length 256, this run sequence length 128 (set model.seq_length=256); or train from scratch"]),
+    ("resume-other-batch-and-seed", "lfr-train",
+     lambda c: c.train_args("engine.global_batch_size=64", "data.seed=1", f"checkpoint.resume={_recorded_checkpoint(c)}"),
+     ["has blocks cut with data.seed 1234", "(set data.seed=1234)", "(set engine.global_batch_size=32)"]),
+    ("resume-other-dataset", "lfr-train",
+     lambda c: c.train_args(f"checkpoint.resume={_recorded_checkpoint(c, dataset='f' * 64)}"),
+     ["the checkpoint has dataset", "(fingerprint ffffffffffff)", "has changed since: restore it"]),
+    ("resume-focus-lengthened", "lfr-train",
+     lambda c: c.train_args("steps=25", "lfr.schedule=learn:10,focus:*@0.5", f"checkpoint.resume={_focus_checkpoint(c)}"),
+     ["steps=25: lengthens phase_001_focus from 10 to 15 steps", "keep it at 10 steps in lfr.schedule"]),
+    ("eval-other-tokenizer", "lfr-eval", lambda c: [_other_tokenizer(c), "--tokenizer", c.tok, "--valid", c.train_jsonl],
+     ["the checkpoint has tokenizer /runs/old/tok.model (sha256 000000000000)", "(pass --tokenizer /runs/old/tok.model)"]),
+    ("rewrite-other-dataset", "lfr-rewrite", lambda c: [_other_dataset(c), "--phase", "0", "--out", c.tmp / "x.npy"],
+     ["the checkpoint has dataset", "(fingerprint ffffffffffff)", "has changed since: restore it"]),
+    ("rewrite-damaged-state", "lfr-rewrite", lambda c: [_damaged_state(c), "--out", c.tmp / "x.npy"],
+     ["step_00000005/lfr/state.json: unreadable (Expecting property name"]),
+]
+# fmt: on
+
+# ---- end of the resume-compatibility block -------------------------------------------------------------
 
 #: (id, cli, argv builder, needles in the error line). A "!" after the CLI: run it as a real process.
 # fmt: off
@@ -230,7 +306,7 @@ CASES = [
     ("config-batch-split", "lfr-train",
      lambda c: c.train_args("engine.global_batch_size=10", "engine.micro_batch_size=4"),
      ["engine.global_batch_size 10: not a multiple of engine.micro_batch_size 4"]),
-    ("ds-config-derived-key", "lfr-train!",
+    ("ds-config-derived-key", "lfr-train",
      lambda c: c.train_args(f"engine.ds_config={c.write('ds.json', json.dumps({'train_batch_size': 8}))}"),
      ["ds.json: sets 'train_batch_size', which lfr-ds derives", "remove it"]),
     # ---- schedules
@@ -242,6 +318,15 @@ CASES = [
      ["a focus phase needs a drop fraction"]),
     ("schedule-unknown-kind", "lfr-train", lambda c: c.train_args("steps=10", "lfr.schedule=learn:5,cram:*"),
      ["unknown kind 'cram'"]),
+    # ---- schedules: kept passes and @auto (issue 11)
+    ("schedule-unknown-length-unit", "lfr-train", lambda c: c.train_args("steps=10", "lfr.schedule=learn:5,focus:2xp@0.5,review:*"),
+     ["unknown length unit 'xp'"]),
+    ("schedule-auto-not-focus", "lfr-train", lambda c: c.train_args("steps=10", "lfr.schedule=learn:5,review:*@auto"),
+     ["@auto chooses a Focus drop fraction; only focus phases take it"]),
+    ("schedule-kp-on-review", "lfr-train", lambda c: c.train_args("steps=10", "lfr.schedule=learn:5,focus:*@0.5,review:1kp"),
+     ["kp (passes over the blocks a Focus keeps) is a Focus length; use ep for review"]),
+    ("schedule-kp-without-star", "lfr-train", lambda c: c.train_args("steps=10", "lfr.schedule=learn:5,focus:1kp@0.5,review:1"),
+     ["a later phase of length '*' must absorb the difference"]),
     # ---- checkpoints
     ("resume-no-checkpoint", "lfr-train", lambda c: c.train_args(f"checkpoint.resume={c.write('empty/x', '').parent}"),
      ["checkpoint.resume", "no complete lfr-ds checkpoint"]),
@@ -250,7 +335,7 @@ CASES = [
      ["step_00000005/lfr/state.json: unreadable"]),
     ("resume-other-zero-stage", "lfr-train",
      lambda c: c.train_args("engine.zero_stage=3", f"checkpoint.resume={_zero2_checkpoint(c)}"),
-     ["written under ZeRO-2, and this run uses ZeRO-3; resume with engine.zero_stage=2"]),
+     ["the checkpoint has ZeRO stage 2, this run ZeRO stage 3 (set engine.zero_stage=2)"]),
     ("eval-partial-checkpoint", "lfr-eval",
      lambda c: [c.write("ckpts/step_00000005.partial/lfr/state.json", "{}").parents[1], "--valid", c.train_jsonl],
      ["step_00000005.partial: an incomplete checkpoint"]),
@@ -276,8 +361,110 @@ CASES = [
      lambda c: [c.write("in.jsonl.zst", _cut(zstandard.compress(_JSONL))), "-o", c.tmp / "t.model"],
      ["in.jsonl.zst: the compressed stream ends early"]),
     # ---- end of the reader block
+    *FIT_CASES,
 ]
 # fmt: on
+
+
+# ==== issue 12: config values, the launch environment, third-party errors, resources (begin) ====
+
+
+def _tiny_dataset(c: Ctx) -> Path:
+    """A dataset of one short document: fewer tokens than one block of the tiny preset."""
+    prefix = c.tmp / "tiny" / "ds"
+    prefix.parent.mkdir()
+    preprocess.preprocess([str(c.write("tiny.jsonl", '{"text": "a few words"}\n'))], str(prefix), c.tok, progress=False)
+    return prefix
+
+
+def _rewrite_checkpoint(c: Ctx, **model) -> Path:
+    """An lfr/ directory as lfr-rewrite reads it (state and loss table), its config's model changed by ``model``."""
+    cfg = dataclasses.asdict(load_config(None, [f"data.path={c.data}"]))
+    cfg["model"].update(model)
+    lfr = c.tmp / "ck" / "step_00000004" / "lfr"
+    lfr.mkdir(parents=True)
+    (lfr / "state.json").write_text(json.dumps({"config": cfg, "step": 4, "schedule": [], "dataset": "f" * 64}))
+    np.savez(lfr / "arrays.npz", **LossTable(64, 1).arrays())
+    return lfr.parent
+
+
+_HUGE_MODEL = ("model.preset=null", "model.num_layers=1024", "model.hidden_size=65536", "model.num_attention_heads=64",
+               "model.seq_length=64")
+
+# fmt: off
+CASES += [
+    # ---- config values: non-finite, out of range, cross-field, malformed paths
+    ("config-non-finite-lr", "lfr-train!", lambda c: c.train_args("optim.lr=nan"),
+     ["optim.lr: must be a finite number in (0.0, 1.0], got nan"]),
+    ("config-infinite-eps", "lfr-train", lambda c: c.train_args("optim.eps=.inf"), ["optim.eps: must be a finite number"]),
+    ("config-seed-out-of-range", "lfr-train", lambda c: c.train_args("data.seed=-1"),
+     ["data.seed: must be an integer in [0, 4294967295], got -1"]),
+    ("config-heads-do-not-divide", "lfr-train", lambda c: c.train_args("model.num_attention_heads=3"),
+     ["model.num_attention_heads: 3 does not divide model.hidden_size 256"]),
+    ("config-path-with-nul", "lfr-train", lambda c: [*c.train_args(), "run_dir=run\0x"],
+     ["run_dir: must be a non-empty path without NUL bytes"]),
+    ("config-schedule-infinite-length", "lfr-train", lambda c: c.train_args("steps=10", "lfr.schedule=learn:infep,focus:*@0.5"),
+     ["phase 1 ('learn:infep'): length 'infep' is not a finite number"]),
+    ("config-sequence-longer-than-the-data", "lfr-train",
+     lambda c: [f"data.path={_tiny_dataset(c)}", "model.preset=tiny", f"run_dir={c.tmp / 'run'}"],
+     ["model.seq_length 256", "not one block of 257"]),
+    ("config-run-dir-is-a-file", "lfr-train", lambda c: [*c.train_args(), f"run_dir={c.write('taken', '')}"],
+     ["run_dir: ", "taken exists and is not a directory"]),
+    ("config-eval-path-missing", "lfr-train", lambda c: c.train_args(f"eval.valid_path={c.tmp / 'held.jsonl'}"),
+     ["eval.valid_path: ", "held.jsonl not found"]),
+    ("ds-config-deepspeed-rejects-a-field", "lfr-train",
+     lambda c: c.train_args(f"engine.ds_config={c.write('ds.json', json.dumps({'zero_optimization': {'stage': 2, 'bogus': 1}}))}"),
+     ["engine.ds_config: ", "ds.json: bogus: Extra inputs are not permitted"]),
+    ("rewrite-override-non-finite", "lfr-rewrite",
+     lambda c: [_rewrite_checkpoint(c), "--out", c.tmp / "x.npy", "lfr.temperature=nan"], ["lfr.temperature: nan must be positive"]),
+    ("rewrite-checkpoint-config-invalid", "lfr-rewrite",
+     lambda c: [_rewrite_checkpoint(c, hidden_dropout=2.0), "--out", c.tmp / "x.npy"],
+     ["lfr/state.json: the run's config is not valid here", "model.hidden_dropout"]),
+    ("eval-checkpoint-model-invalid", "lfr-eval",
+     lambda c: [c.write("ck/step_00000005/lfr/state.json", json.dumps({"config": {"model": {"num_layers": 0}}})).parents[1],
+                "--valid", c.train_jsonl], ["config.model is not valid", "model.num_layers"]),
+    # ---- the launch environment
+    ("env-world-size-not-a-number", "lfr-train", lambda c: c.setenv("WORLD_SIZE", "two").train_args(),
+     ["WORLD_SIZE='two': must be an integer", "unset it"]),
+    ("env-rank-beyond-world-size", "lfr-train", lambda c: c.setenv("WORLD_SIZE", "2").setenv("RANK", "2").train_args(),
+     ["RANK='2': must be an integer in [0, 1]"]),
+    ("env-master-port", "lfr-train", lambda c: c.setenv("MASTER_PORT", "http").train_args(), ["MASTER_PORT='http'"]),
+    ("env-master-addr-unresolvable", "lfr-train", lambda c: c.setenv("MASTER_ADDR", "node-zero.invalid").train_args(),
+     ["MASTER_ADDR='node-zero.invalid': does not resolve"]),
+    ("env-ds-accelerator", "lfr-train", lambda c: c.setenv("DS_ACCELERATOR", "tpu").train_args(),
+     ["DS_ACCELERATOR='tpu': lfr-ds runs on"]),
+    # ---- resources (a full disk and allocation failures: tests/test_edges.py)
+    ("memory-model-cannot-fit", "lfr-train", lambda c: c.train_args(*_HUGE_MODEL),
+     ["GiB of host memory per rank", "use a smaller model.preset or model.*, engine.zero_stage=3, or more ranks"]),
+]
+# fmt: on
+
+
+def test_compare_checks_the_arms_config_before_writing_anything(run_cli, tmp_path):
+    result = run_cli(compare.main, ["--out", tmp_path / "cmp", "--preset", "smoke", "optim.lr=inf"])
+    assert_one_line_error(result, "optim.lr: must be a finite number", "got inf")
+    assert result.code == 2 and not (tmp_path / "cmp").exists()
+
+
+@pytest.mark.parametrize("read_only", ["run_dir", "data.path"])
+def test_read_only_directories_are_named_before_any_process_starts(
+    read_only, run_cli, tmp_path, monkeypatch, webmix_dataset, webmix_tokenizer, webmix_train
+):
+    """A read-only directory for the run, or beside a dataset whose block index is not cached yet (rank 0
+    writes it there). Running as root, the test makes the directory read-only by answering os.access."""
+    c = Ctx(tmp_path, str(webmix_dataset), str(webmix_tokenizer), webmix_train)
+    prefix = c.dataset_copy()  # no block-index cache beside it yet
+    blocked = prefix.parent if read_only == "data.path" else tmp_path
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: Path(p) != blocked and real_access(p, mode))
+    run_dir = tmp_path / "run" if read_only == "run_dir" else tmp_path / "writable" / "run"
+    (tmp_path / "writable").mkdir()
+    result = run_cli(train.main, [f"data.path={prefix}", f"run_dir={run_dir}"])
+    assert_one_line_error(result, f"{read_only}: ", f"{blocked} is read-only to this user")
+    assert not run_dir.exists() and not Path(f"{prefix}.lfr_cache").exists()
+
+
+# ==== issue 12: config values, the launch environment, third-party errors, resources (end) ====
 
 
 def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
@@ -295,9 +482,11 @@ def _run(cli: str, argv: list, run_cli) -> CliResult:
 
 
 @pytest.mark.parametrize(("cli", "make", "needles"), [c[1:] for c in CASES], ids=[c[0] for c in CASES])
-def test_bad_input(cli, make, needles, tmp_path, run_cli, webmix_dataset, webmix_tokenizer, webmix_train):
+def test_bad_input(cli, make, needles, tmp_path, run_cli, webmix_dataset, webmix_tokenizer, webmix_train, monkeypatch):
     ctx = Ctx(tmp_path, str(webmix_dataset), str(webmix_tokenizer), webmix_train)
     argv = make(ctx)
+    for name, value in ctx.env.items():
+        monkeypatch.setenv(name, value)
     before = _snapshot(tmp_path)
     result = _run(cli, argv, run_cli)
     assert_one_line_error(result, *needles)

@@ -6,7 +6,6 @@ naming the file, and the marker must never appear.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import shutil
@@ -21,8 +20,10 @@ from lfr_ds.config import load_config
 from lfr_ds.data.blocks import BlockView
 from lfr_ds.data.dataset import open_dataset, sha256_file
 from lfr_ds.data.sample_index import write_sample_index
+from lfr_ds.data.tokenizer import Tokenizer
 from lfr_ds.errors import UserError
 from lfr_ds.eval import cli as eval_cli
+from lfr_ds.identity import Digest, record, tokenizer_digest
 from lfr_ds.lfr import inspect_index, offline
 from lfr_ds.safe_load import DEEPSPEED_GLOBALS, check_checkpoint_files, load_arrays, weights_only_loads
 
@@ -71,9 +72,11 @@ def test_deepspeed_types_are_the_only_ones_allowed(tmp_path):
 
 def test_lfr_eval_refuses_a_crafted_checkpoint(tmp_path, marker, run_cli, webmix_tokenizer, webmix_train):
     cfg = load_config(None, ["data.path=x", "model.preset=tiny", f"data.tokenizer={webmix_tokenizer}"])
-    ckpt = fake_checkpoint(
-        tmp_path / "run" / "checkpoints" / "step_00000005", marker, dataclasses.asdict(cfg)
+    tok = Tokenizer(webmix_tokenizer)
+    recorded = record(
+        cfg, vocab_size=tok.vocab_size, tokenizer=tokenizer_digest(tok), dataset=Digest("0" * 64, "x", "fingerprint")
     )
+    ckpt = fake_checkpoint(tmp_path / "run" / "checkpoints" / "step_00000005", marker, recorded)
     valid = tmp_path / "valid.jsonl"
     valid.write_text("".join(webmix_train.read_text().splitlines(keepends=True)[:20]))
     r = run_cli(eval_cli.main, [ckpt, "--valid", valid, "--json", tmp_path / "out.json"])

@@ -62,6 +62,11 @@ def _check_cache(cache_dir: str) -> None:
             )
 
 
+def cache_dir(dataset: TokenDataset, seq_length: int, seed: int) -> str:
+    """Where the block index arrays of ``dataset`` cut at ``seq_length`` with ``seed`` are cached."""
+    return os.path.join(dataset.prefix + ".lfr_cache", f"{dataset.fingerprint[:16]}-seq{seq_length}-seed{seed}")
+
+
 class BlockView:
     """Blocks of ``dataset`` for ``seq_length`` and ``seed``; identical in every process and rerun."""
 
@@ -75,8 +80,7 @@ class BlockView:
         self.dataset = dataset
         self.seq_length = seq_length
         self.seed = seed
-        key = f"{dataset.fingerprint[:16]}-seq{seq_length}-seed{seed}"
-        self.cache_dir = os.path.join(dataset.prefix + ".lfr_cache", key)
+        self.cache_dir = cache_dir(dataset, seq_length, seed)
         if rank == 0:
             self._build_cache()
         if barrier is not None:
@@ -147,6 +151,23 @@ class BlockView:
         middle = np.arange(self.num_blocks, dtype=np.int64) * self.seq_length + self.seq_length // 2
         pos = np.searchsorted(doc_end, middle, side="right")
         return np.asarray(self.dataset.doc_source)[doc_order[pos]]
+
+    def token_share(self, doc_mask: np.ndarray) -> np.ndarray:
+        """Per block, the fraction of its ``seq_length`` label tokens that come from documents where
+        ``doc_mask`` (bool per document, in dataset order) is set: one vectorised pass."""
+        doc_order = np.asarray(self._gpt.document_index)
+        lengths = self.dataset.indexed.sequence_lengths[doc_order].astype(np.int64)
+        flag = np.asarray(doc_mask, dtype=bool)[doc_order]
+        doc_end = np.cumsum(lengths)
+        flagged_before = np.concatenate([[0], np.cumsum(lengths * flag)])  # flagged tokens before each document
+
+        def flagged_upto(t: np.ndarray) -> np.ndarray:  # flagged tokens among stream positions [0, t)
+            pos = np.minimum(np.searchsorted(doc_end, t, side="right"), len(doc_end) - 1)
+            start = doc_end[pos] - lengths[pos]
+            return flagged_before[pos] + np.clip(t - start, 0, lengths[pos]) * flag[pos]
+
+        first = np.arange(self.num_blocks, dtype=np.int64) * self.seq_length + 1  # a block's first label
+        return (flagged_upto(first + self.seq_length) - flagged_upto(first)) / self.seq_length
 
     def _check(self, block_id: int) -> None:
         if not 0 <= block_id < self.num_blocks:

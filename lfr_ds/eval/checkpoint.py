@@ -27,8 +27,9 @@ import torch
 
 from lfr_ds.config import ModelConfig
 from lfr_ds.data.tokenizer import Tokenizer
-from lfr_ds.engine import CHECKPOINTS, LATEST
+from lfr_ds.engine import CHECKPOINTS, LATEST, import_deepspeed
 from lfr_ds.errors import UserError
+from lfr_ds.identity import check_fits, read_state, tokenizer_digest
 from lfr_ds.safe_load import check_checkpoint_files, weights_only_loads
 
 
@@ -81,16 +82,24 @@ def open_checkpoint(path: str | os.PathLike, *, tokenizer: str | os.PathLike | N
     in the training dataset's sidecar (``DATA.meta.json``), which must still match its checksum.
     """
     ckpt = find_checkpoint_dir(path)
+    state = read_state(ckpt)
     try:
-        state = json.loads((ckpt / "lfr" / "state.json").read_text())
         config = state["config"]
         model = ModelConfig(**config["model"])
-    except (ValueError, KeyError, TypeError):
+    except (KeyError, TypeError):
         raise UserError(
             f"{ckpt}/lfr/state.json: unreadable (no valid config.model); the checkpoint is damaged "
             "or from another lfr-ds version"
         ) from None
+    except UserError as e:  # a value ModelConfig's validation refuses
+        raise UserError(f"{ckpt}/lfr/state.json: its config.model is not valid ({e})") from None
     tok = Tokenizer(tokenizer) if tokenizer is not None else _run_tokenizer(ckpt, config)
+    check_fits(
+        ckpt,
+        state,
+        {"data.tokenizer": tokenizer_digest(tok), "model.vocab_size": tok.vocab_size},
+        flags={"data.tokenizer": "--tokenizer"},
+    )
     model_config = dataclasses.replace(model, vocab_size=tok.vocab_size)
     return Checkpoint(ckpt, state, model_config, tok)
 
@@ -121,9 +130,7 @@ def _run_tokenizer(ckpt: Path, config: dict) -> Tokenizer:
 
 def consolidated_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
     """The fp32 weights of a ZeRO-2 or ZeRO-3 checkpoint, on CPU, named as the local-spec model names them."""
-    if not torch.cuda.is_available():
-        # Say it, rather than have DeepSpeed warn that it guessed.
-        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import_deepspeed()
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
 

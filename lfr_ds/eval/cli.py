@@ -29,6 +29,7 @@ from lfr_ds.eval.zeroshot import (
     load_lambada,
     load_mc,
 )
+from lfr_ds.resources import out_of_disk, out_of_memory
 
 
 def parse_args(argv: Sequence[str] | None):
@@ -113,7 +114,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
 
     t0 = time.time()
-    model = load_model(ckpt)
+    with out_of_memory("loading the model", "evaluate on a machine with more memory (or, on a GPU, hide it with "
+                       "CUDA_VISIBLE_DEVICES= to use host memory)"):
+        model = load_model(ckpt)
     device = next(model.parameters()).device
     print(
         f"lfr-eval: {ckpt.path} (step {ckpt.step}) on {device.type}, loaded in {time.time() - t0:.1f}s",
@@ -126,27 +129,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         "tokens_trained": ckpt.state.get("tokens"),
         "tokenizer": {"path": ckpt.tokenizer.path, "sha256": ckpt.tokenizer.sha256},
     }
-    if valid:
-        results["valid"] = {
-            path: heldout_loss(model, data, micro_batch_size=args.batch_size, progress=True)
-            for path, data in valid.items()
-        }
-    if mc:
-        results["mc"] = {
-            path: evaluate_mc(model, ckpt.tokenizer, items, progress=f"mc {Path(path).name}", **kw)
-            for path, items in mc.items()
-        }
-    if blimp is not None:
-        results["blimp"] = evaluate_blimp(model, ckpt.tokenizer, blimp, progress="blimp", **kw)
-    if lambada is not None:
-        results["lambada"] = evaluate_lambada(model, ckpt.tokenizer, lambada, progress="lambada", **kw)
+    with out_of_memory("evaluating", f"lower --batch-size (now {args.batch_size})"):
+        if valid:
+            results["valid"] = {
+                path: heldout_loss(model, data, micro_batch_size=args.batch_size, progress=True)
+                for path, data in valid.items()
+            }
+        if mc:
+            results["mc"] = {
+                path: evaluate_mc(model, ckpt.tokenizer, items, progress=f"mc {Path(path).name}", **kw)
+                for path, items in mc.items()
+            }
+        if blimp is not None:
+            results["blimp"] = evaluate_blimp(model, ckpt.tokenizer, blimp, progress="blimp", **kw)
+        if lambada is not None:
+            results["lambada"] = evaluate_lambada(model, ckpt.tokenizer, lambada, progress="lambada", **kw)
     if args.export_hf:
-        results["export_hf"] = str(export_hf(model, ckpt.model_config, ckpt.tokenizer, args.export_hf))
+        with out_of_disk(args.export_hf, "--export-hf"):
+            results["export_hf"] = str(export_hf(model, ckpt.model_config, ckpt.tokenizer, args.export_hf))
 
     results = _drop_logprobs(results)
     print(format_table(results))
     if args.json:
-        atomic.write_json(args.json, results)
+        with out_of_disk(Path(args.json).absolute().parent, "--json"):
+            atomic.write_json(args.json, results)
     return 0
 
 

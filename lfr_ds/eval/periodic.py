@@ -6,6 +6,7 @@ held-out sums are all-reduced, BLiMP is small enough to score whole on each rank
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 
 import torch
@@ -15,6 +16,17 @@ from lfr_ds.data.tokenizer import Tokenizer
 from lfr_ds.errors import UserError
 from lfr_ds.eval.perplexity import heldout_loss, is_raw_text, load_heldout
 from lfr_ds.eval.zeroshot import evaluate_blimp, load_blimp
+
+
+def check_eval_paths(cfg: EvalConfig) -> None:
+    """The evaluation inputs exist. Called before any process group starts; their contents are read after."""
+    valid = cfg.valid_path
+    if valid and not os.path.isfile(valid if is_raw_text(valid) else valid + ".idx"):
+        raise UserError(
+            f"eval.valid_path: {valid} not found; give a .jsonl/.txt file or a dataset prefix (PREFIX.idx)"
+        )
+    if cfg.blimp and not os.path.exists(cfg.blimp):
+        raise UserError(f"eval.blimp: {cfg.blimp} not found; give BLiMP's directory or one of its .jsonl files")
 
 
 class PeriodicEval:

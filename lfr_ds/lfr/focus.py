@@ -16,8 +16,13 @@
    ``max_cluster_drop`` of one cluster, so no region of the data is starved (a pilot that dropped whole
    easy clusters lost 97.6% of one source and with it 0.21 nats on that source); ``paper`` drops whole
    clusters. Never-seen blocks are never dropped.
-5. **Draw** the order with replacement, cluster first (∝ kept blocks × exp(mean difficulty / T)), then
-   block (∝ exp(difficulty / T)), deterministic for the phase seed.
+5. **Draw** the order with replacement, cluster first (∝ kept blocks × exp(mean difficulty / T), or with
+   ``weighting="learnable"`` ∝ kept blocks × :func:`cluster_learnability`), then block (∝ exp(difficulty
+   / T)), deterministic for the phase seed. A ``kp`` phase draws as many batches as its kept set needs
+   (:func:`~lfr_ds.lfr.schedule.kept_pass_steps`).
+
+``@auto`` phases choose their drop fraction: only blocks :func:`learned` says the model has learned are
+dropped, at most ``auto_max_drop`` of the seen blocks (and the per-cluster cap still holds).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ import numpy as np
 from lfr_ds.errors import UserError
 from lfr_ds.lfr.cluster import hierarchical_clusters
 from lfr_ds.lfr.loss_table import LossTable
-from lfr_ds.lfr.schedule import Phase
+from lfr_ds.lfr.schedule import Phase, kept_pass_steps
 from lfr_ds.lfr.select import block_slices, cluster_sums, draw_order, focus_keep_mask
 
 if TYPE_CHECKING:
@@ -39,6 +44,12 @@ if TYPE_CHECKING:
 #: Sketch dimensions kept for clustering (its top principal components): assigning 100M blocks to 256
 #: centroids costs N·256·d multiply-adds, so d stays small.
 SKETCH_COMPONENTS = 4
+
+#: ``@auto``: a block is learned when its latest loss is at most this fraction of its batch's mean loss.
+LEARNED_RATIO = 0.75
+
+#: ``weighting="learnable"``: the least a cluster's learnability weighs, so every kept cluster is still drawn.
+LEARNABILITY_FLOOR = 0.05
 
 
 def difficulty(table: LossTable, mode: str) -> np.ndarray:
@@ -53,6 +64,33 @@ def progress(table: LossTable) -> np.ndarray:
     out = np.subtract(table.prev_relative, table.loss)
     out += table.ref
     return out
+
+
+def learned(table: LossTable) -> np.ndarray:
+    """``@auto``'s criterion (bool per block): the model has learned the block if its latest loss is at
+    most :data:`LEARNED_RATIO` of its batch's mean loss (same model, same step, so no drift) and, where
+    it had a previous visit, it was below its batch's mean then too: it stayed learned across a pass and
+    is not a lucky sample or a block still on its way down. Never-seen blocks are not learned."""
+    out = table.loss <= np.float32(LEARNED_RATIO) * table.ref
+    out &= ~(table.prev_relative > 0)  # NaN (one visit) compares False: judged on its latest loss
+    return out
+
+
+def cluster_learnability(table: LossTable, labels: np.ndarray, eligible: np.ndarray, n_clusters: int) -> np.ndarray:
+    """Per cluster, the share of its excess loss the model removed between its blocks' last two visits:
+    mean progress over mean relative loss at the previous visit, both over the cluster's blocks seen
+    twice, clipped to [:data:`LEARNABILITY_FLOOR`, 1]. Hard text the model learns (facts) sheds a good
+    part of its excess each pass; hard text it cannot learn (random words) sheds almost none. Clusters
+    no harder than average at the previous visit, or with no block seen twice, get 1: the signal tells
+    hard-and-learnable from hard-and-hopeless, and dropping easy text is the drop's job."""
+    fall = progress(table)
+    twice = eligible & np.isfinite(fall)
+    count = cluster_sums(labels, None, twice, n_clusters)
+    gain = cluster_sums(labels, fall, twice, n_clusters)
+    excess = cluster_sums(labels, table.prev_relative, twice, n_clusters)
+    hard = (count > 0) & (excess > 0)
+    share = np.divide(gain, excess, out=np.ones(n_clusters), where=hard)
+    return np.clip(share, LEARNABILITY_FLOOR, 1.0)
 
 
 def block_features(table: LossTable, score: np.ndarray, trajectory: np.ndarray, eligible: np.ndarray) -> np.ndarray:
@@ -95,10 +133,11 @@ def _sketch_components(sketch: np.ndarray, eligible: np.ndarray) -> tuple[np.nda
 
 
 def focus_order(
-    table: LossTable, phase: Phase, *, length: int, seed: list[int], block_source: np.ndarray, sources: list[str],
+    table: LossTable, phase: Phase, *, global_batch: int, seed: list[int], block_source: np.ndarray, sources: list[str],
     options: LFRConfig,
 ) -> tuple[np.ndarray, dict, np.ndarray]:
-    """``length`` block ids for ``phase``, the manifest fields describing the selection, the kept mask."""
+    """``phase``'s block ids (``steps × global_batch`` of them, ``steps`` resolved here for a ``kp``
+    phase), the manifest fields describing the selection, the kept mask."""
     eligible = table.seen > 0
     n_eligible = int(eligible.sum())
     if n_eligible == 0:
@@ -120,7 +159,6 @@ def focus_order(
         n_clusters += 1
     del unseen
 
-    cap = max(options.max_cluster_drop, phase.drop)
     # Drop the phase's fraction of the seen blocks, easiest first. A block's loss is one noisy sample, so it
     # is ranked halfway to its cluster's mean: the cluster pools what similar blocks say.
     sizes = cluster_sums(labels, None, eligible, n_clusters)
@@ -128,8 +166,22 @@ def focus_order(
     rank_score = mean_difficulty[labels]
     rank_score += score
     rank_score *= 0.5
-    keep = focus_keep_mask(rank_score, labels, phase.drop, eligible=eligible, policy=options.selection, max_cluster_drop=cap)
+    drop, auto = phase.drop, None
+    if phase.auto_drop:
+        is_learned = learned(table)
+        is_learned &= eligible
+        n_learned = int(is_learned.sum())
+        drop = min(n_learned / n_eligible, options.auto_max_drop)
+        rank_score[~is_learned] = np.finfo(np.float32).max  # last in line: never dropped, see below
+        auto = {"criterion": f"loss <= {LEARNED_RATIO} x batch mean, and below the batch mean at the previous visit",
+                "learned": n_learned, "learned_seen_twice": int((is_learned & np.isfinite(table.prev_relative)).sum()),
+                "eligible": n_eligible, "max_drop": options.auto_max_drop, "target_fraction": round(drop, 4)}
+    cap = max(options.max_cluster_drop, drop)
+    keep = focus_keep_mask(rank_score, labels, drop, eligible=eligible, policy=options.selection, max_cluster_drop=cap)
     del rank_score
+    if auto is not None:
+        keep |= ~is_learned  # where per-cluster caps bind, the target could reach past the learned blocks
+        del is_learned
 
     kept_per_cluster = cluster_sums(labels, None, keep, n_clusters)
     mean_kept = cluster_sums(labels, score, keep, n_clusters) / np.maximum(kept_per_cluster, 1)
@@ -140,14 +192,19 @@ def focus_order(
     decile = np.clip(np.searchsorted(edges, sample, side="right") - 1, 0, 9)
     kept_sample = keep[eligible][::stride].copy()
     decile_dropped = np.bincount(decile, weights=~kept_sample, minlength=10) / np.maximum(np.bincount(decile, minlength=10), 1)
+    n_kept = int(keep.sum())
+    steps = phase.steps if phase.kept_passes is None else kept_pass_steps(phase.kept_passes, n_kept, global_batch)
     fields = {
-        "kept": int(keep.sum()),
+        "steps": steps,
+        "drop_fraction": round(int((eligible & ~keep).sum()) / n_eligible, 4) if auto is not None else phase.drop,
+        "kept": n_kept,
         "dropped": int((~keep).sum()),
         "eligible": n_eligible,
         "score": options.score,
         "selection": options.selection,
         "max_cluster_drop": cap,
         "temperature": options.temperature,
+        "weighting": options.weighting,
         "source_blocks": {s: int(n) for s, n in zip(sources, seen_by_source, strict=True)},
         "source_drop_fraction": {
             s: round(float(d) / max(1, int(n)), 4) for s, n, d in zip(sources, seen_by_source, dropped_by_source, strict=True)
@@ -162,16 +219,26 @@ def focus_order(
             for c in range(n_clusters)
         ],
     }
+    if phase.kept_passes is not None:
+        fields.update(kept_passes=phase.kept_passes, provisional_steps=phase.steps)
+    if auto is not None:
+        fields["auto_drop"] = auto
+    if options.weighting == "learnable":
+        learnability = cluster_learnability(table, labels, eligible, n_clusters)
+        fields["cluster_learnability"] = [round(float(x), 4) for x in learnability]
     del eligible
     # Cluster first: ∝ kept blocks × exp(mean kept difficulty / T); then block: ∝ exp(difficulty / T).
     # The block weights overwrite the scores, which are not needed any more: one 4-byte array fewer at
     # the draw, the rewrite's memory peak (draw_order's float64 CDF).
     top = float(np.max(score, where=keep, initial=-np.inf))
-    cluster_weight = np.where(kept_per_cluster > 0, kept_per_cluster * np.exp((mean_kept - top) / options.temperature), 0.0)
+    if options.weighting == "learnable":
+        cluster_weight = kept_per_cluster * learnability
+    else:
+        cluster_weight = np.where(kept_per_cluster > 0, kept_per_cluster * np.exp((mean_kept - top) / options.temperature), 0.0)
     block_weight = score
     del score
     block_weight -= np.float32(top)
     block_weight /= np.float32(options.temperature)
     np.exp(block_weight, out=block_weight)  # dropped blocks' weights are never read by draw_order
-    order = draw_order(keep, labels, block_weight, cluster_weight, length, seed=int(np.random.default_rng([*seed, 1]).integers(2**31)))
+    order = draw_order(keep, labels, block_weight, cluster_weight, steps * global_batch, seed=int(np.random.default_rng([*seed, 1]).integers(2**31)))
     return order, fields, keep

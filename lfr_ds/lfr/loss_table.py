@@ -97,10 +97,15 @@ class LossTable:
         return out
 
     @classmethod
-    def from_arrays(cls, arrays: dict[str, np.ndarray]) -> LossTable:
+    def from_arrays(cls, arrays: dict[str, np.ndarray], num_phases: int = 0) -> LossTable:
+        """The table :meth:`arrays` saved, with room for at least ``num_phases`` phases (a resumed run
+        may have added phases to its schedule)."""
         table = cls.__new__(cls)
         table.loss, table.ref, table.seen = arrays["loss"], arrays["ref"], arrays["seen"]
         table.prev_relative = arrays["prev_relative"]
         table.last_step, table.phase_loss = arrays["last_step"], arrays["phase_loss"]
+        if num_phases > len(table.phase_loss):
+            more = np.full((num_phases - len(table.phase_loss), table.num_blocks), np.float16("nan"), dtype=np.float16)
+            table.phase_loss = np.concatenate([table.phase_loss, more])
         table.sketch = arrays.get("sketch")
         return table

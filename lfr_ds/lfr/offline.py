@@ -11,7 +11,6 @@ also how to try selection settings on a real loss table without training.
 from __future__ import annotations
 
 import dataclasses
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,9 +19,11 @@ from lfr_ds.config import config_from_dict, load_config
 from lfr_ds.data.blocks import BlockView
 from lfr_ds.data.dataset import open_dataset
 from lfr_ds.errors import ArgumentParser, UserError, cli
+from lfr_ds.identity import check_fits, dataset_digest, read_state
 from lfr_ds.lfr.loss_table import LossTable
 from lfr_ds.lfr.rewriter import build_order, inputs_digest, write_phase_index
 from lfr_ds.lfr.schedule import Phase
+from lfr_ds.resources import out_of_disk, out_of_memory
 from lfr_ds.safe_load import load_arrays
 
 
@@ -31,7 +32,7 @@ def load_checkpoint_state(path: str) -> tuple[dict, LossTable]:
     lfr_dir = Path(path) / "lfr"
     if not (lfr_dir / "state.json").is_file() or not (lfr_dir / "arrays.npz").is_file():
         raise UserError(f"{path}: not an lfr-ds checkpoint (no lfr/state.json); give a step_* directory under RUN_DIR/checkpoints")
-    state = json.loads((lfr_dir / "state.json").read_text())
+    state = read_state(path)
     table = LossTable.from_arrays(load_arrays(lfr_dir / "arrays.npz"))
     return state, table
 
@@ -48,7 +49,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_intermixed_args(argv)  # key=value overrides may follow options
 
     state, table = load_checkpoint_state(args.checkpoint)
-    cfg = config_from_dict(state["config"])
+    try:
+        cfg = config_from_dict(state["config"])
+    except UserError as e:
+        raise UserError(f"{args.checkpoint}/lfr/state.json: the run's config is not valid here ({e})") from None
     if args.overrides:
         bad = [o for o in args.overrides if not o.startswith("lfr.")]
         if bad:
@@ -67,21 +71,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.drop is not None:
         if not 0 <= args.drop < 1:
             raise UserError(f"--drop {args.drop}: must be in [0, 1)")
-        phase = dataclasses.replace(phase, drop=args.drop)
+        phase = dataclasses.replace(phase, drop=args.drop, auto_drop=False)
     out = Path(args.out)
     if out.suffix != ".npy" or not out.parent.is_dir():
         raise UserError(f"--out {out}: must be a .npy path in an existing directory")
 
     dataset = open_dataset(args.data or cfg.data.path)
-    if dataset.fingerprint != state["dataset"]:
-        raise UserError(f"{dataset.prefix}: not the dataset this checkpoint was trained on (fingerprint differs); pass --data")
+    check_fits(Path(args.checkpoint), state, {"data.path": dataset_digest(dataset)}, flags={"data.path": "--data"})
     blocks = BlockView(dataset, cfg.model.seq_length, cfg.data.seed)
     G = cfg.engine.global_batch_size
     digest = inputs_digest(phase, cfg.data.seed, dataset.fingerprint, G, table, cfg.lfr)
-    order, fields, keep = build_order(phase, num_blocks=blocks.num_blocks, global_batch=G, seed=cfg.data.seed, table=table,
-                                      block_source=blocks.block_source, sources=dataset.sources, options=cfg.lfr)
-    manifest = write_phase_index(out, phase, order, fields, keep, seed=cfg.data.seed, dataset=dataset.fingerprint,
-                                 num_blocks=blocks.num_blocks, seq_length=cfg.model.seq_length, global_batch=G, digest=digest,
-                                 block_source=blocks.block_source, sources=dataset.sources)
+    with out_of_memory("ranking and clustering the blocks", f"lower lfr.centroids (now {cfg.lfr.centroids}), or run "
+                       "lfr-rewrite on a machine with more memory"):
+        order, fields, keep = build_order(phase, num_blocks=blocks.num_blocks, global_batch=G, seed=cfg.data.seed, table=table,
+                                          block_source=blocks.block_source, sources=dataset.sources, options=cfg.lfr)
+    with out_of_disk(out.parent, "--out"):
+        manifest = write_phase_index(out, phase, order, fields, keep, seed=cfg.data.seed, dataset=dataset.fingerprint,
+                                     num_blocks=blocks.num_blocks, seq_length=cfg.model.seq_length, global_batch=G,
+                                     digest=digest, block_source=blocks.block_source, sources=dataset.sources)
     print(f"wrote {out}: {phase.name}, {manifest['length']:,} samples, kept {manifest['kept']:,} of {blocks.num_blocks:,} blocks", file=sys.stderr)
     return 0

@@ -54,6 +54,11 @@ def inputs_digest(
             options.centroids,
             options.temperature,
         ]
+        # Only where they matter, so the digests of runs made before these settings existed stay the same.
+        if phase.auto_drop or phase.kept_passes is not None:
+            settings += [phase.auto_drop, phase.kept_passes, options.auto_max_drop if phase.auto_drop else None]
+        if options.weighting != "perplexity":
+            settings.append(options.weighting)
     h = hashlib.sha256(json.dumps(settings).encode())
     if table is not None and phase.kind == "focus":
         for arr in table.arrays().values():
@@ -72,25 +77,29 @@ def build_order(
     sources: list[str],
     options: LFRConfig | None,
 ) -> tuple[np.ndarray, dict, np.ndarray | None]:
-    """The phase's block order, the manifest fields that describe it and (focus only) the kept mask."""
-    length = phase.steps * global_batch
+    """The phase's block order, the manifest fields that describe it and (focus only) the kept mask.
+    The order holds ``steps × global_batch`` ids, where ``steps`` (also in the fields) is the phase's,
+    or for a ``kp`` phase its length resolved from the kept set."""
     if phase.kind != "focus":
-        return shuffled_order(num_blocks, length, phase_seed(seed, phase)), {"kept": num_blocks, "dropped": 0}, None
-    return focus_order(table, phase, length=length, seed=phase_seed(seed, phase), block_source=block_source,
+        order = shuffled_order(num_blocks, phase.steps * global_batch, phase_seed(seed, phase))
+        return order, {"steps": phase.steps, "kept": num_blocks, "dropped": 0}, None
+    return focus_order(table, phase, global_batch=global_batch, seed=phase_seed(seed, phase), block_source=block_source,
                        sources=sources, options=options or LFRConfig())
 
 
 def write_phase_index(path: Path, phase: Phase, order: np.ndarray, fields: dict, keep: np.ndarray | None, *, seed: int,
                       dataset: str, num_blocks: int, seq_length: int, global_batch: int, digest: str,
                       block_source: np.ndarray, sources: list[str]) -> dict:
-    """Write ``path`` (+ manifest, + ``<name>.kept.npy``, the packed kept mask of a focus phase)."""
+    """Write ``path`` (+ manifest, + ``<name>.kept.npy``, the packed kept mask of a focus phase). ``fields``
+    (from :func:`build_order`) give the phase's ``steps`` (resolved, for a ``kp`` phase) and, for an
+    ``@auto`` phase, the ``drop_fraction`` it chose."""
     if keep is not None:
         kept_path = path.with_name(path.stem + ".kept.npy")
         atomic.save_npy(kept_path, np.packbits(keep))
         fields = {**fields, "kept_mask": kept_path.name}
     counts = np.bincount(block_source[order], minlength=len(sources))
     return write_sample_index(path, order, {
-        "phase": phase.name, "kind": phase.kind, "index": phase.index, "start_step": phase.start, "steps": phase.steps,
+        "phase": phase.name, "kind": phase.kind, "index": phase.index, "start_step": phase.start,
         "drop_fraction": phase.drop, "seed": phase_seed(seed, phase), "dataset": dataset, "num_blocks": num_blocks,
         "seq_length": seq_length, "global_batch_size": global_batch, "inputs_sha256": digest,
         "source_share": {s: round(float(c) / max(1, len(order)), 6) for s, c in zip(sources, counts, strict=True)},

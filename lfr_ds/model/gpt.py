@@ -183,7 +183,23 @@ def _gpt_model(
     use_cpu_initialization: bool,
     initialize: bool,
 ) -> GPTModel:
-    config = TransformerConfig(
+    return GPTModel(
+        config=transformer_config(
+            cfg, fused=fused, bf16=bf16, use_cpu_initialization=use_cpu_initialization, initialize=initialize
+        ),
+        transformer_layer_spec=layer_spec,
+        vocab_size=vocab_size,
+        max_sequence_length=cfg.seq_length,
+        share_embeddings_and_output_weights=True,
+        position_embedding_type="learned_absolute",
+    )
+
+
+def transformer_config(
+    cfg: ModelConfig, *, fused: bool, bf16: bool, use_cpu_initialization: bool, initialize: bool
+) -> TransformerConfig:
+    """megatron-core's config for GPT-2 of ``cfg``'s shape (megatron validates it on construction)."""
+    return TransformerConfig(
         num_layers=cfg.num_layers,
         hidden_size=cfg.hidden_size,
         num_attention_heads=cfg.num_attention_heads,
@@ -208,14 +224,6 @@ def _gpt_model(
         params_dtype=torch.bfloat16 if bf16 else torch.float32,
         use_cpu_initialization=use_cpu_initialization,
         perform_initialization=initialize,
-    )
-    return GPTModel(
-        config=config,
-        transformer_layer_spec=layer_spec,
-        vocab_size=vocab_size,
-        max_sequence_length=cfg.seq_length,
-        share_embeddings_and_output_weights=True,
-        position_embedding_type="learned_absolute",
     )
 
 

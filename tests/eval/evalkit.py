@@ -96,7 +96,7 @@ def heldout_on_rank(
 
     from lfr_ds.config import load_config
     from lfr_ds.data.tokenizer import Tokenizer
-    from lfr_ds.engine import build_engine, init_distributed
+    from lfr_ds.engine import build_ds_config, build_engine, init_distributed
     from lfr_ds.eval.perplexity import heldout_loss, load_heldout
 
     torch.set_num_threads(1)
@@ -108,7 +108,7 @@ def heldout_on_rank(
     forwards = []
     model.register_forward_hook(lambda *_: forwards.append(1))
     cfg = load_config(None, ["data.path=unused", "engine.zero_stage=3", f"engine.micro_batch_size={micro}"])
-    engine = build_engine(model, cfg, world, bf16=False)
+    engine = build_engine(model, cfg, build_ds_config(cfg, world, bf16=False))
     data = load_heldout(path, SEQ, tokenizer=tok, max_blocks=blocks, seed=1)
     result = heldout_loss(engine, data, micro_batch_size=micro)
     Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"forwards": len(forwards), "result": result}))

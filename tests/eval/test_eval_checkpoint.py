@@ -43,12 +43,15 @@ def test_zero2_weights_are_the_weights_deepspeed_saved(trained_runs):
 
 
 def test_zero3_checkpoint_loads_the_model_zero2_trained(trained_runs):
-    # Same seed, data and steps: the two runs differ only in how ZeRO shards and reduces.
+    # Same seed, data and steps: the two runs differ only in how ZeRO shards and reduces. The other
+    # reduction order moves a few weights by ~1e-6 after Adam's steps (seen: 1.07e-6 on 4 of 768 elements
+    # with today's packages); a checkpoint loaded wrongly (another shard, another tensor, a fresh init)
+    # moves them by the weights' own scale, ~1e-2. 1e-5 tells the two apart with room either side.
     zero2 = load_model(open_checkpoint(trained_runs[2])).state_dict()
     zero3 = load_model(open_checkpoint(trained_runs[3])).state_dict()
     for name, tensor in zero2.items():
         if torch.is_tensor(tensor):
-            torch.testing.assert_close(zero3[name], tensor, rtol=0, atol=1e-6)
+            torch.testing.assert_close(zero3[name], tensor, rtol=0, atol=1e-5)
     assert not torch.equal(zero2["decoder.final_layernorm.weight"], torch.ones(256))  # trained, not fresh
 
 

@@ -6,7 +6,6 @@ weights load), so they use a stand-in with no DeepSpeed files: no training run n
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import shutil
 
@@ -14,17 +13,26 @@ import pytest
 from clitools import assert_one_line_error
 
 from lfr_ds.config import load_config
-from lfr_ds.data.tokenizer import train_tokenizer
+from lfr_ds.data.dataset import open_dataset
+from lfr_ds.data.tokenizer import Tokenizer, train_tokenizer
 from lfr_ds.eval.cli import main
+from lfr_ds.identity import dataset_digest, record, tokenizer_digest
 
 
 @pytest.fixture
-def stand_in(tmp_path, small_dataset):
-    """A checkpoint directory with only lfr-ds's state: its config names the small dataset."""
+def stand_in(tmp_path, small_dataset, webmix_tokenizer):
+    """A checkpoint directory with only lfr-ds's state, recorded as lfr-train records it: its config names
+    the small dataset."""
     ckpt = tmp_path / "run" / "checkpoints" / "step_00000001"
     (ckpt / "lfr").mkdir(parents=True)
-    config = dataclasses.asdict(load_config(None, [f"data.path={small_dataset}"]))
-    (ckpt / "lfr" / "state.json").write_text(json.dumps({"step": 1, "config": config}))
+    tok = Tokenizer(webmix_tokenizer)
+    state = record(
+        load_config(None, [f"data.path={small_dataset}"]),
+        vocab_size=tok.vocab_size,
+        tokenizer=tokenizer_digest(tok),
+        dataset=dataset_digest(open_dataset(str(small_dataset))),
+    )
+    (ckpt / "lfr" / "state.json").write_text(json.dumps({"step": 1, **state}))
     (ckpt.parent / "latest").write_text(ckpt.name)
     return ckpt.parents[1]
 
@@ -132,8 +140,10 @@ def test_lost_tokenizer(run_cli, stand_in, tmp_path, mc):
     assert_one_line_error(run_cli(main, [stand_in, "--mc", mc(GOOD_MC)]), "moved.meta.json", "--tokenizer")
 
 
-def test_tokenizer_that_does_not_fit_the_weights(run_cli, trained_runs, tmp_path, mc, small_dataset):
+def test_tokenizer_other_than_the_runs(run_cli, stand_in, tmp_path, mc, small_dataset, webmix_tokenizer):
     other = tmp_path / "other.model"
     train_tokenizer([str(small_dataset) + ".jsonl"], str(other), 500)
-    result = run_cli(main, [trained_runs[2], "--tokenizer", other, "--mc", mc(GOOD_MC)])
-    assert_one_line_error(result, "8192 rows", "--tokenizer")
+    result = run_cli(main, [stand_in, "--tokenizer", other, "--mc", mc(GOOD_MC)])
+    assert_one_line_error(
+        result, f"the checkpoint has tokenizer {webmix_tokenizer} (sha256", f"(pass --tokenizer {webmix_tokenizer})"
+    )

@@ -1,6 +1,6 @@
 """bench/faults.py in small: SIGKILL preprocessing once and training three times (mid-index-rewrite, from
 outside at a random moment, and between a checkpoint's rename and ``latest``), resume each time, and end
-byte-identical to the uninterrupted runs. The harness is :mod:`lfr_ds.faults`."""
+byte-identical to the uninterrupted runs. The harness is ``tests/faultkit.py``."""
 
 from __future__ import annotations
 
@@ -8,10 +8,7 @@ import os
 import sys
 from pathlib import Path
 
-from launch import BIN
-
-from lfr_ds.data.preprocess import preprocess
-from lfr_ds.faults import (
+from faultkit import (
     TRAINING_STARTED,
     Kill,
     checkpoints_consistent,
@@ -20,6 +17,9 @@ from lfr_ds.faults import (
     launch_once,
     preprocess_outputs,
 )
+from launch import BIN
+
+from lfr_ds.data.preprocess import preprocess
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 

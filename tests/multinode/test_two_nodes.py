@@ -16,9 +16,8 @@ import os
 import subprocess
 import time
 
+from faultkit import kill_job
 from launch import BIN, free_port, read_trace
-
-from lfr_ds.faults import kill_job
 
 TIMEOUT = 300
 

@@ -46,18 +46,33 @@ def test_multinode_script_names_what_is_missing():
     assert proc.returncode != 0 and "HOSTFILE" in proc.stderr
 
 
-def test_gpu_check_cpu_mode_prints_the_table():
-    proc = subprocess.run(
-        [str(SCRIPTS / "gpu_check.sh"), "--cpu"],
+def _gpu_check(*args: str, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(SCRIPTS / "gpu_check.sh"), *args],
         capture_output=True,
         text=True,
         timeout=600,
-        env={**os.environ, "PYTHON": sys.executable},
+        env={**os.environ, "PYTHON": sys.executable, **env},
     )
+
+
+def test_gpu_check_cpu_mode_prints_the_table():
+    proc = _gpu_check("--cpu")
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.strip().splitlines()
     result = json.loads(lines[-1])
-    assert [(r["preset"], r["zero"]) for r in result["results"]] == [("tiny", 2), ("tiny", 3)]
+    runs = [(r["preset"], r["zero"], r["sampling"]) for r in result["results"]]
+    assert runs == [("tiny", 2, "random"), ("tiny", 2, "lfr"), ("tiny", 3, "random")]
     for r in result["results"]:
         assert r["tokens_per_s"] > 0 and r["mfu_percent"] > 0 and r["peak_memory_gib"] > 0
-    assert sum("tok/s" in line and "MFU" in line for line in lines) == 2
+    assert sum("tok/s" in line and "MFU" in line for line in lines) == 3
+    overhead = result["lfr_overhead"]
+    assert overhead["random_run_s"] > 0 and overhead["lfr_run_s"] > 0
+    ratio = overhead["lfr_run_s"] / overhead["random_run_s"]
+    assert overhead["overhead_percent"] == pytest.approx(100 * (ratio - 1), abs=0.1)
+
+
+def test_gpu_check_without_a_gpu_fails_in_one_line():
+    proc = _gpu_check("--preflight", CUDA_VISIBLE_DEVICES="")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: no CUDA GPU visible to torch ") and len(proc.stderr.splitlines()) == 1

@@ -1,0 +1,5 @@
+import sys
+
+from lfr_ds.compare.cli import main
+
+sys.exit(main())

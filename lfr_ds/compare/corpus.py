@@ -1,0 +1,184 @@
+"""One comparison's data, built once per ``--out`` and shared by every seed and arm.
+
+``OUT/data/`` holds:
+
+- ``train.jsonl``: whole documents of ``--train`` in a seeded order (``subset_seed``) until about
+  (1 - R) ``unique_tokens`` tokens, plus copies of them (:mod:`lfr_ds.redundant`) that make up a
+  fraction ``redundancy`` R of the tokens, so every R trains on the same number of tokens. Any document whose text
+  is also in the held-out file is left out: held-out text never reaches training.
+- ``tokenizer.model`` (trained on the unique documents) and ``train.{bin,idx,meta.json}``.
+- ``train.repeat.npy``: per document of the dataset (in ``.bin`` order), 1 if the builder copied it.
+- ``heldout.jsonl``: the fixed held-out set, whole documents of ``--valid`` (the dev split) chosen
+  once: in a seeded order, each source takes documents until its share of the valid file's tokens
+  (at least one document) of ``heldout_blocks`` blocks is covered, so every source is present.
+  Every run scores its first ``heldout_blocks`` blocks, cut with one fixed seed.
+- ``corpus.json``: the inputs (with the checksums of the source files), their digest and what the
+  builder made; written last, it marks the build complete.
+
+A build whose inputs differ from ``corpus.json``'s is refused in one line naming the differences:
+compare arms within one corpus, and give another corpus its own ``--out``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lfr_ds import atomic, redundant
+from lfr_ds.data.dataset import open_dataset, sha256_file
+from lfr_ds.data.preprocess import preprocess
+from lfr_ds.data.reader import DEFAULT_READ, iter_documents
+from lfr_ds.data.tokenizer import Tokenizer, train_tokenizer
+from lfr_ds.errors import UserError
+
+#: Bumped whenever the build itself changes, so corpora built by older code are not taken for new ones.
+BUILDER_VERSION = 2
+#: The held-out file holds this many more tokens than its blocks need, so cutting never runs short.
+_HELDOUT_SLACK = 1.05
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """What a comparison's data is built from."""
+
+    train: str
+    valid: str
+    redundancy: float
+    subset_seed: int
+    vocab_size: int
+    unique_tokens: int
+    seq_length: int
+    heldout_blocks: int
+
+    def inputs(self) -> dict:
+        """Everything the build depends on, files by checksum."""
+        return {**asdict(self), "train": {"path": self.train, "sha256": sha256_file(self.train)},
+                "valid": {"path": self.valid, "sha256": sha256_file(self.valid)}, "builder": BUILDER_VERSION}
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A built comparison corpus (paths under ``OUT/data``)."""
+
+    prefix: str
+    tokenizer: str
+    heldout: str
+    digest: str
+    info: dict
+
+    def repeats(self) -> np.ndarray:
+        """Per document of the training dataset: whether the builder copied it."""
+        return np.load(self.prefix + ".repeat.npy", allow_pickle=False).astype(bool)
+
+
+def digest(inputs: dict) -> str:
+    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+
+
+def differences(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """``key: old -> new`` for every leaf that differs between two nested dicts."""
+    out = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: {a!r} -> {b!r}")
+    return out
+
+
+def prepare(spec: CorpusSpec, out: Path) -> Corpus:
+    """Build ``OUT/data`` for ``spec``, or reuse it when it was built from the same inputs."""
+    data = out / "data"
+    record_path = data / "corpus.json"
+    inputs = spec.inputs()
+    if record_path.is_file():
+        record = json.loads(record_path.read_text())
+        if record["digest"] != digest(inputs):
+            diff = "; ".join(differences(record["inputs"], inputs))
+            raise UserError(f"--out {out}: its corpus was built from other inputs ({diff}); use a new --out")
+    else:
+        data.mkdir(parents=True, exist_ok=True)
+        record = {"inputs": inputs, "digest": digest(inputs), **_build(spec, data)}
+        atomic.write_json(record_path, record)
+    return Corpus(str(data / "train"), str(data / "tokenizer.model"), str(data / "heldout.jsonl"), record["digest"],
+                  {k: v for k, v in record.items() if k not in ("inputs", "digest")})
+
+
+def _build(spec: CorpusSpec, data: Path) -> dict:
+    valid = _read(spec.valid)
+    held_texts = {d["text"] for d in valid}
+    everything = _read(spec.train)
+    pool = [d for d in everything if d["text"] not in held_texts]
+    random.Random(spec.subset_seed).shuffle(pool)
+    subset, prefix, tok = data / "train.jsonl", str(data / "train"), str(data / "tokenizer.model")
+    # The unique part: whole documents until (1 - R) of the tokens. The tokenizer is trained on it alone,
+    # so the copies are measured in tokens of the same tokenizer and fill R of the total exactly (a
+    # tokenizer trained with the copies would compress them, and the share would drift below R).
+    target, chars_per_token = (1 - spec.redundancy) * spec.unique_tokens, 4.0
+    for _ in range(3):
+        unique = _prefix(pool, target * chars_per_token)
+        atomic.write_bytes(subset, "".join(json.dumps(d) + "\n" for d in unique).encode())
+        train_tokenizer([str(subset)], tok, spec.vocab_size)
+        lengths = [len(ids) + 1 for ids in Tokenizer(tok).encode([d["text"] for d in unique])]  # + <eod>
+        chars_per_token *= target / sum(lengths)
+        if abs(sum(lengths) / target - 1) < 0.05:
+            break
+    docs, stats = redundant.build(unique, lengths, spec.redundancy, spec.subset_seed)
+    atomic.write_bytes(subset, "".join(json.dumps(d) + "\n" for d in docs).encode())
+    meta = preprocess([str(subset)], prefix, tok, progress=False)
+    if meta["num_documents"] != len(docs):
+        raise AssertionError("preprocess dropped documents; the repeat labels would not line up")
+    repeats = np.array([d["repeat_of"] is not None for d in docs])
+    dataset = open_dataset(prefix)  # held: its mmap must outlive the lengths read from it
+    share = float(dataset.indexed.sequence_lengths[repeats].sum()) / meta["num_tokens"]
+    atomic.save_npy(prefix + ".repeat.npy", repeats.astype(np.uint8))
+    heldout = _heldout(valid, Tokenizer(tok), spec)
+    atomic.write_bytes(data / "heldout.jsonl", "".join(json.dumps(d) + "\n" for d in heldout).encode())
+    return {"train_documents": len(docs), "train_tokens": meta["num_tokens"], "repeat_token_share": share,
+            "left_out_as_heldout": len(everything) - len(pool),
+            "heldout_documents": len(heldout), "heldout_sources": sorted({d["source"] for d in heldout}),
+            "builder": stats.as_dict()}
+
+
+def _prefix(pool: list[dict], chars: float) -> list[dict]:
+    """Whole documents from the start of ``pool`` until about ``chars`` characters."""
+    out, have = [], 0
+    for d in pool:
+        if have >= chars:
+            break
+        out.append(d)
+        have += len(d["text"])
+    return out
+
+
+def _read(path: str) -> list[dict]:
+    return [{"text": d.text, "source": d.source or "unknown"} for d in iter_documents([path], DEFAULT_READ) if d.text]
+
+
+def _heldout(valid: list[dict], tokenizer: Tokenizer, spec: CorpusSpec) -> list[dict]:
+    """Whole documents of every source, each source in proportion to its tokens (see the module docstring)."""
+    order = list(range(len(valid)))
+    random.Random(spec.subset_seed).shuffle(order)
+    lengths = [len(ids) + 1 for ids in tokenizer.encode([valid[i]["text"] for i in order])]  # + <eod>
+    total = sum(lengths)
+    need = _HELDOUT_SLACK * (spec.heldout_blocks * spec.seq_length + 1)
+    if total < need:
+        raise UserError(f"--valid {spec.valid}: {total:,} tokens, fewer than the {need:,.0f} that "
+                        f"{spec.heldout_blocks} held-out blocks of {spec.seq_length} need; give more text or fewer --valid-blocks")
+    by_source: dict[str, int] = {}
+    for i, n in zip(order, lengths, strict=True):
+        by_source[valid[i]["source"]] = by_source.get(valid[i]["source"], 0) + n
+    quota = {s: n / total * need for s, n in by_source.items()}
+    taken = []
+    for i, n in zip(order, lengths, strict=True):
+        src = valid[i]["source"]
+        if quota[src] > 0:
+            taken.append(valid[i])
+            quota[src] -= n
+    return taken

@@ -1,0 +1,113 @@
+"""lfr-compare, lfr-report and the demo's data handling."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from clitools import assert_one_line_error
+
+from lfr_ds import demo, report, synthetic
+from lfr_ds.compare import cli as compare
+
+ARGS = ["--preset", "smoke", "--seeds", "1", "--arms", "random,lfr", "--blimp-pairs", "1", "--evals", "4", "--valid-blocks", "32"]
+
+
+@pytest.fixture(scope="module")
+def test_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("testset") / "mine.txt"
+    path.write_text("A plain text test set.\n\nTwo paragraphs of it, each a document, scored once per run.\n" * 20)
+    return path
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory, webmix_train, test_file):
+    out = tmp_path_factory.mktemp("compare")
+    assert compare.main([*ARGS, "--out", str(out), "--test", str(test_file)]) == 0
+    return out
+
+
+def _losses(out):
+    r = json.loads((out / "results.json").read_text())
+    return {arm: [(s["valid_loss"], s["curve"], s["test"]) for s in a["seeds"]] for arm, a in r["arms"].items()}
+
+
+def test_compare_writes_results_table_and_plot(smoke, test_file):
+    results = json.loads((smoke / "results.json").read_text())
+    assert set(results["arms"]) == {"random", "lfr"} and results["command"].startswith("lfr-compare --preset smoke")
+    for arm in results["arms"].values():
+        seed = arm["seeds"][0]
+        assert seed["tokens"] == results["steps"] * 16 * 64
+        assert seed["valid_loss"] > 0 and seed["per_source"] and 0 <= seed["blimp_acc"] <= 1
+        assert seed["test"][str(test_file)]["loss"] > 0
+        # Every ceil(58 / 4) = 15 steps, the last at the end: 15, 30, 45, 58.
+        assert [t for t, _ in seed["curve"]] == [s * 16 * 64 for s in (15, 30, 45, 58)]
+    # Every source of the dev split is in the fixed held-out set.
+    assert set(results["arms"]["random"]["seeds"][0]["per_source"]) == {"chat", "news", "reviews", "speeches", "wiki"}
+    lfr = results["arms"]["lfr"]
+    assert lfr["paired"]["valid_loss"]["values"] == [lfr["seeds"][0]["valid_loss"] - results["arms"]["random"]["seeds"][0]["valid_loss"]]
+    assert lfr["token_ratio"]["kind"].startswith("in-run proxy")
+    # Learn is the random arm's order for the first pass (same phase seed): identical curves until Focus.
+    assert results["arms"]["random"]["seeds"][0]["curve"][0] == lfr["seeds"][0]["curve"][0]
+    table = (smoke / "results.md").read_text()
+    assert "| random |" in table and "| lfr |" in table and "paired" in table and "never used for any choice" in table
+    assert (smoke / "heldout.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_same_comparison_gives_the_same_losses(smoke, tmp_path, test_file):
+    assert compare.main([*ARGS, "--out", str(tmp_path), "--test", str(test_file)]) == 0
+    assert _losses(tmp_path) == _losses(smoke)
+
+
+def test_rerun_reuses_or_refuses_never_mixes(smoke, run_cli, webmix_train, test_file, tmp_path):
+    again = run_cli(compare.main, [*ARGS, "--out", smoke, "--test", test_file])
+    assert again.code == 0 and again.err.count("already done, reusing") == 2
+    assert_one_line_error(run_cli(compare.main, [*ARGS, "--out", smoke, "--schedule", "learn:1ep,focus:*@0.3"]),
+                          "lfr-seed1", "lfr.schedule", "new --out")
+    assert_one_line_error(run_cli(compare.main, [*ARGS, "--out", smoke, "lfr.temperature=2"]), "lfr.temperature", "new --out")
+    assert_one_line_error(run_cli(compare.main, [*ARGS, "--out", smoke, "--redundancy", "0.2"]), "redundancy: 0.0 -> 0.2")
+    other = tmp_path / "other.jsonl"
+    other.write_text(webmix_train.read_text()[:2_000_000].rsplit("\n", 1)[0] + "\n")
+    assert_one_line_error(run_cli(compare.main, [*ARGS, "--out", smoke, "--train", other]), "train.path", "new --out")
+
+
+def test_report_on_the_lfr_arm(smoke):
+    assert report.main([str(smoke / "lfr-seed1")]) == 0
+    md = (smoke / "lfr-seed1" / "report" / "report.md").read_text()
+    assert "What each phase kept" in md and "phase_001_focus" in md and "Easiest blocks" in md
+    r = json.loads((smoke / "lfr-seed1" / "report" / "report.json").read_text())
+    assert r["transitions"] and sum(r["transitions"][0][k] for k in report.KINDS) > 0
+    assert (smoke / "lfr-seed1" / "report" / "drops.png").is_file()
+
+
+@pytest.mark.parametrize(("argv", "needle"), [
+    (["--arms", "lfr"], "need random"), (["--arms", "random,lfr,lfr"], "repeated"), (["--arms", "random,nope"], "need random"),
+    (["--seeds", "a,b"], "--seeds"), (["--seeds", ","], "empty"), (["--seeds", "1,2,1"], "repeated"),
+    (["--redundancy", "1"], "[0, 1)"), (["--redundancy", "-0.1"], "[0, 1)"),
+    (["--budgets", "0.5,0.8"], "including 1.0"), (["--budgets", "0,1"], "(0, 1]"), (["--budgets", "1.0,1.5"], "(0, 1]"),
+    (["--test", "nope.jsonl"], "nope.jsonl"), (["--train", "nope.jsonl"], "nope.jsonl"),
+    (["steps=5"], "set by lfr-compare"), (["eval.valid_blocks=5"], "set by lfr-compare"),
+])
+def test_compare_bad_input(tmp_path, run_cli, argv, needle):
+    assert_one_line_error(run_cli(compare.main, ["--out", tmp_path, *argv]), needle)
+    assert not (tmp_path / "data").exists()
+
+
+def test_compare_refuses_an_empty_test_set(tmp_path, run_cli):
+    (tmp_path / "empty.jsonl").write_text('{"text": ""}\n')
+    assert_one_line_error(run_cli(compare.main, ["--out", tmp_path / "o", "--test", tmp_path / "empty.jsonl"]), "empty.jsonl", "no text")
+    assert_one_line_error(run_cli(report.main, [tmp_path]), "no checkpoints/latest")
+
+
+def test_demo_splits_user_data(tmp_path):
+    src = tmp_path / "mine.jsonl"
+    synthetic.write_jsonl(src, synthetic.generate(40, seed=3))
+    train, valid = demo.split_corpus(str(src), tmp_path)
+    n_train, n_valid = (len(p.read_text().splitlines()) for p in (train, valid))
+    assert (n_train, n_valid) == (38, 2)
+
+
+def test_demo_refuses_tiny_data(tmp_path, run_cli):
+    src = tmp_path / "tiny.jsonl"
+    synthetic.write_jsonl(src, synthetic.generate(5, seed=3))
+    assert_one_line_error(run_cli(demo.main, ["--data", src, "--out", tmp_path / "o"]), "tiny.jsonl", "at least 20")
