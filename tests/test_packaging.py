@@ -18,7 +18,6 @@ import tomllib
 from pathlib import Path
 
 import pytest
-
 from gpu_kit import BOX, stand_in_wheel
 
 ROOT = Path(__file__).resolve().parents[1]
