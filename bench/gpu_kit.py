@@ -29,7 +29,8 @@ from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parents[1]
 # What a PyTorch GPU image ships (the big binary packages): the kit never carries nor replaces them.
-BOX = ("torch", "numpy", "scipy", "matplotlib", "sentencepiece", "tensorboard", "safetensors")
+# pyarrow (the Parquet reader) is one: its wheel alone is ~45 MB, two thirds of a kit that carried it.
+BOX = ("torch", "numpy", "scipy", "matplotlib", "sentencepiece", "tensorboard", "safetensors", "pyarrow")
 SCRIPTS = ["bench/gpu_kit.py", "bench/gpu_check.py", "bench/runs.py", "launch_scripts/gpu_kit.sh"]
 
 

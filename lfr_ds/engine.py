@@ -80,8 +80,10 @@ def launch_env() -> LaunchEnv:
                           f"this node shows {gpus} GPU(s) (CUDA_VISIBLE_DEVICES): start one rank per GPU")
     else:
         local_rank = read("LOCAL_RANK", "0", 0, world_size - 1)
-    # torchrun names the ranks on this node LOCAL_WORLD_SIZE, the deepspeed launcher LOCAL_SIZE.
-    local_name = "LOCAL_WORLD_SIZE" if "LOCAL_WORLD_SIZE" in os.environ else "LOCAL_SIZE"
+    # torchrun names the ranks on this node LOCAL_WORLD_SIZE, the deepspeed launcher LOCAL_SIZE. The deepspeed
+    # launcher never sets LOCAL_WORLD_SIZE, so beside LOCAL_SIZE one is inherited (a one-process run in the
+    # launching shell sets it to 1) and LOCAL_SIZE is the launcher's word.
+    local_name = "LOCAL_SIZE" if "LOCAL_SIZE" in os.environ else "LOCAL_WORLD_SIZE"
     local_world_size = read(local_name, str(world_size), local_rank + 1, world_size)
     if "MASTER_PORT" in os.environ:
         read("MASTER_PORT", "", 1, 65535)

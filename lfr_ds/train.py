@@ -347,7 +347,9 @@ def _resumed_digest(state: dict, phases: list[Phase], steps: int) -> str | None:
     if step >= steps:
         return None
     phase, was = phase_at(phases, step), Phase(**state["schedule"][state["phase"]])
-    if dataclasses.replace(was, steps=phase.steps) != phase or phase.steps <= was.steps:
+    # The same phase (its kind, place and drop; whether its length was given as '*' does not matter here)?
+    same = dataclasses.replace(was, steps=phase.steps, rest=phase.rest) == phase
+    if not same or phase.steps <= was.steps:
         return state["phase_digest"]
     if phase.kind != "focus":
         return None

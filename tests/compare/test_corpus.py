@@ -42,10 +42,8 @@ def test_builder_is_deterministic_heavy_tailed_and_exact_in_share():
 @pytest.fixture(scope="module")
 def valid_with_leak(tmp_path_factory, webmix_train):
     """webmix valid plus two webmix *train* documents: the builder must keep them out of train."""
-    from conftest import WEBMIX
-
     out = tmp_path_factory.mktemp("valid")
-    lines = (WEBMIX / "valid.jsonl").read_text().splitlines()
+    lines = (webmix_train.parent / "valid.jsonl").read_text().splitlines()
     leaked = webmix_train.read_text().splitlines()[:2]
     (out / "valid.jsonl").write_text("\n".join(lines + leaked) + "\n")
     return out / "valid.jsonl", [json.loads(line)["text"] for line in leaked]
