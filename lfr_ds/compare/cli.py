@@ -201,12 +201,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     total = sum(r.budget for r in todo)
     _log(f"plan: {len(todo)} runs ({', '.join(r.name for r in todo)}); ETA ~{total * preset.minutes:.0f} min "
          f"(reused runs take none)")
-    results, minutes_per_budget = {}, preset.minutes
+    results = {}
     for i, run in enumerate(todo):
         run_dir, seconds = runs.launch(run, setup, args.test, _log)
-        if seconds is not None:
-            minutes_per_budget = seconds / 60 / run.budget
-            left = sum(r.budget for r in todo[i + 1:]) * minutes_per_budget
+        if seconds is not None:  # the ETA from this machine's pace, per unit of budget
+            left = sum(r.budget for r in todo[i + 1:]) * seconds / 60 / run.budget
             _log(f"{run.name}: done in {seconds:.0f}s; {len(todo) - i - 1} runs left, ETA ~{left:.0f} min")
         results[run.arm, run.seed, run.budget] = runs.result(run_dir, corpus, args.test)
         if i + 1 == len(todo) or todo[i + 1].seed != run.seed:
