@@ -111,12 +111,14 @@ def test_lfr_eval_end_to_end(trained_runs, run_cli, tmp_path, valid_jsonl, small
     # The table names every task; results only on stdout.
     for needle in ("valid.jsonl", "small", "lastword.jsonl", "blimp (2 sets)", "lambada", "acc_norm", "ppl"):
         assert needle in result.out
-    # The CLI's numbers are the API's.
+    # The CLI's numbers are the API's. Not to the last bit: the same fp32 forward on the same blocks moved
+    # by 1.8e-6 relative on CI (BLAS kernels may sum in another order for another buffer alignment), while
+    # other blocks or another checkpoint move a 6-block loss by far more than 1e-5.
     ckpt = open_checkpoint(run)
     model = load_model(ckpt)
     data = load_heldout(str(valid_jsonl), 256, tokenizer=ckpt.tokenizer, max_blocks=6, seed=ckpt.data_seed)
     assert results["valid"][str(valid_jsonl)]["loss"] == pytest.approx(
-        heldout_loss(model, data)["loss"], abs=1e-9
+        heldout_loss(model, data)["loss"], rel=1e-5
     )
     # The exported trained model computes the same logits.
     from transformers import GPT2LMHeadModel
