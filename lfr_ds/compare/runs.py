@@ -9,8 +9,10 @@ the experiment means what it says:
 4. the settings that define the comparison (data, steps, seeds, evaluation), which the user may not set.
 
 ``RUN/compare_run.json`` records the resolved config and the corpus digest. A finished run with the
-same record is reused; a run with another record is refused in one line naming the differences, so a
-comparison never mixes runs of different settings.
+same record is reused (paths taken relative to ``--out``; the random arm's record ignores the ``lfr.*``
+settings it does not use, so a comparison of other LFR settings can start from copies of its random
+runs); a run with another record is refused in one line naming the differences, so a comparison never
+mixes runs of different settings.
 """
 
 from __future__ import annotations
@@ -101,13 +103,30 @@ def record(run: Run, setup: Setup) -> dict:
     return {"config": cfg, "corpus": setup.corpus.digest}
 
 
+def identity(rec: dict) -> dict:
+    """What must match for a finished run to be reused: its record, with the paths under its comparison's
+    directory made relative (a comparison can be moved, or its random runs copied into a comparison of
+    other LFR settings on the same corpus) and, for the random arm, without the LFR settings it ignores."""
+    out = str(Path(rec["config"]["run_dir"]).parent) + os.sep
+
+    def rel(v):
+        if isinstance(v, dict):
+            return {k: rel(x) for k, x in v.items()}
+        return "OUT" + os.sep + v[len(out):] if isinstance(v, str) and v.startswith(out) else v
+
+    rec = rel(rec)
+    if rec["config"]["lfr"]["schedule"] == "random":
+        rec["config"]["lfr"] = {"schedule": "random"}
+    return rec
+
+
 def check_reusable(run: Run, setup: Setup) -> None:
     """Refuse, before anything runs, a run directory made with other settings."""
     path = setup.out / run.name / "compare_run.json"
     if path.parent.exists() and not path.is_file():
         raise UserError(f"{path.parent}: not made by this lfr-compare (no {path.name}); use a new --out")
     if path.is_file():
-        have, wanted = json.loads(path.read_text()), record(run, setup)
+        have, wanted = identity(json.loads(path.read_text())), identity(record(run, setup))
         if have != wanted:
             diff = "; ".join(differences(have, wanted)[:6])
             raise UserError(f"{path.parent}: this run was made with other settings ({diff}); use a new --out")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from clitools import assert_one_line_error
@@ -69,6 +70,21 @@ def test_rerun_reuses_or_refuses_never_mixes(smoke, run_cli, webmix_train, test_
     other = tmp_path / "other.jsonl"
     other.write_text(webmix_train.read_text()[:2_000_000].rsplit("\n", 1)[0] + "\n")
     assert_one_line_error(run_cli(compare.main, [*ARGS, "--out", smoke, "--train", other]), "train.path", "new --out")
+
+
+def test_random_runs_copied_into_a_comparison_of_other_lfr_settings_are_reused(smoke, run_cli, tmp_path):
+    # The random arm ignores lfr.* settings, and paths are taken relative to --out: a study of LFR
+    # variants pays for each random run once.
+    shutil.copytree(smoke / "random-seed1", tmp_path / "random-seed1")
+    variant = run_cli(compare.main, [*ARGS, "--out", tmp_path, "--schedule", "learn:1ep,focus:*@0.3", "lfr.temperature=2"])
+    assert variant.code == 0, variant.err
+    assert "random-seed1: already done, reusing" in variant.err and "lfr-seed1: already done" not in variant.err
+    def random_seed(out):
+        seed = json.loads((out / "results.json").read_text())["arms"]["random"]["seeds"][0]
+        return seed["valid_loss"], seed["curve"]
+
+    assert random_seed(tmp_path) == random_seed(smoke)
+    assert json.loads((tmp_path / "lfr-seed1" / "compare_run.json").read_text())["config"]["lfr"]["temperature"] == 2
 
 
 def test_report_on_the_lfr_arm(smoke):
