@@ -106,7 +106,8 @@ def record(run: Run, setup: Setup) -> dict:
 def identity(rec: dict) -> dict:
     """What must match for a finished run to be reused: its record, with the paths under its comparison's
     directory made relative (a comparison can be moved, or its random runs copied into a comparison of
-    other LFR settings on the same corpus) and, for the random arm, without the LFR settings it ignores."""
+    other LFR settings on the same corpus) and, for the random arm, without the LFR settings it ignores
+    (``lfr.*`` but the schedule, ``model.sketch_dim``)."""
     out = str(Path(rec["config"]["run_dir"]).parent) + os.sep
 
     def rel(v):
@@ -117,6 +118,8 @@ def identity(rec: dict) -> dict:
     rec = rel(rec)
     if rec["config"]["lfr"]["schedule"] == "random":
         rec["config"]["lfr"] = {"schedule": "random"}
+        # The sketch feeds only Focus's clustering; it leaves init and loss alone (tests/model/test_model_gpt.py).
+        rec["config"]["model"].pop("sketch_dim")
     return rec
 
 

@@ -76,15 +76,18 @@ def test_random_runs_copied_into_a_comparison_of_other_lfr_settings_are_reused(s
     # The random arm ignores lfr.* settings, and paths are taken relative to --out: a study of LFR
     # variants pays for each random run once.
     shutil.copytree(smoke / "random-seed1", tmp_path / "random-seed1")
-    variant = run_cli(compare.main, [*ARGS, "--out", tmp_path, "--schedule", "learn:1ep,focus:*@0.3", "lfr.temperature=2"])
+    variant = run_cli(compare.main, [*ARGS, "--out", tmp_path, "--schedule", "learn:1ep,focus:*@0.3", "lfr.temperature=2",
+                                             "model.sketch_dim=0"])
     assert variant.code == 0, variant.err
     assert "random-seed1: already done, reusing" in variant.err and "lfr-seed1: already done" not in variant.err
+
     def random_seed(out):
         seed = json.loads((out / "results.json").read_text())["arms"]["random"]["seeds"][0]
         return seed["valid_loss"], seed["curve"]
 
     assert random_seed(tmp_path) == random_seed(smoke)
-    assert json.loads((tmp_path / "lfr-seed1" / "compare_run.json").read_text())["config"]["lfr"]["temperature"] == 2
+    config = json.loads((tmp_path / "lfr-seed1" / "compare_run.json").read_text())["config"]
+    assert config["lfr"]["temperature"] == 2 and config["model"]["sketch_dim"] == 0
 
 
 def test_report_on_the_lfr_arm(smoke):
@@ -127,3 +130,14 @@ def test_demo_refuses_tiny_data(tmp_path, run_cli):
     src = tmp_path / "tiny.jsonl"
     synthetic.write_jsonl(src, synthetic.generate(5, seed=3))
     assert_one_line_error(run_cli(demo.main, ["--data", src, "--out", tmp_path / "o"]), "tiny.jsonl", "at least 20")
+
+
+def test_demo_verdict_names_the_ratio_and_the_least_helped_source():
+    def results(reached):
+        lfr = {"mean": {"valid_loss": 0.9}, "paired": {"relative": -0.1, "per_source_relative": {"a": -0.2, "b": 0.01}},
+               "token_ratio": {"reached": reached, "mean": 0.7 if reached else None}}
+        return {"arms": {"lfr": lfr, "random": {"mean": {"valid_loss": 1.0}}}}
+
+    text = demo.verdict(results(1))
+    assert "0.9000 vs 1.0000 (-10.00%)" in text and "token ratio 0.70" in text and "least helped source: b +1.00%" in text
+    assert "token ratio: never" in demo.verdict(results(0))
