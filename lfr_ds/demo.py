@@ -24,7 +24,6 @@ from lfr_ds.compare import cli as compare
 from lfr_ds.data.reader import ReadOptions, check_inputs, iter_documents
 from lfr_ds.errors import ArgumentParser, UserError, cli
 
-
 #: LFR's token budgets, as fractions of random's: the budget sweep that gives the token ratio.
 BUDGETS = ("0.5", "0.65", "0.8", "1.0")
 
