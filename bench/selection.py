@@ -15,6 +15,12 @@ Prints progress to stderr and, as its last stdout line, one JSON object:
 "drop": {source: fraction}, "draw_share": {source: share}}, ...], "seconds": ...}``.
 
     .venv/bin/python bench/selection.py [--workdir DIR]
+
+With ``--corpus OUT/data`` (a corpus ``lfr-compare`` built, e.g. at ``--redundancy 0.5``) it instead
+trains that preset's 1-pass Learn (the small preset's tiny model) and rewrites Focus @0.5 with the
+sketch on and off, three seeds each; on webmix no source is planted, so it scores the drop by the
+builder's repeats: ``{"repeat_block_share": ..., "results": [{"sketch": ..., "seed": s,
+"dropped_that_repeat": ..., "repeats_dropped": ..., "drop": {source: fraction}}, ...], "seconds": ...}``.
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ from lfr_ds.lfr.rewriter import build_order
 from lfr_ds.lfr.schedule import Phase
 
 LEARN_STEPS, GLOBAL_BATCH, DRAW_STEPS = 176, 32, 100
+SMALL_SEQ, SMALL_BATCH = 256, 16  # lfr-compare's small preset: the tiny model's blocks, its global batch
 OPTIONS = {
     "@0.5 perplexity": (Phase(1, "focus", LEARN_STEPS, DRAW_STEPS, drop=0.5), LFRConfig()),
     "@0.5 learnable": (Phase(1, "focus", LEARN_STEPS, DRAW_STEPS, drop=0.5), LFRConfig(weighting="learnable")),
@@ -62,14 +69,56 @@ def train_planted(work: Path) -> tuple[str, Path]:
     return str(work / "data"), run / "checkpoints" / f"step_{LEARN_STEPS:08d}"
 
 
+def train_corpus_learn(corpus: Path, work: Path) -> Path:
+    """The checkpoint that ends a 1-pass Learn of lfr-compare's ``small`` preset on the corpus it built
+    under ``corpus`` (``OUT/data``): the table a Focus of the study's schedules starts from."""
+    from lfr_ds.compare.cli import PRESETS
+
+    blocks = (open_dataset(str(corpus / "train")).num_tokens - 1) // SMALL_SEQ
+    steps = -(-blocks // SMALL_BATCH)
+    run = work / "run"
+    cmd = [sys.executable, "-m", "lfr_ds.train", f"data.path={corpus / 'train'}", f"data.tokenizer={corpus / 'tokenizer.model'}",
+           f"run_dir={run}", *PRESETS["small"].overrides, f"steps={steps + 4}", f"lfr.schedule=learn:{steps},focus:*@0.5",
+           f"checkpoint.interval={steps}", "seed=1", "data.seed=1", "log.tensorboard=false"]
+    subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    return run / "checkpoints" / f"step_{steps:08d}"
+
+
+def corpus_results(corpus: Path, work: Path) -> dict:
+    """Focus @0.5 (the study's options) with the sketch on and off: which blocks it drops, measured by
+    the builder's repeats (the blocks whose dropping saves tokens without losing text)."""
+    state, table = load_checkpoint_state(str(train_corpus_learn(corpus, work)))
+    view = BlockView(open_dataset(str(corpus / "train")), SMALL_SEQ, state["config"]["data"]["seed"])
+    repeat = view.token_share(np.load(str(corpus / "train.repeat.npy"), allow_pickle=False).astype(bool)) > 0.5
+    source, sources = view.block_source, view.dataset.sources
+    phase = Phase(1, "focus", -(-table.num_blocks // SMALL_BATCH), DRAW_STEPS, drop=0.5)
+    results, sketch = [], table.sketch
+    for mode in ("on", "off"):
+        table.sketch = sketch if mode == "on" else None
+        for seed in (1, 2, 3):
+            _, fields, kept = build_order(phase, num_blocks=table.num_blocks, global_batch=SMALL_BATCH, seed=seed, table=table,
+                                          block_source=source, sources=sources, options=LFRConfig())
+            dropped = ~kept
+            results.append({"sketch": mode, "seed": seed, "dropped_that_repeat": round(float(repeat[dropped].mean()), 4),
+                            "repeats_dropped": round(float(dropped[repeat].mean()), 4), "drop": fields["source_drop_fraction"]})
+            print(f"  sketch {mode}, seed {seed}: {results[-1]}", file=sys.stderr, flush=True)
+    return {"repeat_block_share": round(float(repeat.mean()), 4), "results": results}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", help="scratch directory (default: a temporary one)")
+    p.add_argument("--corpus", type=Path, help="an lfr-compare corpus (OUT/data, e.g. of --redundancy 0.5) instead of the "
+                   "planted one: Focus @0.5 after the small preset's 1-pass Learn, sketch on and off, scored by repeats dropped")
     args = p.parse_args()
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)
         work.mkdir(parents=True, exist_ok=True)
+        if args.corpus:
+            print(f"training the small preset's 1-pass Learn on {args.corpus} in {work}", file=sys.stderr, flush=True)
+            print(json.dumps({**corpus_results(args.corpus, work), "seconds": round(time.monotonic() - t0, 1)}))
+            return
         print(f"training the planted 2-pass Learn in {work}", file=sys.stderr, flush=True)
         prefix, checkpoint = train_planted(work)
         state, table = load_checkpoint_state(str(checkpoint))

@@ -110,10 +110,12 @@ class ModelConfig:
     """megatron-core's fused bias-GELU and bias-dropout-add, plus its fused cross entropy in bf16:
     ``auto`` = on GPU only (on CPU they go through torch.compile and cost 11-26 s of compiling for no
     gain); ``on`` / ``off``. Attention is fused either way (SDPA or Transformer Engine)."""
-    sketch_dim: int = 16
+    sketch_dim: int = 0
     """Width of the random projection of each block's mean final hidden state recorded during the
-    training forward pass, a Focus clustering feature (it separates kinds of text that loss alone
-    mixes up). Costs one [h, 16] matmul per micro-batch and 32 bytes per block in the loss table. 0 = off."""
+    training forward pass, an optional Focus clustering feature; 0 = off (the default). Costs one
+    [h, dim] matmul per micro-batch and 2 × dim bytes per block in the loss table (16 = 3.2 GB more at
+    100M blocks). Off because it did not change what Focus drops or draws: on the planted corpus and on
+    webmix with 50% copies (``bench/selection.py``), see docs/lfr.md "The loss table"."""
 
     def __post_init__(self) -> None:
         if self.preset is not None:

@@ -33,6 +33,8 @@ SMALL_MODEL = [
     "optim.lr=3e-3",
     "optim.warmup_steps=5",
     "log.tensorboard=false",
+    # Off by default for users; on here so the tests and benchmarks keep the sketch path exercised.
+    "model.sketch_dim=16",
 ]
 
 _NAMES = [
