@@ -40,6 +40,7 @@ from lfr_ds.config import load_config
 from lfr_ds.data.dataset import open_dataset
 from lfr_ds.data.reader import DEFAULT_READ, check_inputs, iter_documents
 from lfr_ds.errors import ArgumentParser, UserError, cli
+from lfr_ds.lfr.schedule import PRESETS as SCHEDULES
 from lfr_ds.lfr.schedule import parse_schedule
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -61,20 +62,21 @@ class Preset:
     """One full-budget run's minutes on the reference machine (2 CPU cores), for the first ETA."""
 
 
+#: The LFR arms' schedule in the small, pilot and demo regimes: the recipe's default (``lfr.schedule=recipe``).
+RECIPE = SCHEDULES["recipe"]
 _COMMON = ("model.preset=tiny", "engine.micro_batch_size=16", "engine.global_batch_size=16", "optim.lr=2e-3",
            "optim.warmup_steps=20", "optim.min_lr_ratio=0.1", "checkpoint.interval=0", "log.interval=25")
 _SMALL_GPT = ("model.preset=null", "model.num_layers=2", "model.num_attention_heads=4", "model.seq_length=64",
               "checkpoint.interval=0")
 PRESETS = {
     # The pilots' regime at a third of their size: 3 passes, so every block still teaches the model something.
-    "small": Preset(350_000, 3, "learn:1ep,focus:0.5ep@0.5,review:1ep,focus:*@0.7", _COMMON, 7),
+    "small": Preset(350_000, 3, RECIPE, _COMMON, 7),
     # The paper's regime: many passes over little data, where blocks get learned and forgotten.
     "multipass": Preset(100_000, 12, "learn:2ep,focus:2ep@0.5,review:1ep,focus:2ep@0.7,review:1ep,focus:*@0.7", _COMMON, 8),
     # The pilots' own size (about 25 min per arm here).
-    "pilot": Preset(1_000_000, 3, "learn:1ep,focus:0.5ep@0.5,review:1ep,focus:*@0.7", _COMMON, 25),
+    "pilot": Preset(1_000_000, 3, RECIPE, _COMMON, 25),
     # The README's main job: the planted corpus (or DATA) whole, 6 passes of a small GPT, ~1 min an arm.
-    # Learn takes two passes so that Focus 1 already sees each block's progress.
-    "demo": Preset(10**9, 6, "learn:2ep,focus:1ep@0.5,review:1ep,focus:*@0.7", (
+    "demo": Preset(10**9, 6, RECIPE, (
         *_SMALL_GPT, "model.hidden_size=128", "engine.micro_batch_size=32", "engine.global_batch_size=32", "optim.lr=3e-3",
         "optim.warmup_steps=10", "log.interval=20"), 1),
     # For tests: seconds.

@@ -10,7 +10,7 @@ Grammar (comma-separated phases)::
 A bare number is optimizer steps; a ``t`` suffix is tokens (rounded to whole steps); ``ep`` is passes
 over all blocks (``1ep`` = one review); ``%`` is a share of the run's steps; ``*`` takes whatever steps remain (at most one phase). A review without a length is one
 pass over every block, so each block's loss is fresh before the next Focus. The lengths must add up to
-the run's ``steps``. Named presets: ``random`` (the baseline) and ``paper`` (see ``PRESETS``).
+the run's ``steps``. Named presets: ``random`` (the baseline), ``paper`` and ``recipe`` (see ``PRESETS``).
 
 ``kp`` (Focus only) is passes over the blocks the Focus *keeps*: ``1kp`` draws as many blocks as it keeps,
 so on average a kept block is trained on no more often than under random sampling, and the dropped ones
@@ -38,6 +38,10 @@ PRESETS = {
     "random": "random:*",
     # Prakriya et al.: Learn, Focus dropping 50%, Review, then Focus at 70% / Review repeated.
     "paper": "learn:20%,focus:20%@0.5,review,focus:*@0.7,review",
+    # The recipe's default, chosen on the dev split (docs/lfr.md "When does LFR pay?"): one pass to
+    # learn every block's loss, one pass over the harder half, then uniform to the end, so the learning
+    # rate anneals on all the data. Needs a run of at least ~2 passes.
+    "recipe": "learn:1ep,focus:1kp@0.5,review:*",
 }
 _PHASE = re.compile(r"^(?P<kind>[a-z]+)(?::(?P<len>[^@]+))?(?:@(?P<drop>.+))?$")
 _LENGTH = re.compile(r"^(?P<num>\d+(?:\.\d+)?)(?P<mult>[kMB]?)(?P<unit>t?)$")

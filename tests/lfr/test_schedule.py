@@ -21,6 +21,8 @@ def test_units_resolve_to_steps():
     assert _lengths("learn:10,focus:2000t@0.5,review,focus:10%@0.5,review:*", 200) == [
         ("learn", 10), ("focus", 20), ("review", 40), ("focus", 20), ("review", 110)]
     assert _lengths(SPEC, 120) == [("learn", 40), ("focus", 20), ("review", 40), ("focus", 20)]
+    # The recipe's preset: a pass, the provisional kept pass over half of the 40 steps' blocks, the rest uniform.
+    assert _lengths("recipe", 120) == [("learn", 40), ("focus", 20), ("review", 60)]
 
 
 def test_a_budget_scales_every_absolute_length():

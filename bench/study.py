@@ -1,0 +1,85 @@
+#!/usr/bin/env python3
+"""The LFR study's summary across ``lfr-compare`` outputs: each candidate's paired gain against random,
+as a function of the corpus redundancy R (docs/lfr.md "When does LFR pay?").
+
+Each ``NAME=OUT`` is one comparison (one R, read from ``OUT/results.json``); every non-random arm in it
+becomes a row, labelled ``NAME`` for the ``lfr`` arm and ``NAME/ARM`` for the others. The paired
+difference is the arm's final held-out loss minus random's on the same seed, as a share of random's
+mean loss; the error bar is its standard error over seeds.
+
+Writes the markdown table to stdout, the plot to ``--plot``, and, as the last stdout line, one JSON
+object ``{"rows": [{"candidate", "redundancy", "seeds", "delta", "se", "relative", "per_seed",
+"repeat_tokens_trained"}, ...]}``.
+
+    .venv/bin/python bench/study.py paper=runs/base-r0.5 paper=runs/base-r0 half=runs/half-r0.5 ... --plot gain.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def rows(pairs: list[str]) -> list[dict]:
+    out = []
+    for pair in pairs:
+        name, _, path = pair.partition("=")
+        results = json.loads((Path(path) / "results.json").read_text())
+        random_loss = results["arms"]["random"]["mean"]["valid_loss"]
+        for arm, a in results["arms"].items():
+            if arm == "random":
+                continue
+            d = a["paired"]["valid_loss"]
+            out.append({"candidate": name if arm == "lfr" else f"{name}/{arm}", "redundancy": results["redundancy"],
+                        "seeds": results["seeds"], "delta": d["mean"], "se": d["se"], "relative": d["mean"] / random_loss,
+                        "relative_se": None if d["se"] is None else d["se"] / random_loss, "per_seed": d["values"],
+                        "repeat_tokens_trained": a["mean"]["repeat_token_share_trained"], "schedule": results["schedule"],
+                        "overrides": results["overrides"]})
+    return sorted(out, key=lambda r: (r["candidate"], r["redundancy"]))
+
+
+def markdown(table: list[dict]) -> str:
+    lines = ["| candidate | R | seeds | paired Δ (± s.e.) | Δ % | per seed Δ | repeat tokens trained |",
+             "|---|---|---|---|---|---|---|"]
+    for r in table:
+        se = f" ± {r['se']:.4f}" if r["se"] is not None else ""
+        lines.append(f"| {r['candidate']} | {r['redundancy']:g} | {','.join(map(str, r['seeds']))} | {r['delta']:+.4f}{se} | "
+                     f"{r['relative']:+.2%} | {', '.join(f'{v:+.3f}' for v in r['per_seed'])} | "
+                     f"{r['repeat_tokens_trained']:.1%} |")
+    return "\n".join(lines)
+
+
+def plot(table: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    for name in dict.fromkeys(r["candidate"] for r in table):
+        pts = sorted((r["redundancy"], 100 * r["relative"], 100 * (r["relative_se"] or 0.0)) for r in table if r["candidate"] == name)
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3, label=name)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xlabel("redundancy R (share of training tokens that are copies)")
+    ax.set_ylabel("held-out loss, LFR − random (% of random)")
+    ax.set_title("Paired gain over random (below 0: LFR better), mean ± s.e. over seeds", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("pairs", nargs="+", metavar="NAME=OUT", help="a candidate's name and one lfr-compare --out")
+    p.add_argument("--plot", type=Path, required=True, help="where to write the gain-vs-R plot (.png)")
+    args = p.parse_args()
+    table = rows(args.pairs)
+    print(markdown(table))
+    plot(table, args.plot)
+    print(json.dumps({"rows": table}))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
