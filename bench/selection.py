@@ -37,7 +37,9 @@ from pathlib import Path
 import numpy as np
 
 from lfr_ds import synthetic
-from lfr_ds.config import LFRConfig
+from lfr_ds.compare.cli import PRESETS
+from lfr_ds.compare.runs import REPEAT_BLOCK
+from lfr_ds.config import LFRConfig, load_config
 from lfr_ds.data.blocks import BlockView
 from lfr_ds.data.dataset import open_dataset
 from lfr_ds.data.preprocess import preprocess
@@ -47,7 +49,6 @@ from lfr_ds.lfr.rewriter import build_order
 from lfr_ds.lfr.schedule import Phase
 
 LEARN_STEPS, GLOBAL_BATCH, DRAW_STEPS = 176, 32, 100
-SMALL_SEQ, SMALL_BATCH = 256, 16  # lfr-compare's small preset: the tiny model's blocks, its global batch
 OPTIONS = {
     "@0.5 perplexity": (Phase(1, "focus", LEARN_STEPS, DRAW_STEPS, drop=0.5), LFRConfig()),
     "@0.5 learnable": (Phase(1, "focus", LEARN_STEPS, DRAW_STEPS, drop=0.5), LFRConfig(weighting="learnable")),
@@ -69,34 +70,37 @@ def train_planted(work: Path) -> tuple[str, Path]:
     return str(work / "data"), run / "checkpoints" / f"step_{LEARN_STEPS:08d}"
 
 
-def train_corpus_learn(corpus: Path, work: Path) -> Path:
-    """The checkpoint that ends a 1-pass Learn of lfr-compare's ``small`` preset on the corpus it built
-    under ``corpus`` (``OUT/data``): the table a Focus of the study's schedules starts from."""
-    from lfr_ds.compare.cli import PRESETS
-
-    blocks = (open_dataset(str(corpus / "train")).num_tokens - 1) // SMALL_SEQ
-    steps = -(-blocks // SMALL_BATCH)
+def train_corpus_learn(corpus: Path, work: Path, overrides: tuple[str, ...], steps: int) -> Path:
+    """The checkpoint that ends a ``steps``-step Learn with lfr-train ``overrides`` (lfr-compare's
+    ``small`` preset) on the corpus it built under ``corpus`` (``OUT/data``): the table a Focus of the
+    study's schedules starts from. The sketch is on (16 wide) so that both modes read the same table."""
     run = work / "run"
     cmd = [sys.executable, "-m", "lfr_ds.train", f"data.path={corpus / 'train'}", f"data.tokenizer={corpus / 'tokenizer.model'}",
-           f"run_dir={run}", *PRESETS["small"].overrides, f"steps={steps + 4}", f"lfr.schedule=learn:{steps},focus:*@0.5",
+           f"run_dir={run}", *overrides, "model.sketch_dim=16", f"steps={steps + 4}", f"lfr.schedule=learn:{steps},focus:*@0.5",
            f"checkpoint.interval={steps}", "seed=1", "data.seed=1", "log.tensorboard=false"]
     subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
     return run / "checkpoints" / f"step_{steps:08d}"
 
 
 def corpus_results(corpus: Path, work: Path) -> dict:
-    """Focus @0.5 (the study's options) with the sketch on and off: which blocks it drops, measured by
-    the builder's repeats (the blocks whose dropping saves tokens without losing text)."""
-    state, table = load_checkpoint_state(str(train_corpus_learn(corpus, work)))
-    view = BlockView(open_dataset(str(corpus / "train")), SMALL_SEQ, state["config"]["data"]["seed"])
-    repeat = view.token_share(np.load(str(corpus / "train.repeat.npy"), allow_pickle=False).astype(bool)) > 0.5
-    source, sources = view.block_source, view.dataset.sources
-    phase = Phase(1, "focus", -(-table.num_blocks // SMALL_BATCH), DRAW_STEPS, drop=0.5)
+    """Focus @0.5 (the study's options) after the small preset's 1-pass Learn, with the sketch on and
+    off: which blocks it drops, measured by the builder's repeats (the blocks whose dropping saves tokens
+    without losing text)."""
+    overrides = PRESETS["small"].overrides
+    cfg = load_config(None, [*overrides, f"data.path={corpus / 'train'}"])
+    seq, batch = cfg.model.seq_length, cfg.engine.global_batch_size
+    dataset = open_dataset(str(corpus / "train"))
+    learn_steps = -(-((dataset.num_tokens - 1) // seq) // batch)  # one pass over the blocks
+    state, table = load_checkpoint_state(str(train_corpus_learn(corpus, work, overrides, learn_steps)))
+    view = BlockView(dataset, seq, state["config"]["data"]["seed"])
+    repeat = view.token_share(np.load(str(corpus / "train.repeat.npy"), allow_pickle=False).astype(bool)) > REPEAT_BLOCK
+    source, sources = view.block_source, dataset.sources
+    phase = Phase(1, "focus", learn_steps, DRAW_STEPS, drop=0.5)
     results, sketch = [], table.sketch
     for mode in ("on", "off"):
         table.sketch = sketch if mode == "on" else None
         for seed in (1, 2, 3):
-            _, fields, kept = build_order(phase, num_blocks=table.num_blocks, global_batch=SMALL_BATCH, seed=seed, table=table,
+            _, fields, kept = build_order(phase, num_blocks=table.num_blocks, global_batch=batch, seed=seed, table=table,
                                           block_source=source, sources=sources, options=LFRConfig())
             dropped = ~kept
             results.append({"sketch": mode, "seed": seed, "dropped_that_repeat": round(float(repeat[dropped].mean()), 4),

@@ -11,7 +11,7 @@ Writes the markdown table to stdout, the plot to ``--plot``, and, as the last st
 object ``{"rows": [{"candidate", "redundancy", "seeds", "delta", "se", "relative", "per_seed",
 "repeat_tokens_trained"}, ...]}``.
 
-    .venv/bin/python bench/study.py paper=runs/base-r0.5 paper=runs/base-r0 half=runs/half-r0.5 ... --plot gain.png
+    .venv/bin/python bench/study.py v1=runs/base-r0.5 v1=runs/base-r0 recipe=runs/half-r0.5 ... --plot gain.png
 """
 
 from __future__ import annotations
