@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lfr_ds.data.blend import blend_prefixes
 from lfr_ds.errors import UserError
 
 #: GPT-2 family shapes (Radford et al. 2019). Parameter counts with the GPT-2 BPE vocab (50,257) and
@@ -176,8 +177,10 @@ class ModelConfig:
 class DataConfig:
     """Where the training blocks come from."""
 
-    path: str = ""
-    """Dataset prefix (``PREFIX.bin``/``PREFIX.idx``) from ``lfr-preprocess``. Required."""
+    path: str | list = ""
+    """Dataset prefix (``PREFIX.bin``/``PREFIX.idx``) from ``lfr-preprocess``, or a weighted blend of
+    several: Megatron's string ``"0.3 data/web 0.7 data/code"`` or a YAML list of ``{weight, path}``
+    (:mod:`lfr_ds.data.blend`, docs/data_format.md). Required."""
     tokenizer: str | None = None
     """Tokenizer ``.model``; ``None`` = the one recorded in the dataset's sidecar. A different one is refused."""
     seed: int = 1234
@@ -186,7 +189,8 @@ class DataConfig:
     def __post_init__(self) -> None:
         # An empty path is allowed here (the default, so a config can be built up); TrainConfig requires it.
         if self.path:
-            check_path("data.path", self.path)
+            for prefix in blend_prefixes(self.path, "data.path"):
+                check_path("data.path", prefix)
         check_path("data.tokenizer", self.tokenizer, optional=True)
         check_int("data.seed", self.seed, 0, MAX_SEED)
 
@@ -348,6 +352,13 @@ class LFRConfig:
     auto_max_drop: float = 0.7
     """``focus:...@auto`` only: the largest fraction of the seen blocks it may drop (it drops only blocks
     the loss table says are learned, see docs/lfr.md)."""
+    blend: str = "keep"
+    """A blend of corpora (``data.path``) in a Focus phase. Either way each corpus drops the phase's
+    fraction of its own seen blocks, clustered apart from the others. ``keep``: each corpus makes its
+    blend weight of the draws, as in Learn. ``free``: one draw over all corpora, each cluster weighted as
+    in a single corpus times its corpus's weight per kept block, so a corpus harder than the others
+    gains share (LFR as an online mixture); the manifest and TensorBoard record each corpus's share
+    against its weight. No effect on a single dataset."""
     length_scale: float = 1.0
     """Multiplies every absolute phase length of ``schedule`` (steps, tokens, passes, kept passes, the default Review).
     For budget sweeps: the same schedule at a fraction of the tokens (``steps`` scaled alike), so a
@@ -369,6 +380,7 @@ class LFRConfig:
         # +inf is meaningful (uniform weights); NaN and non-positive values are not.
         if isinstance(self.temperature, bool) or not isinstance(self.temperature, int | float) or not self.temperature > 0:
             raise UserError(f"lfr.temperature: {self.temperature!r} must be positive")
+        check_choice("lfr.blend", self.blend, ("keep", "free"))
         check_number("lfr.length_scale", self.length_scale, 0.0, 1e6, open_low=True)
 
 
@@ -379,8 +391,10 @@ class EvalConfig:
 
     interval: int = 0
     """Evaluate every this many steps, and after the last; 0 = only after the last step."""
-    valid_path: str | None = None
-    """Held-out data: a dataset prefix or a raw ``.jsonl`` (tokenized with the run's tokenizer). ``None`` = none."""
+    valid_path: str | list | None = None
+    """Held-out data: a dataset prefix, a blend of them (as ``data.path``: the held-out loss is then
+    reported per corpus, ``valid_blocks`` from each) or a raw ``.jsonl`` (tokenized with the run's
+    tokenizer). ``None`` = none."""
     valid_blocks: int = 64
     """Held-out blocks scored per evaluation (a fixed subset: evenly spaced, or after a seeded document shuffle)."""
     valid_seed: int | None = None
@@ -393,7 +407,9 @@ class EvalConfig:
 
     def __post_init__(self) -> None:
         check_int("eval.interval", self.interval, 0, MAX_COUNT)
-        check_path("eval.valid_path", self.valid_path, optional=True)
+        if self.valid_path is not None:
+            for prefix in blend_prefixes(self.valid_path, "eval.valid_path"):
+                check_path("eval.valid_path", prefix)
         check_int("eval.valid_blocks", self.valid_blocks, 1, 2**24)
         check_path("eval.blimp", self.blimp, optional=True)
         check_int("eval.blimp_pairs", self.blimp_pairs, 1, 10**6)
@@ -524,7 +540,11 @@ def _coerce(value, hint, name: str):
     if value is None:
         if optional:
             return None
-        raise UserError(f"{name}: may not be null")
+        if base is not str:
+            raise UserError(f"{name}: may not be null")
+        value = ""  # an empty setting (``lfr.schedule=``): the field's own check names what it takes
+    if isinstance(value, list) and list in args:
+        return value
     if isinstance(value, str) and base in (int, float):
         # YAML 1.1 reads 6e-4 (no dot) as a string; accept any number Python can parse.
         with contextlib.suppress(ValueError):

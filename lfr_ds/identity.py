@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lfr_ds.config import TrainConfig, config_from_dict
+from lfr_ds.data.blend import blend_spec
 from lfr_ds.errors import UserError
 
 
@@ -45,7 +46,8 @@ def tokenizer_digest(tokenizer) -> Digest | None:
 
 
 def dataset_digest(dataset) -> Digest:
-    """A :class:`~lfr_ds.data.dataset.Dataset` by its fingerprint (token stream and tokenizer)."""
+    """A :class:`~lfr_ds.data.dataset.Dataset` or :class:`~lfr_ds.data.blend.Blend` by its fingerprint
+    (token streams, blend weights and tokenizer)."""
     return Digest(dataset.fingerprint, dataset.prefix, "fingerprint")
 
 
@@ -123,7 +125,7 @@ def checkpoint_identity(ckpt: Path, state: dict) -> dict[str, object]:
             cfg,
             vocab_size=int(state["vocab_size"]),
             tokenizer=None if tok is None else Digest(tok["sha256"], tok["path"]),
-            dataset=Digest(state["dataset"], cfg.data.path, "fingerprint"),
+            dataset=Digest(state["dataset"], blend_spec(cfg.data.path), "fingerprint"),
         )
     except (KeyError, TypeError, ValueError, UserError) as e:
         reason = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"

@@ -186,6 +186,9 @@ class Metrics:
         if phase.kind == "focus":
             drops = ", ".join(f"{s} {f:.0%}" for s, f in manifest["source_drop_fraction"].items())
             line += f" (drops {manifest['drop_fraction']:.0%} of seen blocks{' (auto)' if phase.auto_drop else ''}; per source: {drops})"
+        if "corpora" in manifest:
+            line += "; corpus share (weight): " + ", ".join(
+                f"{name} {c['share']:.1%} ({c['weight']:.1%})" for name, c in manifest["corpora"].items())
         self.log(line)
         if self.writer is None:
             return
@@ -193,6 +196,11 @@ class Metrics:
         self.writer.add_scalar("lfr/kept fraction", manifest["kept"] / num_blocks, step)
         for source, share in manifest["source_share"].items():
             self.writer.add_scalar(f"lfr/source share/{source}", share, step)
+        for corpus, c in manifest.get("corpora", {}).items():  # a blend: each corpus's draws against its weight
+            self.writer.add_scalar(f"lfr/corpus share/{corpus}", c["share"], step)
+            self.writer.add_scalar(f"lfr/corpus weight/{corpus}", c["weight"], step)
+        for corpus, fraction in manifest.get("corpus_drop_fraction", {}).items():
+            self.writer.add_scalar(f"lfr/corpus drop fraction/{corpus}", fraction, step)
         seen = table.loss[table.seen > 0]
         if len(seen):
             self.writer.add_histogram("lfr/block ppl", np.exp(np.minimum(seen, 20.0)), step)

@@ -29,8 +29,8 @@ import torch.distributed as dist
 
 from lfr_ds import atomic
 from lfr_ds.config import TrainConfig, load_config
-from lfr_ds.data.blocks import BlockView, cache_dir
-from lfr_ds.data.dataset import open_dataset
+from lfr_ds.data.blend import Blend, BlendView
+from lfr_ds.data.blocks import cache_dir
 from lfr_ds.data.sampler import DataParallelSampler
 from lfr_ds.data.tokenizer import Tokenizer
 from lfr_ds.engine import (
@@ -71,18 +71,12 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
     # ---- check the inputs before starting any process group: bad input fails fast, in one line
     env = launch_env()
     _check_run_dir(cfg.run_dir)
-    dataset = open_dataset(cfg.data.path)
+    dataset = Blend(cfg.data.path)  # blend (issue 20): one dataset, or a weighted blend of several
     tokenizer, vocab_size = _tokenizer(cfg, dataset)
     model_cfg = dataclasses.replace(cfg.model, vocab_size=vocab_size)
     accumulation = cfg.engine.accumulation_steps(env.world_size)
     G, micro, seq = cfg.engine.global_batch_size, cfg.engine.micro_batch_size, model_cfg.seq_length
-    # Megatron cuts one epoch of the stream into floor((tokens - 1) / seq) blocks of seq + 1 tokens.
-    num_blocks = (dataset.num_tokens - 1) // seq
-    if num_blocks < 1:
-        raise UserError(
-            f"model.seq_length {seq}: {dataset.prefix} holds {dataset.num_tokens:,} tokens, not one block of "
-            f"{seq + 1}; use more data or a shorter model.seq_length"
-        )
+    num_blocks = dataset.num_blocks(seq)
     phases = parse_schedule(
         cfg.lfr.schedule,
         total_steps=cfg.steps,
@@ -90,12 +84,13 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
         review_steps=math.ceil(num_blocks / G),
         scale=cfg.lfr.length_scale,
     )
-    cache = Path(cache_dir(dataset, seq, cfg.data.seed))
-    if env.rank == 0 and not cache.is_dir() and (blocked := _unwritable(cache)):
-        raise UserError(
-            f"data.path: {blocked} is read-only to this user, and lfr-ds caches the block index beside the dataset "
-            f"({cache.parent}); make it writable, or copy the dataset's files somewhere writable"
-        )
+    for corpus in dataset.datasets:
+        cache = Path(cache_dir(corpus, seq, cfg.data.seed))
+        if env.rank == 0 and not cache.is_dir() and (blocked := _unwritable(cache)):
+            raise UserError(
+                f"data.path: {blocked} is read-only to this user, and lfr-ds caches the block index beside the dataset "
+                f"({cache.parent}); make it writable, or copy the dataset's files somewhere writable"
+            )
     # Resuming: the checkpoint must fit this run (shape, vocabulary, data, batch), refused before DeepSpeed.
     data_id = {"vocab_size": vocab_size, "tokenizer": tokenizer_digest(tokenizer), "dataset": dataset_digest(dataset)}
     identity = run_identity(cfg, **data_id)
@@ -116,7 +111,7 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
     setup_megatron(cfg.seed)
     run_dir = Path(cfg.run_dir)
     # Rank 0 builds the block index cache; the others wait for it, then load it.
-    blocks = BlockView(dataset, seq, cfg.data.seed, rank=info.rank, barrier=dist.barrier)
+    blocks = BlendView(dataset, seq, cfg.data.seed, rank=info.rank, barrier=dist.barrier)
     assert blocks.num_blocks == num_blocks, (blocks.num_blocks, num_blocks)
     block_source = blocks.block_source
     valid_seed = cfg.data.seed if cfg.eval.valid_seed is None else cfg.eval.valid_seed
@@ -187,6 +182,7 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
                 options=cfg.lfr,
                 device=info.device if info.device.type == "cuda" else None,
                 resumed_digest=resumed_digest if step > phase.start else None,
+                corpora=blocks.corpora,  # blend (issue 20)
             )
             if manifest["steps"] != phase.steps:  # a kp phase: its length is known now that its kept set is
                 phases = resolve_length(phases, phase.index, manifest["steps"])

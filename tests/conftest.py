@@ -60,3 +60,26 @@ def run_cli(capsys):
         return CliResult(code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def webmix_blend(tmp_path_factory, webmix_train, webmix_tokenizer) -> list[str]:
+    """Three corpora for blends (issue 20): webmix train split by its source labels (news, chat, wiki;
+    the first 150 documents of each), each preprocessed with the webmix tokenizer; returns the prefixes."""
+    import json
+
+    from lfr_ds.data.preprocess import preprocess
+
+    root = tmp_path_factory.mktemp("blend")
+    wanted = {"news": [], "chat": [], "wiki": []}
+    with open(webmix_train) as f:
+        for line in f:
+            doc = wanted.get(json.loads(line).get("source"))
+            if doc is not None and len(doc) < 150:
+                doc.append(line)
+    prefixes = []
+    for name, lines in wanted.items():
+        (root / f"{name}.jsonl").write_text("".join(lines))
+        preprocess([str(root / f"{name}.jsonl")], str(root / name), str(webmix_tokenizer), workers=1, progress=False)
+        prefixes.append(str(root / name))
+    return prefixes

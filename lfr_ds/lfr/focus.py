@@ -21,6 +21,13 @@
    / T)), deterministic for the phase seed. A ``kp`` phase draws as many batches as its kept set needs
    (:func:`~lfr_ds.lfr.schedule.kept_pass_steps`).
 
+**A blend of corpora** (:class:`~lfr_ds.data.blend.Corpora`; issue 20): clusters never span corpora
+(each joint cluster is split by corpus), each corpus drops the phase's fraction of its own seen blocks
+(so no corpus is drained to feed another), and the draw follows ``lfr.blend``: ``keep`` draws each
+corpus's blend weight of the positions (megatron-core's blending interleave) from its own clusters;
+``free`` draws once over all clusters, each weighted as above times its corpus's weight per kept block,
+so equally hard corpora keep their weights and a harder one gains share.
+
 ``@auto`` phases choose their drop fraction: only blocks :func:`learned` says the model has learned are
 dropped, at most ``auto_max_drop`` of the seen blocks (and the per-cluster cap still holds).
 """
@@ -39,6 +46,7 @@ from lfr_ds.lfr.select import block_slices, cluster_sums, draw_order, focus_keep
 
 if TYPE_CHECKING:
     from lfr_ds.config import LFRConfig
+    from lfr_ds.data.blend import Corpora
 
 
 #: Sketch dimensions kept for clustering (its top principal components): assigning 100M blocks to 256
@@ -134,10 +142,11 @@ def _sketch_components(sketch: np.ndarray, eligible: np.ndarray) -> tuple[np.nda
 
 def focus_order(
     table: LossTable, phase: Phase, *, global_batch: int, seed: list[int], block_source: np.ndarray, sources: list[str],
-    options: LFRConfig,
+    options: LFRConfig, corpora: Corpora | None = None,
 ) -> tuple[np.ndarray, dict, np.ndarray]:
     """``phase``'s block ids (``steps × global_batch`` of them, ``steps`` resolved here for a ``kp``
-    phase), the manifest fields describing the selection, the kept mask."""
+    phase), the manifest fields describing the selection, the kept mask. ``corpora``: the blend's."""
+    blend = corpora if corpora is not None and corpora.count > 1 else None  # blend (issue 20)
     eligible = table.seen > 0
     n_eligible = int(eligible.sum())
     if n_eligible == 0:
@@ -158,6 +167,8 @@ def focus_order(
         score[unseen] = np.median(sample)
         n_clusters += 1
     del unseen
+    if blend is not None:  # blend (issue 20): clusters never span corpora
+        labels, n_clusters = _split_by_corpus(labels, n_clusters, blend)
 
     # Drop the phase's fraction of the seen blocks, easiest first. A block's loss is one noisy sample, so it
     # is ranked halfway to its cluster's mean: the cluster pools what similar blocks say.
@@ -177,7 +188,11 @@ def focus_order(
                 "learned": n_learned, "learned_seen_twice": int((is_learned & np.isfinite(table.prev_relative)).sum()),
                 "eligible": n_eligible, "max_drop": options.auto_max_drop, "target_fraction": round(drop, 4)}
     cap = max(options.max_cluster_drop, drop)
-    keep = focus_keep_mask(rank_score, labels, drop, eligible=eligible, policy=options.selection, max_cluster_drop=cap)
+    if blend is None:
+        keep = focus_keep_mask(rank_score, labels, drop, eligible=eligible, policy=options.selection, max_cluster_drop=cap)
+    else:  # blend (issue 20): each corpus drops its own share
+        learned_mask = is_learned if auto is not None else None
+        keep = _keep_per_corpus(rank_score, labels, eligible, blend, drop, learned_mask, options)
     del rank_score
     if auto is not None:
         keep |= ~is_learned  # where per-cluster caps bind, the target could reach past the learned blocks
@@ -219,6 +234,14 @@ def focus_order(
             for c in range(n_clusters)
         ],
     }
+    if blend is not None:  # blend (issue 20)
+        fields["corpus_drop_fraction"] = {
+            name: round(int((eligible[blend.slice(c)] & ~keep[blend.slice(c)]).sum()) / max(1, int(eligible[blend.slice(c)].sum())), 4)
+            for c, name in enumerate(blend.names)
+        }
+        for entry in fields["clusters"]:
+            entry["corpus"] = blend.names[entry["cluster"] % blend.count]
+        fields["blend"] = options.blend
     if phase.kept_passes is not None:
         fields.update(kept_passes=phase.kept_passes, provisional_steps=phase.steps)
     if auto is not None:
@@ -240,5 +263,60 @@ def focus_order(
     block_weight -= np.float32(top)
     block_weight /= np.float32(options.temperature)
     np.exp(block_weight, out=block_weight)  # dropped blocks' weights are never read by draw_order
-    order = draw_order(keep, labels, block_weight, cluster_weight, steps * global_batch, seed=int(np.random.default_rng([*seed, 1]).integers(2**31)))
+    if blend is not None:  # blend (issue 20)
+        order = _draw_blend(keep, labels, block_weight, cluster_weight, steps * global_batch, seed, blend, options.blend)
+    else:
+        order = draw_order(keep, labels, block_weight, cluster_weight, steps * global_batch,
+                           seed=int(np.random.default_rng([*seed, 1]).integers(2**31)))
     return order, fields, keep
+
+
+# ---- blend (issue 20): selection over a blend of corpora ---------------------------------------------
+
+
+def _split_by_corpus(labels: np.ndarray, n_clusters: int, blend: Corpora) -> tuple[np.ndarray, int]:
+    """Cluster ``k`` of corpus ``c`` becomes ``k · corpora + c``: the same clusters, split where corpora meet."""
+    n = n_clusters * blend.count
+    out = labels.astype(np.int16 if n < 2**15 - 1 else np.int32)
+    out *= blend.count
+    for c in range(blend.count):
+        out[blend.slice(c)] += c
+    return out, n
+
+
+def _keep_per_corpus(rank_score: np.ndarray, labels: np.ndarray, eligible: np.ndarray, blend: Corpora, drop: float,
+                     is_learned: np.ndarray | None, options: LFRConfig) -> np.ndarray:
+    """The kept mask when each corpus drops ``drop`` of its own seen blocks (an ``@auto`` phase: its own
+    learned share, up to ``auto_max_drop``), under the same per-cluster cap."""
+    keep = np.ones(len(labels), dtype=bool)
+    for c in range(blend.count):
+        sl = blend.slice(c)
+        seen = int(eligible[sl].sum())
+        if not seen:
+            continue
+        d = drop if is_learned is None else min(int(is_learned[sl].sum()) / seen, options.auto_max_drop)
+        keep[sl] = focus_keep_mask(rank_score[sl], labels[sl], d, eligible=eligible[sl], policy=options.selection,
+                                   max_cluster_drop=max(options.max_cluster_drop, d))
+    return keep
+
+
+def _draw_blend(keep: np.ndarray, labels: np.ndarray, block_weight: np.ndarray, cluster_weight: np.ndarray, n: int,
+                seed: list[int], blend: Corpora, mode: str) -> np.ndarray:
+    """The Focus order over a blend: ``keep`` gives each corpus its weight of the ``n`` positions and draws
+    them from its own clusters; ``free`` draws once, each cluster's weight times its corpus's weight per
+    kept block (clusters are corpus-major, see :func:`_split_by_corpus`)."""
+    if mode == "free":
+        kept = np.array([np.count_nonzero(keep[blend.slice(c)]) for c in range(blend.count)], dtype=np.float64)
+        per_block = np.divide(blend.weights, kept, out=np.zeros(blend.count), where=kept > 0)
+        weight = cluster_weight * per_block[np.arange(len(cluster_weight)) % blend.count]
+        return draw_order(keep, labels, block_weight, weight, n, seed=int(np.random.default_rng([*seed, 1]).integers(2**31)))
+    which = blend.draw_positions(n)
+    order = np.empty(n, dtype=np.uint32 if len(keep) < 2**32 else np.int64)
+    for c in range(blend.count):
+        mine = which == c
+        if not mine.any():
+            continue
+        sl = blend.slice(c)
+        c_seed = int(np.random.default_rng([*seed, 1, c]).integers(2**31))
+        order[mine] = sl.start + draw_order(keep[sl], labels[sl], block_weight[sl], cluster_weight, int(mine.sum()), seed=c_seed)
+    return order

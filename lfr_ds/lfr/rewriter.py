@@ -1,6 +1,7 @@
 """The sample index rewriter: at every phase boundary, write the next phase's sample index file.
 
-- ``random`` / ``learn`` / ``review``: a fresh seeded shuffle of all blocks, epoch after epoch.
+- ``random`` / ``learn`` / ``review``: a fresh seeded shuffle of all blocks, epoch after epoch; over a
+  blend of corpora, each corpus makes its weight of the order (:func:`lfr_ds.data.blend.blended_order`).
 - ``focus``: :func:`lfr_ds.lfr.focus.focus_order` from the loss table (features → hierarchical
   clusters → drop the easiest → perplexity-weighted draw, cluster first).
 
@@ -23,8 +24,8 @@ import torch.distributed as dist
 
 from lfr_ds import atomic
 from lfr_ds.config import LFRConfig
+from lfr_ds.data.blend import Corpora, blended_order
 from lfr_ds.data.sample_index import read_sample_index, write_sample_index
-from lfr_ds.data.sampler import shuffled_order
 from lfr_ds.errors import UserError
 from lfr_ds.lfr.focus import focus_order
 from lfr_ds.lfr.loss_table import LossTable
@@ -59,6 +60,8 @@ def inputs_digest(
             settings += [phase.auto_drop, phase.kept_passes, options.auto_max_drop if phase.auto_drop else None]
         if options.weighting != "perplexity":
             settings.append(options.weighting)
+        if options.blend != "keep":  # blend (issue 20): only where not the default, as above
+            settings.append(["blend", options.blend])
     h = hashlib.sha256(json.dumps(settings).encode())
     if table is not None and phase.kind == "focus":
         for arr in table.arrays().values():
@@ -76,23 +79,26 @@ def build_order(
     block_source: np.ndarray,
     sources: list[str],
     options: LFRConfig | None,
+    corpora: Corpora | None = None,
 ) -> tuple[np.ndarray, dict, np.ndarray | None]:
     """The phase's block order, the manifest fields that describe it and (focus only) the kept mask.
     The order holds ``steps × global_batch`` ids, where ``steps`` (also in the fields) is the phase's,
-    or for a ``kp`` phase its length resolved from the kept set."""
+    or for a ``kp`` phase its length resolved from the kept set. ``corpora``: the blend's (None = one dataset)."""
+    corpora = corpora or Corpora(["data"], np.ones(1), np.array([0, num_blocks], dtype=np.int64))
     if phase.kind != "focus":
-        order = shuffled_order(num_blocks, phase.steps * global_batch, phase_seed(seed, phase))
+        order = blended_order(corpora, phase.steps * global_batch, phase_seed(seed, phase))
         return order, {"steps": phase.steps, "kept": num_blocks, "dropped": 0}, None
     return focus_order(table, phase, global_batch=global_batch, seed=phase_seed(seed, phase), block_source=block_source,
-                       sources=sources, options=options or LFRConfig())
+                       sources=sources, options=options or LFRConfig(), corpora=corpora)
 
 
 def write_phase_index(path: Path, phase: Phase, order: np.ndarray, fields: dict, keep: np.ndarray | None, *, seed: int,
                       dataset: str, num_blocks: int, seq_length: int, global_batch: int, digest: str,
-                      block_source: np.ndarray, sources: list[str]) -> dict:
+                      block_source: np.ndarray, sources: list[str], corpora: Corpora | None = None) -> dict:
     """Write ``path`` (+ manifest, + ``<name>.kept.npy``, the packed kept mask of a focus phase). ``fields``
     (from :func:`build_order`) give the phase's ``steps`` (resolved, for a ``kp`` phase) and, for an
-    ``@auto`` phase, the ``drop_fraction`` it chose."""
+    ``@auto`` phase, the ``drop_fraction`` it chose. Over a blend of several corpora the manifest's
+    ``corpora`` gives each corpus's weight and its share of the order's draws."""
     if keep is not None:
         kept_path = path.with_name(path.stem + ".kept.npy")
         atomic.save_npy(kept_path, np.packbits(keep))
@@ -104,7 +110,18 @@ def write_phase_index(path: Path, phase: Phase, order: np.ndarray, fields: dict,
         "seq_length": seq_length, "global_batch_size": global_batch, "inputs_sha256": digest,
         "source_share": {s: round(float(c) / max(1, len(order)), 6) for s, c in zip(sources, counts, strict=True)},
         **fields,
+        **({"corpora": corpus_shares(corpora, order)} if corpora is not None and corpora.count > 1 else {}),
     })
+
+
+def corpus_shares(corpora: Corpora, order: np.ndarray) -> dict:
+    """Per corpus: its blend weight, its share of ``order``'s draws and by how much that moved off the weight."""
+    counts = corpora.counts(order)
+    return {
+        name: {"weight": round(float(w), 6), "share": round(float(n) / max(1, len(order)), 6),
+               "share_minus_weight": round(float(n) / max(1, len(order)) - float(w), 6)}
+        for name, w, n in zip(corpora.names, corpora.weights, counts, strict=True)
+    }
 
 
 def read_kept_mask(path: Path, manifest: dict) -> np.ndarray | None:
@@ -132,6 +149,7 @@ def prepare_phase(
     options: LFRConfig | None = None,
     device: torch.device | None = None,
     resumed_digest: str | None = None,
+    corpora: Corpora | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Make ``phase``'s sample index available on every rank; returns ``(order, manifest)`` (same on all).
 
@@ -150,9 +168,10 @@ def prepare_phase(
             )
         if not _reusable(path, digest, dataset):
             order, fields, keep = build_order(phase, num_blocks=num_blocks, global_batch=global_batch, seed=seed, table=table,
-                                              block_source=block_source, sources=sources, options=options)
+                                              block_source=block_source, sources=sources, options=options, corpora=corpora)
             write_phase_index(path, phase, order, fields, keep, seed=seed, dataset=dataset, num_blocks=num_blocks,
-                              seq_length=seq_length, global_batch=global_batch, digest=digest, block_source=block_source, sources=sources)
+                              seq_length=seq_length, global_batch=global_batch, digest=digest, block_source=block_source,
+                              sources=sources, corpora=corpora)
     if dist.is_initialized() and dist.get_world_size() > 1:
         if distribute == "broadcast":
             path = _broadcast_files(path, rank, device or torch.device("cpu"))
