@@ -117,6 +117,14 @@ def _other_build_sidecar(c: Ctx) -> Path:
     return prefix
 
 
+def _dataset_of_other_tokenizer(c: Ctx) -> Path:
+    prefix = c.dataset_copy()
+    meta = json.loads(Path(f"{prefix}.meta.json").read_text())
+    meta["tokenizer"]["sha256"] = "f" * 64
+    Path(f"{prefix}.meta.json").write_text(json.dumps(meta))
+    return prefix
+
+
 def _wrong_magic(c: Ctx) -> Path:
     prefix = c.dataset_copy()
     with open(f"{prefix}.idx", "r+b") as f:
@@ -296,6 +304,21 @@ CASES = [
      ["ds.meta.json", "checksum mismatch"]),
     ("dataset-missing", "lfr-train", lambda c: [f"data.path={c.tmp / 'nothing'}", f"run_dir={c.tmp / 'run'}"],
      ["nothing.idx: dataset file not found"]),
+    # ---- blends of corpora (issue 20)
+    ("dataset-blend-weight-unparsable", "lfr-train", lambda c: c.train_args(f"data.path=0.5 {c.data} x {c.data}"),
+     ["data.path: weight 'x' does not parse as a number"]),
+    ("dataset-blend-weight-negative", "lfr-train", lambda c: c.train_args(f"data.path=0.5 {c.data} -1 {c.tmp / 'b'}"),
+     ["data.path: weight '-1' is negative"]),
+    ("dataset-blend-weights-zero", "lfr-train", lambda c: c.train_args(f"data.path=0 {c.data} 0 {c.tmp / 'b'}"),
+     ["data.path: the blend's weights sum to zero"]),
+    ("dataset-blend-odd-tokens", "lfr-train", lambda c: c.train_args(f"data.path=0.5 {c.data} 0.5"),
+     ["has 3 tokens, an odd number", "'W1 PREFIX1 W2 PREFIX2 ...'"]),
+    ("dataset-blend-missing-prefix", "lfr-train", lambda c: c.train_args(f"data.path=0.5 {c.data} 0.5 {c.tmp / 'nothing'}"),
+     ["nothing.idx: dataset file not found"]),
+    ("dataset-blend-two-tokenizers", "lfr-train", lambda c: c.train_args(f"data.path=0.5 {c.data} 0.5 {_dataset_of_other_tokenizer(c)}"),
+     ["a blend needs one tokenizer"]),
+    ("config-empty-setting", "lfr-train", lambda c: c.train_args("lfr.schedule="),
+     ["lfr.schedule: ''; give random, paper or phases such as learn:2000,focus:*@0.5"]),
     # ---- configs
     ("config-unknown-key", "lfr-train", lambda c: c.train_args("optim.learning_rate=1e-3"),
      ["unknown config key optim.learning_rate"]),

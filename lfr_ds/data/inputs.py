@@ -17,11 +17,12 @@ from pathlib import PurePath
 
 from lfr_ds.errors import UserError
 
-SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".txt", ".txt.gz", ".txt.zst", ".parquet")
+#: ``.json.gz`` / ``.json.zst``: JSON lines under the name many corpora ship them with (read as ``.jsonl.gz``).
+SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".json.zst", ".txt", ".txt.gz", ".txt.zst", ".parquet")
 #: Names Hugging Face and common corpora give their splits (folder names, or a token of a file name).
 SPLITS = ("train", "validation", "valid", "val", "dev", "test")
 _NAME_TOKENS = re.compile(r"[-_.]")
-_KINDS = "files, directories or globs of .jsonl, .jsonl.gz, .jsonl.zst, .txt or .parquet"
+_KINDS = "files, directories or globs of .jsonl, .jsonl.gz, .jsonl.zst, .json.gz, .json.zst, .txt or .parquet"
 
 
 def check_inputs(paths: list[str], split: str | None = None) -> list[str]:

@@ -12,6 +12,7 @@ from collections.abc import Callable
 import torch
 
 from lfr_ds.config import EvalConfig
+from lfr_ds.data.blend import blend_prefixes
 from lfr_ds.data.tokenizer import Tokenizer
 from lfr_ds.errors import UserError
 from lfr_ds.eval.perplexity import heldout_loss, is_raw_text, load_heldout
@@ -21,10 +22,12 @@ from lfr_ds.eval.zeroshot import evaluate_blimp, load_blimp
 def check_eval_paths(cfg: EvalConfig) -> None:
     """The evaluation inputs exist. Called before any process group starts; their contents are read after."""
     valid = cfg.valid_path
-    if valid and not os.path.isfile(valid if is_raw_text(valid) else valid + ".idx"):
-        raise UserError(
-            f"eval.valid_path: {valid} not found; give a .jsonl/.txt file or a dataset prefix (PREFIX.idx)"
-        )
+    raw = isinstance(valid, str) and is_raw_text(valid)
+    for path in ([valid] if raw else blend_prefixes(valid, "eval.valid_path") if valid else []):
+        if not os.path.isfile(path if raw else path + ".idx"):
+            raise UserError(
+                f"eval.valid_path: {path} not found; give a .jsonl/.txt file or a dataset prefix (PREFIX.idx)"
+            )
     if cfg.blimp and not os.path.exists(cfg.blimp):
         raise UserError(f"eval.blimp: {cfg.blimp} not found; give BLiMP's directory or one of its .jsonl files")
 
@@ -38,7 +41,7 @@ class PeriodicEval:
         self.seq_length = seq_length
         self.micro_batch_size = micro_batch_size
         self.tokenizer = tokenizer
-        if tokenizer is None and (cfg.blimp or (cfg.valid_path and is_raw_text(cfg.valid_path))):
+        if tokenizer is None and (cfg.blimp or (isinstance(cfg.valid_path, str) and is_raw_text(cfg.valid_path))):
             raise UserError("eval: scoring text needs the run's tokenizer; set data.tokenizer")
         self.heldout = None
         if cfg.valid_path:

@@ -8,7 +8,8 @@ over the model's full (padded) output vocabulary, exactly the training objective
 
 Two kinds of held-out data:
 
-* a ``.bin/.idx`` dataset from ``lfr-preprocess``: its blocks are megatron-core's, cut with the run's
+* a ``.bin/.idx`` dataset from ``lfr-preprocess``, or a blend of them (as ``data.path``: then each
+  corpus gives up to ``max_blocks`` blocks and the loss is reported per corpus): its blocks are megatron-core's, cut with the run's
   ``data.seed`` (:class:`~lfr_ds.data.blocks.BlockView`); with ``max_blocks`` a fixed, evenly spaced
   subset is scored. A block's tokens all count towards the source of its middle token
   (:attr:`~lfr_ds.data.blocks.BlockView.block_source`).
@@ -84,7 +85,7 @@ def load_heldout(
     """
     if max_blocks is not None and max_blocks < 1:
         raise UserError(f"max_blocks {max_blocks}: must be at least 1")
-    if is_raw_text(path):
+    if isinstance(path, str) and is_raw_text(path):
         if tokenizer is None:
             raise ValueError("a tokenizer is needed to score raw text")
         return _raw_text(path, seq_length, tokenizer, max_blocks, seed)
@@ -92,23 +93,30 @@ def load_heldout(
 
 
 def _dataset(path, seq_length, tokenizer, max_blocks, seed, rank, barrier) -> HeldOutSet:
-    from lfr_ds.data.blocks import BlockView
-    from lfr_ds.data.dataset import open_dataset
+    from lfr_ds.data.blend import Blend, BlendView
 
-    dataset = open_dataset(path)
+    blend = Blend(path, "eval.valid_path")
     if tokenizer is not None:
-        dataset.check_tokenizer(tokenizer)
-    view = BlockView(dataset, seq_length, seed, rank=rank, barrier=barrier)
-    n = view.num_blocks if max_blocks is None else min(max_blocks, view.num_blocks)
-    # Evenly spaced over the whole (document-shuffled) stream: a fixed, representative subset.
-    block_ids = np.arange(n, dtype=np.int64) * view.num_blocks // n
-    block_source = view.block_source.astype(np.int64)
+        blend.check_tokenizer(tokenizer)
+    view = BlendView(blend, seq_length, seed, rank=rank, barrier=barrier)
+    # Per corpus, evenly spaced over its whole (document-shuffled) stream: a fixed, representative subset.
+    block_ids = []
+    for c in range(view.corpora.count):
+        sl = view.corpora.slice(c)
+        size = sl.stop - sl.start
+        n = size if max_blocks is None else min(max_blocks, size)
+        block_ids.append(sl.start + np.arange(n, dtype=np.int64) * size // n)
+    block_ids = np.concatenate(block_ids)
+    # A blend of several corpora is scored per corpus (blend, issue 20); one dataset per source.
+    many = view.corpora.count > 1
+    label = (view.corpora.block_corpus() if many else view.block_source).astype(np.int64)
 
     def read(indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         ids = block_ids[indices]
-        return view.batch(ids), np.repeat(block_source[ids][:, None], seq_length, axis=1)
+        return view.batch(ids), np.repeat(label[ids][:, None], seq_length, axis=1)
 
-    return HeldOutSet(os.path.basename(dataset.prefix), dataset.sources, n, seq_length, read)
+    name = "+".join(blend.names) if many else os.path.basename(blend.prefix)
+    return HeldOutSet(name, blend.names if many else blend.sources, len(block_ids), seq_length, read)
 
 
 def _raw_text(path, seq_length, tokenizer, max_blocks, seed) -> HeldOutSet:
