@@ -2,7 +2,8 @@
 
     lfr-report runs/x                 # writes runs/x/report/{report.md,drops.png,trajectories.png}
 
-1. What each phase kept and dropped, by source (from the phases' manifests).
+1. What each phase kept and dropped, by source (from the phases' manifests); on a blend of corpora,
+   also each corpus's share of the draws against its weight and its Focus drops.
 2. How block difficulty moved between the end-of-phase loss snapshots: blocks **learned** (loss fell
    by more than ``--delta`` nats), **forgotten** (rose by more than that), **unlearned** (neither, and
    still harder than the median) and **retained** (neither, easier than the median) — the paper's
@@ -21,8 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from lfr_ds import atomic
-from lfr_ds.data.blocks import BlockView
-from lfr_ds.data.dataset import open_dataset
+from lfr_ds.data.blend import Blend, BlendView
 from lfr_ds.data.tokenizer import Tokenizer
 from lfr_ds.errors import ArgumentParser, UserError, cli
 from lfr_ds.lfr.offline import load_checkpoint_state
@@ -47,8 +47,8 @@ def build_report(run_dir: Path, delta: float, examples: int) -> tuple[dict, dict
         raise UserError(f"{run_dir}: no checkpoints/latest; give the RUN_DIR of an lfr-train run that saved a checkpoint")
     state, table = load_checkpoint_state(str(latest.parent / latest.read_text().strip()))
     cfg = state["config"]
-    dataset = open_dataset(cfg["data"]["path"])
-    view = BlockView(dataset, cfg["model"]["seq_length"], cfg["data"]["seed"])
+    dataset = Blend(cfg["data"]["path"])
+    view = BlendView(dataset, cfg["model"]["seq_length"], cfg["data"]["seed"])
     src = view.block_source
     phases = state["schedule"]
 
@@ -59,7 +59,8 @@ def build_report(run_dir: Path, delta: float, examples: int) -> tuple[dict, dict
             m = json.loads(mpath.read_text())
             drops.append({"phase": m["phase"], "kind": m["kind"], "drop_fraction": m["drop_fraction"], "kept": m["kept"],
                           "dropped": m["dropped"], "source_drop_fraction": m.get("source_drop_fraction", {}),
-                          "source_share": m["source_share"]})
+                          "source_share": m["source_share"], "corpora": m.get("corpora", {}),
+                          "corpus_drop_fraction": m.get("corpus_drop_fraction", {})})
 
     completed = [ph for ph in phases if ph["start"] + ph["steps"] <= state["step"]]
     snaps = [(ph, table.phase_loss[ph["index"]].astype(np.float32)) for ph in completed]
@@ -96,7 +97,17 @@ def markdown(r: dict) -> str:
         out.append(f"| {p['phase']} | {p['kind']} | {p['drop_fraction']:.0%} | {p['kept']:,} | "
                    + " | ".join(f"{p['source_drop_fraction'].get(s, 0):.0%}" for s in r["sources"]) + " | "
                    + " | ".join(f"{p['source_share'].get(s, 0):.0%}" for s in r["sources"]) + " |")
-    out += ["", "*share* = the source's share of the blocks the phase trains on.", "",
+    out += ["", "*share* = the source's share of the blocks the phase trains on.", ""]
+    corpora = list(r["phases"][0]["corpora"]) if r["phases"] else []
+    if corpora:  # a blend: each corpus's share of the draws against its weight, and its Focus drops
+        out += ["## Corpora of the blend", "", "| phase | kind | " + " | ".join(f"{c} share (weight)" for c in corpora)
+                + " | " + " | ".join(f"{c} dropped" for c in corpora) + " |", "|---|---|" + "---|" * (2 * len(corpora))]
+        for p in r["phases"]:
+            out.append(f"| {p['phase']} | {p['kind']} | "
+                       + " | ".join(f"{p['corpora'][c]['share']:.1%} ({p['corpora'][c]['weight']:.1%})" for c in corpora) + " | "
+                       + " | ".join(f"{p['corpus_drop_fraction'].get(c, 0):.0%}" for c in corpora) + " |")
+        out.append("")
+    out += [
             f"## How difficulty moved (|Δloss| > {r['delta']} nats between end-of-phase snapshots)", "",
             "| between | " + " | ".join(KINDS) + " |", "|---|" + "---|" * len(KINDS)]
     for m in r["transitions"]:

@@ -1,4 +1,8 @@
-"""``lfr-inspect-data``: summarise a ``.bin/.idx`` dataset, or decode one of its documents or blocks."""
+"""``lfr-inspect-data``: summarise a ``.bin/.idx`` dataset or a blend of them, or decode one of its documents or blocks.
+
+    lfr-inspect-data data/web                                  # one dataset
+    lfr-inspect-data "0.3 data/web 0.7 data/code"              # a blend: each corpus, its weight and size
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from lfr_ds.data.dataset import TokenDataset, open_dataset
+from lfr_ds.data.blend import Blend, BlendView
+from lfr_ds.data.dataset import TokenDataset
 from lfr_ds.data.tokenizer import Tokenizer
 from lfr_ds.errors import ArgumentParser, UserError, cli
 
@@ -60,6 +65,26 @@ def _format(s: dict) -> str:
     return "\n".join(lines)
 
 
+def blend_summary(blend: Blend) -> dict:
+    """A blend: its fingerprint and tokenizer, and per corpus its weight, prefix and :func:`summary`."""
+    corpora = {name: {"weight": float(w), **summary(ds)}
+               for name, w, ds in zip(blend.names, blend.weights, blend.datasets, strict=True)}
+    tokens = sum(c["tokens"] for c in corpora.values())
+    for c in corpora.values():
+        c["token_share"] = c["tokens"] / max(tokens, 1)
+    return {"blend": blend.spec, "fingerprint": blend.fingerprint, "tokens": tokens,
+            "tokenizer": next(iter(corpora.values()))["tokenizer"], "corpora": corpora}
+
+
+def _format_blend(s: dict) -> str:
+    lines = [f"blend       {s['blend']}", f"fingerprint {s['fingerprint'][:16]}", f"tokens      {s['tokens']:,}",
+             f"{'corpus':<12}{'weight':>8}{'tokens':>14}{'share':>8}{'documents':>12}  prefix"]
+    for name, c in s["corpora"].items():
+        lines.append(f"{name:<12}{c['weight']:>8.1%}{c['tokens']:>14,}{c['token_share']:>8.1%}{c['documents']:>12,}  {c['prefix']}")
+    lines.append("(weight: the corpus's share of the blocks drawn; share: its share of the tokens)")
+    return "\n".join(lines)
+
+
 def _tokenizer_for(ds: TokenDataset, path: str | None) -> Tokenizer:
     if path is None:
         if ds.meta is None:
@@ -76,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="lfr-inspect-data",
         description="Summarise a Megatron .bin/.idx dataset, or decode a document or block.",
     )
-    p.add_argument("prefix", help="dataset prefix (PREFIX.bin / PREFIX.idx)")
+    p.add_argument("prefix", help="dataset prefix (PREFIX.bin / PREFIX.idx), or a blend: \"0.3 data/web 0.7 data/code\"")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--doc", type=int, help="decode this document")
     p.add_argument("--block", type=int, help="decode this block (needs --seq-length and --seed of the run)")
@@ -89,7 +114,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=1234, help="data.seed of the run (default 1234)")
     p.add_argument("--tokenizer", help="tokenizer .model (default: the one recorded in the sidecar)")
     args = p.parse_args(argv)
-    ds = open_dataset(args.prefix)
+    blend = Blend(args.prefix, "prefix")
+    if len(blend.datasets) > 1:
+        return _inspect_blend(blend, args)
+    ds = blend.datasets[0]
     if args.doc is None and args.block is None:
         s = summary(ds)
         print(json.dumps(s, indent=2) if args.json else _format(s))
@@ -114,4 +142,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         print(tok.render(ids))
+    return 0
+
+
+def _inspect_blend(blend: Blend, args) -> int:
+    """A blend's summary, or one of its blocks by global id (a document needs its corpus's own prefix)."""
+    if args.doc is not None:
+        raise UserError("--doc: a blend's documents are numbered per corpus; pass that corpus's prefix instead")
+    if args.block is None:
+        s = blend_summary(blend)
+        print(json.dumps(s, indent=2) if args.json else _format_blend(s))
+        return 0
+    tok = _tokenizer_for(blend.datasets[0], args.tokenizer)
+    view = BlendView(blend, args.seq_length, args.seed)
+    c, docs = view.documents(args.block)
+    print(f"# block {args.block} of {view.num_blocks} (seq_length {args.seq_length}, seed {args.seed}): corpus "
+          f"{blend.names[c]}, documents {', '.join(str(int(d)) for d in docs)}", file=sys.stderr)
+    print(tok.render(view.tokens(args.block)))
     return 0

@@ -1,4 +1,5 @@
-"""``lfr-inspect-index``: what a phase's sample index keeps and drops, by source and difficulty, with texts.
+"""``lfr-inspect-index``: what a phase's sample index keeps and drops, by source (and corpus, for a blend) and
+difficulty, with texts.
 
     lfr-inspect-index runs/x/index/phase_003_focus.npy [--examples 3] [--json]
 """
@@ -12,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lfr_ds.data.blocks import BlockView
-from lfr_ds.data.dataset import open_dataset
+from lfr_ds.data.blend import Blend, BlendView
 from lfr_ds.data.sample_index import read_sample_index
 from lfr_ds.data.tokenizer import Tokenizer
 from lfr_ds.errors import ArgumentParser, UserError, cli
@@ -29,9 +29,9 @@ def summarise(path: Path, data: str | None, examples: int, seed: int = 0) -> dic
     prefix = data or _run_data(path)
     if prefix is None:
         raise UserError(f"{path}: not inside a run directory, so its dataset is unknown; pass --data")
-    dataset = open_dataset(prefix)
+    dataset = Blend(prefix, "--data")
     order, manifest = read_sample_index(path, dataset=dataset.fingerprint)
-    view = BlockView(dataset, manifest["seq_length"], manifest["seed"][0])
+    view = BlendView(dataset, manifest["seq_length"], manifest["seed"][0])
     draws = np.bincount(np.asarray(order, dtype=np.int64), minlength=manifest["num_blocks"])
     keep = read_kept_mask(path, manifest)
     if keep is None:
@@ -43,6 +43,14 @@ def summarise(path: Path, data: str | None, examples: int, seed: int = 0) -> dic
         per_source[name] = {"blocks": int(m.sum()), "dropped": int((m & ~keep).sum()),
                             "drop_fraction": round(float((m & ~keep).sum()) / max(1, int(m.sum())), 4),
                             "draw_share": round(float(draws[m].sum()) / max(1, len(order)), 4)}
+    per_corpus = {}
+    if view.corpora.count > 1:  # a blend: each corpus's drops and draws against its weight
+        counts = view.corpora.counts(order)
+        for c, name in enumerate(view.corpora.names):
+            sl = view.corpora.slice(c)
+            per_corpus[name] = {"weight": round(float(view.corpora.weights[c]), 4), "blocks": sl.stop - sl.start,
+                                "dropped": int((~keep[sl]).sum()), "drop_fraction": round(float((~keep[sl]).mean()), 4),
+                                "draw_share": round(float(counts[c]) / max(1, len(order)), 4)}
     tok = Tokenizer(dataset.meta["tokenizer"]["path"]) if dataset.meta else None
     rng = np.random.default_rng(seed)
 
@@ -54,7 +62,7 @@ def summarise(path: Path, data: str | None, examples: int, seed: int = 0) -> dic
     return {
         "phase": manifest["phase"], "kind": manifest["kind"], "samples": manifest["length"],
         "unique_blocks_drawn": int(np.count_nonzero(draws)), "kept": int(keep.sum()), "dropped": int((~keep).sum()),
-        "sources": per_source, "difficulty_deciles": manifest.get("difficulty_deciles"),
+        "sources": per_source, "corpora": per_corpus, "difficulty_deciles": manifest.get("difficulty_deciles"),
         "examples_dropped": texts(rng.choice(dropped_ids, min(examples, len(dropped_ids)), replace=False) if len(dropped_ids) else []),
         "examples_most_drawn": texts(np.argsort(-draws, kind="stable")[:examples]),
     }
@@ -66,6 +74,11 @@ def _format(s: dict) -> str:
              f"{'source':<12}{'blocks':>10}{'dropped':>10}{'drop %':>8}{'draws %':>9}"]
     for name, c in s["sources"].items():
         lines.append(f"{name:<12}{c['blocks']:>10,}{c['dropped']:>10,}{c['drop_fraction']:>8.1%}{c['draw_share']:>9.1%}")
+    if s["corpora"]:
+        lines.append(f"{'corpus':<12}{'blocks':>10}{'dropped':>10}{'drop %':>8}{'draws %':>9}{'weight %':>10}")
+        for name, c in s["corpora"].items():
+            lines.append(f"{name:<12}{c['blocks']:>10,}{c['dropped']:>10,}{c['drop_fraction']:>8.1%}{c['draw_share']:>9.1%}"
+                         f"{c['weight']:>10.1%}")
     if s["difficulty_deciles"]:
         lines.append("drop fraction by difficulty decile (easiest first): "
                      + " ".join(f"{d['drop_fraction']:.0%}" for d in s["difficulty_deciles"]))
@@ -79,7 +92,7 @@ def _format(s: dict) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     p = ArgumentParser(prog="lfr-inspect-index", description="Summarise a phase's sample index: kept and dropped blocks.")
     p.add_argument("index", help="RUN_DIR/index/<phase>.npy")
-    p.add_argument("--data", help="dataset prefix (default: from RUN_DIR/config.json)")
+    p.add_argument("--data", help="dataset prefix or blend (default: from RUN_DIR/config.json)")
     p.add_argument("--examples", type=int, default=3, help="example blocks to show per group (default 3)")
     p.add_argument("--json", action="store_true", help="print JSON")
     args = p.parse_args(argv)

@@ -16,8 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lfr_ds.config import config_from_dict, load_config
-from lfr_ds.data.blocks import BlockView
-from lfr_ds.data.dataset import open_dataset
+from lfr_ds.data.blend import Blend, BlendView, blend_spec
 from lfr_ds.errors import ArgumentParser, UserError, cli
 from lfr_ds.identity import check_fits, dataset_digest, read_state
 from lfr_ds.lfr.loss_table import LossTable
@@ -44,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", "-o", required=True, help="the .npy to write (its .json manifest goes next to it)")
     p.add_argument("--phase", type=int, help="schedule phase index (default: the first phase starting at or after the checkpoint)")
     p.add_argument("--drop", type=float, help="override the phase's drop fraction (focus)")
-    p.add_argument("--data", help="dataset prefix (default: the checkpoint config's data.path)")
+    p.add_argument("--data", help="dataset prefix or blend (default: the checkpoint config's data.path)")
     p.add_argument("overrides", nargs="*", help="lfr.* settings as key=value, e.g. lfr.score=raw lfr.temperature=2")
     args = p.parse_intermixed_args(argv)  # key=value overrides may follow options
 
@@ -57,7 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         bad = [o for o in args.overrides if not o.startswith("lfr.")]
         if bad:
             raise UserError(f"override {bad[0]!r}: only lfr.* settings change a rewrite")
-        cfg = dataclasses.replace(cfg, lfr=load_config(None, [f"data.path={cfg.data.path}", *args.overrides]).lfr)
+        cfg = dataclasses.replace(cfg, lfr=load_config(None, [f"data.path={blend_spec(cfg.data.path)}", *args.overrides]).lfr)
     phases = [Phase(**d) for d in state["schedule"]]
     if args.phase is None:
         later = [ph for ph in phases if ph.start >= state["step"]]
@@ -76,18 +75,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if out.suffix != ".npy" or not out.parent.is_dir():
         raise UserError(f"--out {out}: must be a .npy path in an existing directory")
 
-    dataset = open_dataset(args.data or cfg.data.path)
+    dataset = Blend(args.data or cfg.data.path, "--data")
     check_fits(Path(args.checkpoint), state, {"data.path": dataset_digest(dataset)}, flags={"data.path": "--data"})
-    blocks = BlockView(dataset, cfg.model.seq_length, cfg.data.seed)
+    blocks = BlendView(dataset, cfg.model.seq_length, cfg.data.seed)
     G = cfg.engine.global_batch_size
     digest = inputs_digest(phase, cfg.data.seed, dataset.fingerprint, G, table, cfg.lfr)
     with out_of_memory("ranking and clustering the blocks", f"lower lfr.centroids (now {cfg.lfr.centroids}), or run "
                        "lfr-rewrite on a machine with more memory"):
         order, fields, keep = build_order(phase, num_blocks=blocks.num_blocks, global_batch=G, seed=cfg.data.seed, table=table,
-                                          block_source=blocks.block_source, sources=dataset.sources, options=cfg.lfr)
+                                          block_source=blocks.block_source, sources=dataset.sources, options=cfg.lfr,
+                                          corpora=blocks.corpora)
     with out_of_disk(out.parent, "--out"):
         manifest = write_phase_index(out, phase, order, fields, keep, seed=cfg.data.seed, dataset=dataset.fingerprint,
                                      num_blocks=blocks.num_blocks, seq_length=cfg.model.seq_length, global_batch=G,
-                                     digest=digest, block_source=blocks.block_source, sources=dataset.sources)
+                                     digest=digest, block_source=blocks.block_source, sources=dataset.sources,
+                                     corpora=blocks.corpora)
     print(f"wrote {out}: {phase.name}, {manifest['length']:,} samples, kept {manifest['kept']:,} of {blocks.num_blocks:,} blocks", file=sys.stderr)
     return 0

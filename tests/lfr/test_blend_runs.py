@@ -11,6 +11,10 @@ from corpora import SMALL_MODEL
 from launch import copy_run, launch, read_trace
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lfr_ds import report
+from lfr_ds.data import inspect
+from lfr_ds.lfr import inspect_index, offline
+
 # 2,111 blocks of 65 tokens (news 793, chat 1,019, wiki 299). Phases: learn 0-8, focus 8-16, review 16-20.
 SCHEDULE = "learn:8,focus:8@0.5,review:*"
 STEPS = 20
@@ -23,13 +27,15 @@ def _blend(prefixes) -> str:
 
 def _overrides(data, run_dir, **extra) -> list[str]:
     cfg = {"data.path": data, "run_dir": run_dir, "steps": STEPS, "lfr.schedule": SCHEDULE, "engine.micro_batch_size": 16,
-           "engine.global_batch_size": 32, "checkpoint.interval": 12, "log.trace_blocks": "true", **extra}
+           "engine.global_batch_size": 32, "checkpoint.interval": 4, "checkpoint.keep_last": 10, "log.trace_blocks": "true",
+           **extra}
     return [*SMALL_MODEL, *(f"{k}={v}" for k, v in cfg.items())]
 
 
 @pytest.fixture(scope="module")
 def reference(webmix_blend, tmp_path_factory):
-    """A 2-rank run on the blend, checkpointed mid-Focus (step 12), with TensorBoard and a held-out blend."""
+    """A 2-rank run on the blend, checkpointed every 4 steps (the Learn/Focus boundary at 8, mid-Focus at 12),
+    with TensorBoard and a held-out blend."""
     run = tmp_path_factory.mktemp("blend2") / "run"
     launch(_overrides(_blend(webmix_blend), run, **{"log.tensorboard": "true", "eval.valid_path": _blend(webmix_blend),
                                                    "eval.valid_blocks": 16}), nproc=2)
@@ -102,3 +108,32 @@ def test_a_blend_of_one_trains_exactly_as_its_prefix(webmix_blend, tmp_path):
     with np.load(a / ckpt) as x, np.load(b / ckpt) as y:
         for k in x.files:
             np.testing.assert_array_equal(x[k], y[k])
+
+
+def test_tools_describe_the_blend_by_corpus(reference, webmix_blend, tmp_path, run_cli):
+    focus = reference / "index" / "phase_001_focus.npy"
+    # lfr-rewrite replays the Focus boundary from its checkpoint: the bytes training wrote.
+    r = run_cli(offline.main, [reference / "checkpoints" / "step_00000008", "--out", tmp_path / "focus.npy"])
+    assert r.code == 0, r.err
+    assert (tmp_path / "focus.npy").read_bytes() == focus.read_bytes()
+    # lfr-inspect-index: drops and draws per corpus, against the weights.
+    r = run_cli(inspect_index.main, [focus, "--json"])
+    assert r.code == 0, r.err
+    corpora = json.loads(r.out)["corpora"]
+    assert list(corpora) == ["news", "chat", "wiki"] and [c["weight"] for c in corpora.values()] == [0.5, 0.3, 0.2]
+    for c in corpora.values():
+        assert abs(c["draw_share"] - c["weight"]) <= 0.01 and 0 < c["dropped"] < c["blocks"]
+    assert "corpus" in run_cli(inspect_index.main, [focus]).out
+    # lfr-report: a table of the corpora's shares and drops per phase.
+    assert report.main([str(reference)]) == 0
+    md = (reference / "report" / "report.md").read_text()
+    assert "## Corpora of the blend" in md and "news share (weight)" in md
+    # lfr-inspect-data describes the blend itself.
+    r = run_cli(inspect.main, [_blend(webmix_blend), "--json"])
+    assert r.code == 0, r.err
+    described = json.loads(r.out)
+    assert list(described["corpora"]) == ["news", "chat", "wiki"]
+    assert [c["weight"] for c in described["corpora"].values()] == [0.5, 0.3, 0.2]
+    assert described["tokens"] == sum(c["tokens"] for c in described["corpora"].values())
+    r = run_cli(inspect.main, [_blend(webmix_blend), "--block", "800", "--seq-length", "64"])
+    assert r.code == 0 and "corpus chat" in r.err  # news holds blocks 0-792
