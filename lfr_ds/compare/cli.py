@@ -111,6 +111,8 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--arms", default="random,lfr,lfr_raw", help=f"comma-separated arms out of {', '.join(runs.ARMS)}")
     p.add_argument("--out", required=True, help="output directory (corpus, runs, results.json, results.md, heldout.png)")
     p.add_argument("--train", default=str(SHARED / "webmix" / "train.jsonl"), help="training corpus (default webmix train)")
+    p.add_argument("--split", help="the split of --train to train on, when it is a directory or glob holding several "
+                                   "(a Hugging Face snapshot), as lfr-preprocess --split")
     p.add_argument("--valid", default=str(SHARED / "webmix" / "valid.jsonl"),
                    help="held-out dev split, .jsonl with a source field or plain text (default webmix valid)")
     p.add_argument("--test", nargs="+", default=[], metavar="FILE",
@@ -143,7 +145,8 @@ def parse_args(argv: Sequence[str] | None):
     for name in ("valid_blocks", "evals", "blimp_pairs", "vocab_size"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
-    check_inputs([args.train, args.valid, *args.test])
+    check_inputs([args.train], args.split)
+    check_inputs([args.valid, *args.test])
     for path in args.test:
         if not any(d.text for d in iter_documents([path], DEFAULT_READ)):
             raise UserError(f"--test {path}: holds no text; give a .jsonl of documents or a plain-text file")
@@ -160,6 +163,8 @@ def command_line(args) -> str:
              "--budgets", ",".join(f"{b:g}" for b in args.budgets), "--blimp", args.blimp, "--blimp-pairs", str(args.blimp_pairs),
              "--valid-blocks", str(args.valid_blocks), "--evals", str(args.evals), "--vocab-size", str(args.vocab_size),
              "--subset-seed", str(args.subset_seed)]
+    if args.split:
+        parts += ["--split", args.split]
     if args.schedule:
         parts += ["--schedule", args.schedule]
     if args.test:
@@ -183,7 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     seq, G = shared.model.seq_length, shared.engine.global_batch_size
     corpus = prepare(CorpusSpec(args.train, args.valid, args.redundancy, args.subset_seed, args.vocab_size,
-                                preset.unique_tokens, seq, args.valid_blocks), out)
+                                preset.unique_tokens, seq, args.valid_blocks, args.split), out)
     ds = open_dataset(corpus.prefix)
     blocks = (ds.num_tokens - 1) // seq
     steps = max(1, round(preset.passes * blocks / G))

@@ -32,7 +32,7 @@ import numpy as np
 from lfr_ds import atomic, redundant
 from lfr_ds.data.dataset import open_dataset, sha256_file
 from lfr_ds.data.preprocess import preprocess
-from lfr_ds.data.reader import DEFAULT_READ, iter_documents
+from lfr_ds.data.reader import DEFAULT_READ, check_inputs, iter_documents
 from lfr_ds.data.tokenizer import Tokenizer, train_tokenizer
 from lfr_ds.errors import UserError
 
@@ -54,11 +54,23 @@ class CorpusSpec:
     unique_tokens: int
     seq_length: int
     heldout_blocks: int
+    split: str | None = None
+    """The split of ``train`` (a directory or glob holding several) to train on, as ``lfr-preprocess --split``."""
 
     def inputs(self) -> dict:
-        """Everything the build depends on, files by checksum."""
-        return {**asdict(self), "train": {"path": self.train, "sha256": sha256_file(self.train)},
-                "valid": {"path": self.valid, "sha256": sha256_file(self.valid)}, "builder": BUILDER_VERSION}
+        """Everything the build depends on, files by checksum (``split`` only when set: the digests of
+        corpora built before it existed stay the same)."""
+        fields = {k: v for k, v in asdict(self).items() if k != "split" or v is not None}
+        return {**fields, "train": {"path": self.train, "sha256": _sha256(self.train, self.split)},
+                "valid": {"path": self.valid, "sha256": _sha256(self.valid, None)}, "builder": BUILDER_VERSION}
+
+
+def _sha256(path: str, split: str | None) -> str:
+    """A file's sha256; a directory's or glob's: of its files' names and sha256s, in reading order."""
+    files = check_inputs([path], split)
+    if files == [path]:
+        return sha256_file(path)
+    return hashlib.sha256("".join(f"{f}:{sha256_file(f)}\n" for f in files).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -113,7 +125,7 @@ def prepare(spec: CorpusSpec, out: Path) -> Corpus:
 def _build(spec: CorpusSpec, data: Path) -> dict:
     valid = _read(spec.valid)
     held_texts = {d["text"] for d in valid}
-    everything = _read(spec.train)
+    everything = _read(spec.train, spec.split)
     pool = [d for d in everything if d["text"] not in held_texts]
     random.Random(spec.subset_seed).shuffle(pool)
     subset, prefix, tok = data / "train.jsonl", str(data / "train"), str(data / "tokenizer.model")
@@ -157,8 +169,8 @@ def _prefix(pool: list[dict], chars: float) -> list[dict]:
     return out
 
 
-def _read(path: str) -> list[dict]:
-    return [{"text": d.text, "source": d.source or "unknown"} for d in iter_documents([path], DEFAULT_READ) if d.text]
+def _read(path: str, split: str | None = None) -> list[dict]:
+    return [{"text": d.text, "source": d.source or "unknown"} for d in iter_documents([path], DEFAULT_READ, split) if d.text]
 
 
 def _heldout(valid: list[dict], tokenizer: Tokenizer, spec: CorpusSpec) -> list[dict]:

@@ -146,3 +146,21 @@ def test_progress_bar_shows_files_rows_and_tokens_per_second(tmp_path, formats, 
     preprocess([str(formats["parquet shards"])], str(tmp_path / "p"), str(webmix_tokenizer), workers=1)
     final = capsys.readouterr().err.replace("\r", "\n").strip().splitlines()[-1]
     assert "file 3/3" in final and "2,400 rows" in final and "tok/s" in final, final
+
+
+def test_json_gz_and_json_zst_are_json_lines(tmp_path):
+    """Many corpora ship JSON lines as ``.json.gz`` / ``.json.zst``: read as ``.jsonl.gz`` (issue 20)."""
+    import gzip
+
+    import zstandard
+
+    from lfr_ds.data.reader import DEFAULT_READ, iter_documents
+
+    lines = b"".join(b'{"text": "document %d", "source": "s%d"}\n' % (i, i % 2) for i in range(50))
+    (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress(lines))
+    (tmp_path / "a.json.gz").write_bytes(gzip.compress(lines))
+    (tmp_path / "a.json.zst").write_bytes(zstandard.compress(lines))
+    want = [(d.text, d.source) for d in iter_documents([str(tmp_path / "a.jsonl.gz")], DEFAULT_READ)]
+    assert len(want) == 50
+    for name in ("a.json.gz", "a.json.zst"):
+        assert [(d.text, d.source) for d in iter_documents([str(tmp_path / name)], DEFAULT_READ)] == want
