@@ -178,8 +178,9 @@ class Metrics:
         self.log(f"eval step {step}: " + ", ".join(parts) + (f" in {results['seconds']:.1f}s" if "seconds" in results else ""))
 
     def phase_start(self, phase, manifest: dict, table, step: int) -> None:
-        """At a phase boundary: the console line, the phase's kept fraction and source shares, and a
-        histogram of block perplexity as the phase starts."""
+        """At a phase boundary: the console line, the phase's kept fraction and source shares (on a blend,
+        each corpus's share of the draws, its weight and its Focus drop), and a histogram of block
+        perplexity as the phase starts."""
         num_blocks = manifest["num_blocks"]
         line = (f"phase {phase.index} {phase.kind}: steps {phase.start}-{phase.end}, keeps {manifest['kept']:,} of "
                 f"{num_blocks:,} blocks")

@@ -275,13 +275,14 @@ class BlendView:
 
     @cached_property
     def block_source(self) -> np.ndarray:
-        """Per block, its source as an index into ``blend.sources`` (int16)."""
+        """Per block, its source as an index into ``blend.sources``."""
         if len(self.views) == 1:
             return self.views[0].block_source
         code = {s: i for i, s in enumerate(self.blend.sources)}
-        out = np.empty(self.num_blocks, dtype=np.int16)
+        dtype = np.int16 if len(code) < 2**15 else np.int32
+        out = np.empty(self.num_blocks, dtype=dtype)
         for c, (ds, view) in enumerate(zip(self.blend.datasets, self.views, strict=True)):
-            remap = np.array([code[s] for s in ds.sources], dtype=np.int16)
+            remap = np.array([code[s] for s in ds.sources], dtype=dtype)
             out[self.corpora.slice(c)] = remap[view.block_source]
         return out
 
