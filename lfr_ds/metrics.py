@@ -177,21 +177,21 @@ class Metrics:
                 self.writer.add_scalar("blimp acc", results["blimp"]["acc"], step)
         self.log(f"eval step {step}: " + ", ".join(parts) + (f" in {results['seconds']:.1f}s" if "seconds" in results else ""))
 
-    def phase_start(self, phase, manifest: dict, table, step: int) -> None:
+    def phase_start(self, phase, manifest, table, step: int) -> None:
         """At a phase boundary: the console line, the phase's kept fraction and source shares, and a
         histogram of block perplexity as the phase starts."""
-        num_blocks = manifest["num_blocks"]
-        line = (f"phase {phase.index} {phase.kind}: steps {phase.start}-{phase.end}, keeps {manifest['kept']:,} of "
+        num_blocks = manifest.num_blocks
+        line = (f"phase {phase.index} {phase.kind}: steps {phase.start}-{phase.end}, keeps {manifest.kept:,} of "
                 f"{num_blocks:,} blocks")
         if phase.kind == "focus":
-            drops = ", ".join(f"{s} {f:.0%}" for s, f in manifest["source_drop_fraction"].items())
-            line += f" (drops {manifest['drop_fraction']:.0%} of seen blocks{' (auto)' if phase.auto_drop else ''}; per source: {drops})"
+            drops = ", ".join(f"{s} {f:.0%}" for s, f in manifest.source_drop_fraction.items())
+            line += f" (drops {manifest.drop_fraction:.0%} of seen blocks{' (auto)' if phase.auto_drop else ''}; per source: {drops})"
         self.log(line)
         if self.writer is None:
             return
         self.writer.add_scalar("lfr/phase", phase.index, step)
-        self.writer.add_scalar("lfr/kept fraction", manifest["kept"] / num_blocks, step)
-        for source, share in manifest["source_share"].items():
+        self.writer.add_scalar("lfr/kept fraction", manifest.kept / num_blocks, step)
+        for source, share in manifest.source_share.items():
             self.writer.add_scalar(f"lfr/source share/{source}", share, step)
         seen = table.loss[table.seen > 0]
         if len(seen):

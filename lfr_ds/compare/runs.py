@@ -34,6 +34,7 @@ from lfr_ds.compare.corpus import Corpus, differences
 from lfr_ds.config import load_config
 from lfr_ds.data.blocks import BlockView
 from lfr_ds.data.dataset import open_dataset
+from lfr_ds.data.sample_index import read_manifest
 from lfr_ds.errors import UserError
 from lfr_ds.lfr.rewriter import read_kept_mask
 
@@ -209,8 +210,8 @@ def _blocks_trained(run_dir: Path, corpus: Corpus, cfg: dict) -> dict:
     repeat_block = repeat_share > REPEAT_BLOCK
     trained, focus = [], []
     for p in sorted((run_dir / "index").glob("phase_*.json")):
-        manifest = json.loads(p.read_text())
-        trained.append(np.load(p.with_suffix(".npy"), allow_pickle=False)[: manifest["steps"] * manifest["global_batch_size"]])
+        manifest = read_manifest(p.with_suffix(".npy"))
+        trained.append(np.load(p.with_suffix(".npy"), allow_pickle=False)[: manifest.steps * manifest.global_batch_size])
         kept = read_kept_mask(p, manifest)
         if kept is not None:
             dropped = ~kept
