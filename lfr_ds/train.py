@@ -28,26 +28,18 @@ import torch
 import torch.distributed as dist
 
 from lfr_ds import atomic
+from lfr_ds.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from lfr_ds.config import TrainConfig, load_config
 from lfr_ds.data.blocks import BlockView, cache_dir
 from lfr_ds.data.dataset import open_dataset
 from lfr_ds.data.sampler import DataParallelSampler
 from lfr_ds.data.tokenizer import Tokenizer
-from lfr_ds.engine import (
-    build_ds_config,
-    build_engine,
-    check_memory,
-    find_checkpoint,
-    init_distributed,
-    launch_env,
-    load_checkpoint,
-    resolve_bf16,
-    save_checkpoint,
-)
+from lfr_ds.engine import build_ds_config, build_engine, resolve_bf16
 from lfr_ds.errors import ArgumentParser, UserError, cli
 from lfr_ds.eval.periodic import PeriodicEval, check_eval_paths
 from lfr_ds.faults import crash_point
 from lfr_ds.identity import dataset_digest, record, run_identity, tokenizer_digest
+from lfr_ds.launch import check_memory, init_distributed, launch_env
 from lfr_ds.lfr.loss_table import LossTable, gather_step
 from lfr_ds.lfr.rewriter import prepare_phase
 from lfr_ds.lfr.schedule import Phase, parse_schedule, phase_at, resolve_length, resumed_schedule
