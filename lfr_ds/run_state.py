@@ -26,9 +26,17 @@ from typing import Any
 from lfr_ds.errors import UserError
 from lfr_ds.lfr.schedule import Phase
 
-#: A checkpoint's lfr-ds files, relative to its ``step_*`` directory.
-STATE_FILE = "lfr/state.json"
-ARRAYS_FILE = "lfr/arrays.npz"
+#: A checkpoint's lfr-ds files, relative to its ``step_*`` directory: the run state, the loss table's
+#: arrays (``np.savez``, no pickle) and each rank's RNG state.
+LFR_DIR = "lfr"
+STATE_FILE = f"{LFR_DIR}/state.json"
+ARRAYS_FILE = f"{LFR_DIR}/arrays.npz"
+
+
+def rng_file(rank: int) -> str:
+    """Rank ``rank``'s RNG state in a checkpoint (relative to its ``step_*`` directory)."""
+    return f"{LFR_DIR}/rng_rank{rank:05d}.npz"
+
 #: The sample index format's name, first in every manifest.
 INDEX_FORMAT = "lfr-ds-sample-index/1"
 
@@ -71,6 +79,8 @@ class RunState:
         """``obj`` (parsed JSON) checked field by field; ``where`` names the file in the error."""
         fields = _checked(cls, obj, where)
         fields["schedule"] = [_phase(d, where) for d in fields["schedule"]]
+        if not 0 <= fields["phase"] < max(1, len(fields["schedule"])):
+            raise UserError(f"{where}: unreadable (phase {fields['phase']} is not in its schedule); {_DAMAGED}")
         return cls(**fields)
 
     @classmethod
@@ -177,7 +187,7 @@ def _checked(cls: type, obj: object, where: str, fix: str = _DAMAGED, *, default
                 continue
             raise UserError(f"{where}: unreadable (no {f.name!r}); {fix}")
         if not _is(obj[f.name], hints[f.name]):
-            raise UserError(f"{where}: unreadable ({f.name!r} is not {_describe(hints[f.name])}); {fix}")
+            raise UserError(f"{where}: unreadable ({f.name!r} is not of type {_describe(hints[f.name])}); {fix}")
         out[f.name] = obj[f.name]
     return out
 
@@ -198,11 +208,15 @@ def _is(value: object, hint: Any) -> bool:
         return isinstance(value, list) and all(_is(v, args[0]) for v in value)
     if origin is dict:
         return isinstance(value, dict) and all(isinstance(k, str) and _is(v, args[1]) for k, v in value.items())
+    if dataclasses.is_dataclass(hint):  # a nested record is a JSON object here, its fields checked by its reader
+        return isinstance(value, dict)
     return isinstance(value, hint)
 
 
 def _describe(hint: Any) -> str:
-    return str(hint).replace("typing.", "") if typing.get_origin(hint) else f"a {hint.__name__}"
+    if typing.get_origin(hint) is list and dataclasses.is_dataclass(typing.get_args(hint)[0]):
+        return "list of objects"
+    return str(hint).replace("typing.", "") if typing.get_origin(hint) else hint.__name__
 
 
 def _phase(obj: object, where: str) -> Phase:

@@ -28,31 +28,24 @@ import torch
 import torch.distributed as dist
 
 from lfr_ds import atomic
+from lfr_ds.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from lfr_ds.config import TrainConfig, load_config
 from lfr_ds.data.blocks import BlockView, cache_dir
 from lfr_ds.data.dataset import open_dataset
 from lfr_ds.data.sampler import DataParallelSampler
 from lfr_ds.data.tokenizer import Tokenizer
-from lfr_ds.engine import (
-    build_ds_config,
-    build_engine,
-    check_memory,
-    find_checkpoint,
-    init_distributed,
-    launch_env,
-    load_checkpoint,
-    resolve_bf16,
-    save_checkpoint,
-)
+from lfr_ds.engine import build_ds_config, build_engine, resolve_bf16
 from lfr_ds.errors import ArgumentParser, UserError, cli
 from lfr_ds.eval.periodic import PeriodicEval, check_eval_paths
 from lfr_ds.faults import crash_point
 from lfr_ds.identity import dataset_digest, record, run_identity, tokenizer_digest
+from lfr_ds.launch import check_memory, init_distributed, launch_env
 from lfr_ds.lfr.loss_table import LossTable, gather_step
-from lfr_ds.lfr.rewriter import prepare_phase
+from lfr_ds.lfr.rewriter import Rewriter
 from lfr_ds.lfr.schedule import Phase, parse_schedule, phase_at, resolve_length, resumed_schedule
 from lfr_ds.metrics import Metrics, StepStats, timer
 from lfr_ds.resources import out_of_disk, out_of_memory
+from lfr_ds.run_state import RunState
 
 
 @dataclass
@@ -102,7 +95,7 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
     found = find_checkpoint(cfg, identity)
     resume = found[0] if found else None
     if found:
-        phases = resumed_schedule(phases, found[1]["schedule"])  # kp lengths as their boundaries resolved them
+        phases = resumed_schedule(phases, found[1].schedule)  # kp lengths as their boundaries resolved them
     resumed_digest = _resumed_digest(found[1], phases, cfg.steps) if found else None
     check_eval_paths(cfg.eval)
     bf16 = resolve_bf16(cfg.engine.precision)
@@ -118,7 +111,8 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
     # Rank 0 builds the block index cache; the others wait for it, then load it.
     blocks = BlockView(dataset, seq, cfg.data.seed, rank=info.rank, barrier=dist.barrier)
     assert blocks.num_blocks == num_blocks, (blocks.num_blocks, num_blocks)
-    block_source = blocks.block_source
+    rewriter = Rewriter.for_run(cfg, dataset, blocks.block_source, rank=info.rank,
+                                device=info.device if info.device.type == "cuda" else None)
     valid_seed = cfg.data.seed if cfg.eval.valid_seed is None else cfg.eval.valid_seed
     evaluator = PeriodicEval(cfg.eval, tokenizer=tokenizer, seq_length=seq, seed=valid_seed, micro_batch_size=micro,
                              rank=info.rank, barrier=dist.barrier)
@@ -135,8 +129,8 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
     table = LossTable(blocks.num_blocks, len(phases), model_cfg.sketch_dim)
     step = 0
     if resume is not None:
-        state, arrays = load_checkpoint(engine, info, cfg, resume)
-        step = state["step"]
+        arrays = load_checkpoint(engine, info, cfg, *found)
+        step = found[1].step
         table = LossTable.from_arrays(arrays, num_phases=len(phases))
     if info.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -171,25 +165,9 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
         # ---- phase boundary: the rewriter writes (rank 0) and distributes this phase's sample index
         if phase is None or step >= phase.end:
             phase = phase_at(phases, step)
-            order, manifest = prepare_phase(
-                phase,
-                run_dir=cfg.run_dir,
-                rank=info.rank,
-                distribute=cfg.lfr.distribute,
-                num_blocks=blocks.num_blocks,
-                seq_length=seq,
-                global_batch=G,
-                seed=cfg.data.seed,
-                dataset=dataset.fingerprint,
-                table=table,
-                block_source=block_source,
-                sources=dataset.sources,
-                options=cfg.lfr,
-                device=info.device if info.device.type == "cuda" else None,
-                resumed_digest=resumed_digest if step > phase.start else None,
-            )
-            if manifest["steps"] != phase.steps:  # a kp phase: its length is known now that its kept set is
-                phases = resolve_length(phases, phase.index, manifest["steps"])
+            order, manifest = rewriter.prepare(phase, table, resumed_digest if step > phase.start else None)
+            if manifest.steps != phase.steps:  # a kp phase: its length is known now that its kept set is
+                phases = resolve_length(phases, phase.index, manifest.steps)
                 phase = phases[phase.index]
             sampler = DataParallelSampler(order, G, micro, info.rank, info.world_size)
             metrics.phase_start(phase, manifest, table, step)
@@ -277,16 +255,9 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
                 eval_log.flush()
 
         if step == cfg.steps or (cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0):
-            state = {
-                "step": step,
-                "samples": step * G,
-                "tokens": step * G * seq,
-                "phase": phase.index,
-                "phase_digest": manifest["inputs_sha256"],
-                "world_size": info.world_size,
-                "schedule": [dataclasses.asdict(p) for p in phases],
-                **record(cfg, **data_id),
-            }
+            state = RunState(step=step, samples=step * G, tokens=step * G * seq, phase=phase.index,
+                             phase_digest=manifest.inputs_sha256, world_size=info.world_size, schedule=phases,
+                             **record(cfg, **data_id))
             path = save_checkpoint(engine, info, cfg, step, state, table.arrays())
             metrics.log(f"saved checkpoint {path}")
     metrics.close()
@@ -338,19 +309,19 @@ def _unwritable(path: Path) -> Path | None:
     return None if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK) else existing
 
 
-def _resumed_digest(state: dict, phases: list[Phase], steps: int) -> str | None:
+def _resumed_digest(state: RunState, phases: list[Phase], steps: int) -> str | None:
     """The digest of the sample index that a run resumed mid-phase (from checkpoint ``state``) must reuse as
     it was written: the loss table has moved on since the phase began. ``None`` where it may be rebuilt: a
     shuffle phase that the new ``steps`` lengthened (its seeded epochs put the same blocks first). A Focus
     phase lengthened mid-phase is refused: its order was drawn once, from the table at its start."""
-    step = state["step"]
+    step = state.step
     if step >= steps:
         return None
-    phase, was = phase_at(phases, step), Phase(**state["schedule"][state["phase"]])
+    phase, was = phase_at(phases, step), state.schedule[state.phase]
     # The same phase (its kind, place and drop; whether its length was given as '*' does not matter here)?
     same = dataclasses.replace(was, steps=phase.steps, rest=phase.rest) == phase
     if not same or phase.steps <= was.steps:
-        return state["phase_digest"]
+        return state.phase_digest
     if phase.kind != "focus":
         return None
     raise UserError(

@@ -1,6 +1,6 @@
 """Open an lfr-ds checkpoint for evaluation: its config and tokenizer, then the model with its weights.
 
-A checkpoint (``RUN_DIR/checkpoints/step_N/``, see :mod:`lfr_ds.engine`) holds DeepSpeed's files and
+A checkpoint (``RUN_DIR/checkpoints/step_N/``, see :mod:`lfr_ds.checkpoint`) holds DeepSpeed's files and
 ``lfr/state.json``, whose ``config`` is the run's full :class:`~lfr_ds.config.TrainConfig`. The model is
 rebuilt from ``config.model`` with the vocabulary of the run's tokenizer, and its weights come from
 DeepSpeed's own ZeRO consolidation (``get_fp32_state_dict_from_zero_checkpoint``), which reassembles the
@@ -25,11 +25,12 @@ from pathlib import Path
 
 import torch
 
+from lfr_ds.checkpoint import CHECKPOINTS, LATEST
 from lfr_ds.config import ModelConfig
 from lfr_ds.data.tokenizer import Tokenizer
-from lfr_ds.engine import CHECKPOINTS, LATEST, import_deepspeed
 from lfr_ds.errors import UserError
 from lfr_ds.identity import check_fits, tokenizer_digest
+from lfr_ds.launch import import_deepspeed
 from lfr_ds.run_state import STATE_FILE, RunState
 from lfr_ds.safe_load import check_checkpoint_files, weights_only_loads
 

@@ -68,7 +68,7 @@ def test_order_is_the_phase_index_file(zero2_run, webmix_dataset):
     run_dir, _ = zero2_run
     ds = open_dataset(str(webmix_dataset))
     order, manifest = read_sample_index(run_dir / "index" / "phase_000_random.npy", dataset=ds.fingerprint)
-    assert manifest["kind"] == "random" and manifest["length"] == STEPS * 8
+    assert manifest.kind == "random" and manifest.length == STEPS * 8
     view = BlockView(ds, 256, 1234)
     # The first epoch of a random phase is a permutation: in range, no repeats.
     assert int(order.max()) < view.num_blocks and len(set(order.tolist())) == len(order)
