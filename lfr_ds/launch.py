@@ -61,11 +61,30 @@ def launch_env() -> Geometry:
                           f"this node shows {gpus} GPU(s) (CUDA_VISIBLE_DEVICES): start one rank per GPU")
     else:
         local_rank = read("LOCAL_RANK", "0", 0, world_size - 1)
+    # One process cannot count the processes launched beside it; what it can check is that the launcher
+    # told it which of them it is. torchrun and the deepspeed launcher always set RANK and LOCAL_RANK, so a
+    # multi-rank WORLD_SIZE without them is one left in the shell, and the process would start a group
+    # of its own (and DeepSpeed then fail on a batch counted for WORLD_SIZE ranks).
+    if world_size > 1 and (missing := [n for n in ("RANK", "LOCAL_RANK") if n not in os.environ]):
+        raise UserError(
+            f"WORLD_SIZE={world_size} but {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} unset: this "
+            f"process cannot tell which of the {world_size} ranks it is; start it under a launcher (deepspeed, "
+            "torchrun), which sets them, or unset WORLD_SIZE to run one process"
+        )
     # torchrun names the ranks on this node LOCAL_WORLD_SIZE, the deepspeed launcher LOCAL_SIZE. The deepspeed
     # launcher never sets LOCAL_WORLD_SIZE, so beside LOCAL_SIZE one is inherited (a one-process run in the
     # launching shell sets it to 1) and LOCAL_SIZE is the launcher's word.
     local_name = "LOCAL_SIZE" if "LOCAL_SIZE" in os.environ else "LOCAL_WORLD_SIZE"
     local_world_size = read(local_name, str(world_size), local_rank + 1, world_size)
+    # Both launchers number ranks node by node, so this node's ranks are RANK - LOCAL_RANK onwards, and
+    # all of them are in the world.
+    first = rank - local_rank
+    if first < 0 or first + local_world_size > world_size:
+        raise UserError(
+            f"RANK={rank}, LOCAL_RANK={local_rank}, {local_name}={local_world_size}, WORLD_SIZE={world_size}: this "
+            f"node's ranks would run from {first} to {first + local_world_size - 1}, outside [0, {world_size - 1}]; "
+            "they are set by the launcher (deepspeed, torchrun): unset them to run one process"
+        )
     if "MASTER_PORT" in os.environ:
         read("MASTER_PORT", "", 1, 65535)
     if "MASTER_ADDR" in os.environ:

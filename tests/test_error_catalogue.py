@@ -419,6 +419,12 @@ CASES += [
      ["WORLD_SIZE='two': must be an integer", "unset it"]),
     ("env-rank-beyond-world-size", "lfr-train", lambda c: c.setenv("WORLD_SIZE", "2").setenv("RANK", "2").train_args(),
      ["RANK='2': must be an integer in [0, 1]"]),
+    ("env-local-rank-beyond-rank", "lfr-train",
+     lambda c: c.setenv("WORLD_SIZE", "2").setenv("RANK", "0").setenv("LOCAL_RANK", "1").setenv("LOCAL_WORLD_SIZE", "2")
+     .train_args(), ["RANK=0, LOCAL_RANK=1, LOCAL_WORLD_SIZE=2, WORLD_SIZE=2: this node's ranks would run from -1 to 0"]),
+    ("env-node-past-world-size", "lfr-train",
+     lambda c: c.setenv("WORLD_SIZE", "4").setenv("RANK", "3").setenv("LOCAL_RANK", "0").setenv("LOCAL_WORLD_SIZE", "2")
+     .train_args(), ["this node's ranks would run from 3 to 4, outside [0, 3]", "unset them to run one process"]),
     ("env-master-port", "lfr-train", lambda c: c.setenv("MASTER_PORT", "http").train_args(), ["MASTER_PORT='http'"]),
     ("env-master-addr-unresolvable", "lfr-train", lambda c: c.setenv("MASTER_ADDR", "node-zero.invalid").train_args(),
      ["MASTER_ADDR='node-zero.invalid': does not resolve"]),
