@@ -26,6 +26,7 @@ from lfr_ds.data.sample_index import read_manifest
 from lfr_ds.data.tokenizer import Tokenizer
 from lfr_ds.errors import ArgumentParser, UserError, cli
 from lfr_ds.lfr.offline import load_checkpoint_state
+from lfr_ds.run_state import phase_file
 
 KINDS = ("learned", "forgotten", "unlearned", "retained")
 
@@ -53,7 +54,7 @@ def build_report(run_dir: Path, delta: float, examples: int) -> tuple[dict, dict
 
     drops = []
     for ph in state.schedule:
-        path = run_dir / "index" / f"{ph.name}.npy"
+        path = phase_file(run_dir, ph.name)
         if path.with_suffix(".json").is_file():
             m = read_manifest(path)
             drops.append({"phase": m.phase, "kind": m.kind, "drop_fraction": m.drop_fraction, "kept": m.kept,

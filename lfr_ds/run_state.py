@@ -37,6 +37,15 @@ def rng_file(rank: int) -> str:
     """Rank ``rank``'s RNG state in a checkpoint (relative to its ``step_*`` directory)."""
     return f"{LFR_DIR}/rng_rank{rank:05d}.npz"
 
+#: A run's phase files, relative to its ``run_dir``: ``index/<phase name>.npy`` and its ``.json`` manifest.
+INDEX_DIR = "index"
+
+
+def phase_file(run_dir: str | Path, phase_name: str) -> Path:
+    """``run_dir``'s sample index of the phase named ``phase_name`` (the ``.npy``; its manifest is the ``.json``)."""
+    return Path(run_dir) / INDEX_DIR / f"{phase_name}.npy"
+
+
 #: The sample index format's name, first in every manifest.
 INDEX_FORMAT = "lfr-ds-sample-index/1"
 

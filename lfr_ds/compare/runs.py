@@ -37,6 +37,7 @@ from lfr_ds.data.dataset import open_dataset
 from lfr_ds.data.sample_index import read_manifest
 from lfr_ds.errors import UserError
 from lfr_ds.lfr.rewriter import read_kept_mask
+from lfr_ds.run_state import INDEX_DIR
 
 ARMS = {
     "random": ("lfr.schedule=random",),
@@ -209,7 +210,7 @@ def _blocks_trained(run_dir: Path, corpus: Corpus, cfg: dict) -> dict:
     repeat_share = view.token_share(corpus.repeats())
     repeat_block = repeat_share > REPEAT_BLOCK
     trained, focus = [], []
-    for p in sorted((run_dir / "index").glob("phase_*.json")):
+    for p in sorted((run_dir / INDEX_DIR).glob("phase_*.json")):
         manifest = read_manifest(p.with_suffix(".npy"))
         trained.append(np.load(p.with_suffix(".npy"), allow_pickle=False)[: manifest.steps * manifest.global_batch_size])
         kept = read_kept_mask(p, manifest)

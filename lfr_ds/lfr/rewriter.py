@@ -38,7 +38,7 @@ from lfr_ds.lfr import reporter
 from lfr_ds.lfr.focus import focus_selection
 from lfr_ds.lfr.loss_table import LossTable
 from lfr_ds.lfr.schedule import Phase
-from lfr_ds.run_state import PhaseManifest
+from lfr_ds.run_state import PhaseManifest, phase_file
 
 
 def phase_seed(seed: int, phase: Phase) -> list[int]:
@@ -150,7 +150,7 @@ class Rewriter:
         of a phase passes ``resumed_digest`` (saved in its checkpoint) instead: the table has moved on since
         the phase began, so the file written then must be reused as it is, never rebuilt.
         """
-        path = self.run_dir / "index" / f"{phase.name}.npy"
+        path = phase_file(self.run_dir, phase.name)
         digest = resumed_digest or self.digest(phase, table)
         if self.rank == 0:
             path.parent.mkdir(parents=True, exist_ok=True)
