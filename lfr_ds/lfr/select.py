@@ -148,11 +148,34 @@ def draw_order(
         raise ValueError("no cluster with kept blocks has positive weight")
     scale = np.divide(p, total, out=np.zeros(k), where=total > 0)
 
-    # The CDF runs over the kept blocks only (dropped ones have no mass): at 100M blocks and a 50% drop
-    # that halves the rewrite's largest arrays, the float64 CDF and its guide table.
-    dtype = np.uint32 if n < 2**32 else np.int64
+    kept_ids, cdf = _kept_cdf(keep, labels, block_weight, scale)
+    m = len(cdf)
+    cdf *= m / cdf[-1]  # in units of guide buckets, see _guided_search
+    np.minimum(cdf, m, out=cdf)  # rounding may overshoot the total by an ulp
+    last = int(np.searchsorted(cdf, m))  # the first block to reach the total has positive mass
+    guide = _guide_table(cdf)
+
+    rng = np.random.default_rng(seed)
+    order = np.empty(n_samples, dtype=kept_ids.dtype)
+    for s in range(0, n_samples, _SLICE):
+        u = rng.random(min(_SLICE, n_samples - s))
+        u *= m
+        pick = _guided_search(cdf, guide, u)
+        # u can round up to the total itself, one past the end: then take the last block with mass.
+        np.minimum(pick, last, out=pick)
+        order[s : s + len(u)] = kept_ids[pick]
+    return order
+
+
+def _kept_cdf(
+    keep: np.ndarray, labels: np.ndarray, block_weight: np.ndarray, scale: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The kept blocks' ids (uint32 below 2³² blocks) and the float64 cumulative sum of their draw mass,
+    ``block_weight × scale[cluster]``. Over the kept blocks only (dropped ones have no mass): at 100M blocks
+    and a 50% drop that halves the rewrite's largest arrays, the CDF and its guide table."""
+    n = len(keep)
     m = int(np.count_nonzero(keep))
-    kept_ids = np.empty(m, dtype=dtype)
+    kept_ids = np.empty(m, dtype=np.uint32 if n < 2**32 else np.int64)
     cdf = np.empty(m)
     pos = 0
     for sl in block_slices(n):
@@ -166,21 +189,7 @@ def draw_order(
         out += cdf[pos - 1] if pos else 0.0
         kept_ids[pos : pos + len(ids)] = ids + sl.start
         pos += len(ids)
-    cdf *= m / cdf[-1]  # in units of guide buckets, see _guided_search
-    np.minimum(cdf, m, out=cdf)  # rounding may overshoot the total by an ulp
-    last = int(np.searchsorted(cdf, m))  # the first block to reach the total has positive mass
-    guide = _guide_table(cdf)
-
-    rng = np.random.default_rng(seed)
-    order = np.empty(n_samples, dtype=dtype)
-    for s in range(0, n_samples, _SLICE):
-        u = rng.random(min(_SLICE, n_samples - s))
-        u *= m
-        pick = _guided_search(cdf, guide, u)
-        # u can round up to the total itself, one past the end: then take the last block with mass.
-        np.minimum(pick, last, out=pick)
-        order[s : s + len(u)] = kept_ids[pick]
-    return order
+    return kept_ids, cdf
 
 
 def perplexity_weights(
