@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lfr_ds.run_state import PhaseManifest
+
 #: Peak dense bf16 TFLOP/s per device, by substring of the CUDA device name.
 GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
 #: fp32 GEMM peak of one core of the 2-core AVX2 host (2 threads measured 0.15, STACK_NOTES). MFU on CPU is
@@ -177,7 +179,7 @@ class Metrics:
                 self.writer.add_scalar("blimp acc", results["blimp"]["acc"], step)
         self.log(f"eval step {step}: " + ", ".join(parts) + (f" in {results['seconds']:.1f}s" if "seconds" in results else ""))
 
-    def phase_start(self, phase, manifest, table, step: int) -> None:
+    def phase_start(self, phase, manifest: PhaseManifest, table, step: int) -> None:
         """At a phase boundary: the console line, the phase's kept fraction and source shares, and a
         histogram of block perplexity as the phase starts."""
         num_blocks = manifest.num_blocks
