@@ -15,7 +15,7 @@ from crafted import phase_manifest, state_json
 from lfr_ds.config import LFRConfig
 from lfr_ds.errors import UserError
 from lfr_ds.lfr.loss_table import LossTable
-from lfr_ds.lfr.rewriter import Rewriter, settings_digest
+from lfr_ds.lfr.rewriter import Rewriter, declared_settings
 from lfr_ds.lfr.schedule import Phase
 from lfr_ds.run_state import PhaseManifest, RunState
 
@@ -98,14 +98,14 @@ def test_every_lfr_setting_declares_whether_it_changes_the_order():
 
 def test_a_changed_setting_changes_the_digest_and_a_transport_setting_does_not():
     phase = Phase(1, "focus", 10, 20, 0.5, auto_drop=True)
-    base = settings_digest(phase, LFRConfig())
+    base = declared_settings(phase, LFRConfig())
     for f in dataclasses.fields(LFRConfig):
         if f.metadata["digest"] is None:
             continue
         other = {"score": "raw", "selection": "paper", "max_cluster_drop": 0.9, "clusters": 8, "centroids": 32,
                  "temperature": 3.0, "weighting": "learnable", "auto_max_drop": 0.5}[f.name]
-        assert settings_digest(phase, LFRConfig(**{f.name: other})) != base, f.name
-    assert settings_digest(phase, LFRConfig(distribute="broadcast", length_scale=2.0)) == base
+        assert declared_settings(phase, LFRConfig(**{f.name: other})) != base, f.name
+    assert declared_settings(phase, LFRConfig(distribute="broadcast", length_scale=2.0)) == base
 
 
 STATE_FIELDS = [f.name for f in dataclasses.fields(RunState)]

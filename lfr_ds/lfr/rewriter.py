@@ -45,7 +45,7 @@ def phase_seed(seed: int, phase: Phase) -> list[int]:
     return [seed, phase.index]
 
 
-def settings_digest(phase: Phase, options: LFRConfig) -> list:
+def declared_settings(phase: Phase, options: LFRConfig) -> list:
     """The ``lfr.*`` settings a phase's order depends on, as each :class:`~lfr_ds.config.LFRConfig` field
     declares in its ``digest`` metadata (see there); a shuffle phase depends on none."""
     if phase.kind != "focus":
@@ -108,7 +108,7 @@ class Rewriter:
     def digest(self, phase: Phase, table: LossTable | None) -> str:
         """Everything the phase's order depends on; a file whose manifest records the same digest is reused."""
         settings = [phase.kind, phase.index, phase.start, phase.steps, phase.drop, self.seed, self.dataset, self.global_batch]
-        h = hashlib.sha256(json.dumps(settings + settings_digest(phase, self.options)).encode())
+        h = hashlib.sha256(json.dumps(settings + declared_settings(phase, self.options)).encode())
         if table is not None and phase.kind == "focus":
             for arr in table.arrays().values():
                 h.update(np.ascontiguousarray(arr))  # hashes the buffer in place: no copy of a GB-sized column
