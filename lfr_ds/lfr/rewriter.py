@@ -114,13 +114,14 @@ class Rewriter:
                 h.update(np.ascontiguousarray(arr))  # hashes the buffer in place: no copy of a GB-sized column
         return h.hexdigest()
 
-    def build(self, phase: Phase, table: LossTable | None) -> Built:
+    def build(self, phase: Phase, table: LossTable | None, digest: str | None = None) -> Built:
         """The phase's order (``steps × global_batch`` ids, ``steps`` resolved here for a ``kp`` phase), its
-        manifest and kept mask: a seeded shuffle, or for Focus a selection from ``table``."""
+        manifest and kept mask: a seeded shuffle, or for Focus a selection from ``table``. ``digest``: its
+        :meth:`digest`, if the caller has it already (hashing a 100M-block table takes seconds)."""
         base = {"phase": phase.name, "kind": phase.kind, "seed": phase_seed(self.seed, phase), "dataset": self.dataset,
                 "num_blocks": self.num_blocks, "index": phase.index, "start_step": phase.start, "drop_fraction": phase.drop,
                 "seq_length": self.seq_length, "global_batch_size": self.global_batch,
-                "inputs_sha256": self.digest(phase, table)}
+                "inputs_sha256": digest or self.digest(phase, table)}
         if phase.kind != "focus":
             order = shuffled_order(self.num_blocks, phase.steps * self.global_batch, phase_seed(self.seed, phase))
             fields, keep = {"steps": phase.steps, "kept": self.num_blocks, "dropped": 0}, None
@@ -160,7 +161,7 @@ class Rewriter:
                     f"mid-phase (the loss table has moved on): restore it, or resume from a checkpoint before step {phase.start + 1}"
                 )
             if not _reusable(path, digest, self.dataset):
-                self.write(path, self.build(phase, table))
+                self.write(path, self.build(phase, table, digest))
         if dist.is_initialized() and dist.get_world_size() > 1:
             if self.options.distribute == "broadcast":
                 path = _broadcast_files(path, self.rank, self.device or torch.device("cpu"))
