@@ -17,21 +17,25 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-#: Peak dense bf16 TFLOP/s per device, by substring of the CUDA device name.
+#: Peak dense bf16 TFLOP/s per device, by substring of the CUDA device name (the datasheet figure MFU is
+#: conventionally quoted against).
 GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
-#: fp32 GEMM peak of one core of the 2-core AVX2 host (2 threads measured 0.15, STACK_NOTES). MFU on CPU is
-#: informational.
-CPU_PEAK_TFLOPS_PER_THREAD = 0.075
 
 
-def peak_tflops(configured: float | None) -> float:
+def peak_tflops(configured: float | None) -> float | None:
+    """The per-device peak TFLOP/s that MFU divides by: ``log.peak_tflops`` if set, else a listed GPU's
+    datasheet figure, else ``None``, and no MFU is reported (the achieved TFLOP/s still is).
+
+    A CPU has no peak torch can read. A constant per thread (as this once was) showed a faster CPU at
+    100-104%, and a peak timed at startup is only as good as the machine's quiet at that moment: on a
+    shared host it reads low and MFU high, by any factor. A GPU missing from the table likewise: a guess
+    from another model shows a faster one above 100%. Better no number than a wrong one."""
     if configured is not None:
         return configured
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name()
-        return next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), 989.0)
-    # On CPU a rank's "device" is its threads: 1 rank × 2 threads and 2 ranks × 1 thread share one peak.
-    return CPU_PEAK_TFLOPS_PER_THREAD * torch.get_num_threads()
+        return next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), None)
+    return None
 
 
 @dataclass
@@ -110,7 +114,6 @@ class Metrics:
         tokens = sum(x.tokens_per_step for x in w)
         tps = tokens / max(secs, 1e-9)
         tflops = tps * self.flops_per_token / 1e12 / self.world_size  # per device
-        mfu = 100.0 * tflops / self.peak
         loss = sum(x.loss for x in w) / len(w)
         mem = self._memory()
         scalars = {
@@ -125,9 +128,10 @@ class Metrics:
             "iteration-time": secs / len(w),
             "throughput(tps)": tps,
             "tflops": tflops,
-            "mfu(%)": mfu,
             "mem-max-allocated-bytes" if torch.cuda.is_available() else "mem-max-rss-bytes": mem,
         }
+        if self.peak is not None:
+            scalars["mfu(%)"] = 100.0 * tflops / self.peak
         if self.writer is not None:
             for name, value in scalars.items():
                 self.writer.add_scalar(name, value, s.step)
@@ -135,9 +139,10 @@ class Metrics:
                 self.writer.add_scalar(f"{name} vs samples", scalars[name], s.samples)
                 self.writer.add_scalar(f"{name} vs tokens", scalars[name], s.tokens)
             self.writer.flush()
+        mfu = f"mfu {scalars['mfu(%)']:.1f}% | " if "mfu(%)" in scalars else ""
         line = (
             f"step {s.step:>6}/{self.total_steps} | {s.phase:<8} | loss {loss:.4f} | ppl {scalars['lm loss ppl']:8.2f} | "
-            f"lr {s.lr:.2e} | gnorm {s.grad_norm:.3f} | {tps:,.0f} tok/s | {tflops:.2f} TFLOP/s | mfu {mfu:.1f}% | "
+            f"lr {s.lr:.2e} | gnorm {s.grad_norm:.3f} | {tps:,.0f} tok/s | {tflops:.2f} TFLOP/s | {mfu}"
             f"{secs / len(w):.2f} s/it | {mem / 2**30:.1f} GiB"
         )
         self.log(line)
@@ -228,7 +233,7 @@ class Metrics:
                     "iteration_time": secs / len(self._summary),
                     "tokens_per_s": tps,
                     "tflops_per_device": tflops,
-                    "mfu_percent": 100.0 * tflops / self.peak,
+                    "mfu_percent": None if self.peak is None else 100.0 * tflops / self.peak,
                     "peak_tflops": self.peak,
                     "peak_memory_bytes": self._memory(),
                     "world_size": self.world_size,
