@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from lfr_ds.config import LogConfig
+
 #: Peak dense bf16 TFLOP/s per device, by substring of the CUDA device name (the datasheet figure MFU is
 #: conventionally quoted against).
 GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
@@ -54,34 +56,24 @@ class StepStats:
 
 
 class Metrics:
-    """Writes scalars every ``interval`` steps (rank 0) and the console line."""
+    """Writes scalars every ``log.interval`` steps (rank 0) and the console line."""
 
     def __init__(
-        self,
-        run_dir: str,
-        *,
-        rank: int,
-        world_size: int,
-        flops_per_token: float,
-        peak: float | None,
-        interval: int,
-        tensorboard: bool,
-        total_steps: int,
-        progress_bar: bool,
+        self, run_dir: str, log: LogConfig, *, rank: int, world_size: int, flops_per_token: float, total_steps: int
     ) -> None:
         self.rank = rank
         self.world_size = world_size
         self.flops_per_token = flops_per_token
-        self.peak = peak_tflops(peak)
-        self.interval = interval
+        self.peak = peak_tflops(log.peak_tflops)
+        self.interval = log.interval
         self.total_steps = total_steps
         self.writer = None
-        if rank == 0 and tensorboard:
+        if rank == 0 and log.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=f"{run_dir}/tb")
         self.bar = None
-        if rank == 0 and progress_bar and sys.stderr.isatty():
+        if rank == 0 and log.progress_bar and sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, file=sys.stderr)

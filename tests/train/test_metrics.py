@@ -10,14 +10,15 @@ import pytest
 import torch
 
 from lfr_ds import metrics
+from lfr_ds.config import LogConfig
 from lfr_ds.metrics import Metrics, StepStats, peak_tflops
 
 
 def _one_window(tmp_path, peak: float | None, step_time: float) -> dict:
     """Two logged steps (a warm-up window, then one measured) of 1,000 tokens of 6 MFLOP each, every
     step taking ``step_time``; returns metrics.json (the console lines go to stderr)."""
-    m = Metrics(str(tmp_path), rank=0, world_size=1, flops_per_token=6e6, peak=peak, interval=1,
-                tensorboard=False, total_steps=2, progress_bar=False)
+    log = LogConfig(interval=1, tensorboard=False, peak_tflops=peak, progress_bar=False)
+    m = Metrics(str(tmp_path), log, rank=0, world_size=1, flops_per_token=6e6, total_steps=2)
     m.start(0)
     for step in (1, 2):
         m.step(StepStats(step=step, phase="learn", loss=2.0, lr=1e-3, grad_norm=1.0, loss_scale=1.0,
