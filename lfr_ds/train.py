@@ -8,6 +8,11 @@ Every optimizer step: look up this rank's micro-batches in the current phase's s
 forward/backward through the DeepSpeed engine (per-block losses come out of that same forward),
 all-gather the (block id, loss, tokens) records into the loss table, log, and checkpoint on schedule.
 At each phase boundary the rewriter writes the next phase's sample index from the loss table.
+
+:func:`train` hands its work, in order, to :func:`preflight` (every input checked, and where to start:
+a :class:`Plan`, before any process group), :func:`_enter_phase` (the rewriter, at a boundary),
+:func:`train_step` (one optimizer step), the :class:`Evaluator` and the :class:`Checkpointer` (each
+knowing when it is due).
 """
 
 from __future__ import annotations
@@ -72,6 +77,7 @@ class Plan:
     phases: list[Phase]
     """The schedule; a resumed run's kp lengths as their boundaries resolved them."""
     num_blocks: int
+    """Blocks of ``seq_length + 1`` tokens in one epoch of the dataset."""
     data_id: dict
     """The vocabulary size, tokenizer and dataset digests a checkpoint records and is checked against."""
     resume: Path | None
@@ -79,7 +85,9 @@ class Plan:
     resumed_digest: str | None
     """The digest of the phase file a run resumed mid-phase must reuse (see :func:`_resumed_digest`)."""
     bf16: bool
+    """Train in bf16 (``engine.precision`` resolved for this machine)."""
     ds_config: dict
+    """The DeepSpeed config, already checked by DeepSpeed's own validation."""
 
 
 def train(cfg: TrainConfig) -> Iterator[StepRecord]:
