@@ -298,7 +298,8 @@ class LogConfig:
     """Write TensorBoard event files to ``RUN_DIR/tb`` (rank 0 only)."""
     peak_tflops: float | None = None
     """Per-device peak TFLOP/s for MFU. ``None`` = from the GPU name (H100/H200 989, A100 312 bf16
-    dense) or, on CPU, 0.15 (a 2-core AVX2 host's 2-thread fp32 GEMM peak)."""
+    dense); on CPU and on other GPUs there is no trustworthy peak, and no MFU is reported unless this is
+    set (the achieved TFLOP/s always is)."""
     trace_blocks: bool = False
     """Append every step's gathered (block id, loss, tokens) to ``RUN_DIR/trace/steps.jsonl`` (rank 0).
     Costs ~20 bytes per block per step: for tests and analysis, not for long runs."""

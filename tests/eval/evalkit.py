@@ -101,7 +101,9 @@ def heldout_on_rank(
     from lfr_ds.launch import init_distributed
 
     torch.set_num_threads(1)
-    env = dict(RANK=rank, LOCAL_RANK=rank, WORLD_SIZE=world, MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+    # As a launcher sets them (one node): an inherited LOCAL_WORLD_SIZE=1 would not fit LOCAL_RANK=1.
+    env = dict(RANK=rank, LOCAL_RANK=rank, WORLD_SIZE=world, LOCAL_WORLD_SIZE=world, MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=port)
     os.environ.update({k: str(v) for k, v in env.items()})
     init_distributed("gloo")
     tok = Tokenizer(tokenizer)
