@@ -77,6 +77,9 @@ class Setup:
     evals: int
     blimp: str
     blimp_pairs: int
+    threads: int
+    """CPU threads of every run. On CPU a run's numbers depend on it (the order of a reduction split over
+    threads), so it is part of each run's record; ``--jobs`` only decides how many runs go side by side."""
 
 
 def check_overrides(overrides: list[str]) -> None:
@@ -102,7 +105,7 @@ def overrides(run: Run, setup: Setup) -> list[str]:
 def record(run: Run, setup: Setup) -> dict:
     """What makes a run this run: its resolved config and its corpus."""
     cfg = dataclasses.asdict(load_config(None, overrides(run, setup)))
-    return {"config": cfg, "corpus": setup.corpus.digest}
+    return {"config": cfg, "corpus": setup.corpus.digest, "threads": setup.threads}
 
 
 def identity(rec: dict) -> dict:
@@ -118,6 +121,9 @@ def identity(rec: dict) -> dict:
         return "OUT" + os.sep + v[len(out):] if isinstance(v, str) and v.startswith(out) else v
 
     rec = rel(rec)
+    # Records made before lfr-compare set the thread count ran with OMP_NUM_THREADS unset on the 2-core
+    # reference machine (docs/experiments): 2 threads.
+    rec.setdefault("threads", 2)
     if rec["config"]["lfr"]["schedule"] == "random":
         rec["config"]["lfr"] = {"schedule": "random"}
         # The sketch feeds only Focus's clustering; it leaves init and loss alone (tests/model/test_model_gpt.py).
@@ -149,7 +155,7 @@ def launch(run: Run, setup: Setup, test_files: list[str], log) -> tuple[Path, fl
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_json(run_dir / "compare_run.json", wanted)
     t0 = time.time()
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1))}
+    env = {**os.environ, "OMP_NUM_THREADS": str(setup.threads)}
     if not _finished(run_dir, steps):
         cmd = [sys.executable, "-m", "lfr_ds.train", *overrides(run, setup)]
         log(f"{run.name}: {' '.join(shlex.quote(c) for c in cmd[3:])}")
