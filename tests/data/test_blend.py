@@ -13,17 +13,16 @@ from lfr_ds.data.blocks import BlockView
 from lfr_ds.data.dataset import open_dataset
 from lfr_ds.data.sampler import shuffled_order
 from lfr_ds.errors import UserError
-from lfr_ds.lfr.rewriter import build_order, inputs_digest
+from lfr_ds.lfr.rewriter import Rewriter
 from lfr_ds.lfr.schedule import Phase
 
 SEQ = 64
 
 
 def _learn(view: BlendView, steps: int, global_batch: int = 32) -> np.ndarray:
-    order, _, _ = build_order(Phase(0, "learn", 0, steps), num_blocks=view.num_blocks, global_batch=global_batch,
-                                   seed=1234, table=None, block_source=view.block_source, sources=view.blend.sources,
-                                   options=LFRConfig(), corpora=view.corpora)
-    return order
+    rewriter = Rewriter(Path("."), LFRConfig(), 1234, "fp", view.blend.sources, view.block_source, SEQ, global_batch,
+                        corpora=view.corpora)
+    return rewriter.build(Phase(0, "learn", 0, steps), None, digest="d").order
 
 
 def test_learn_draws_each_corpus_at_its_weight(webmix_blend):
@@ -92,9 +91,13 @@ def test_a_blend_of_one_is_the_prefix(webmix_blend):
 
 def test_blend_mode_enters_the_rewrite_digest_only_when_not_default():
     focus = Phase(1, "focus", 10, 5, drop=0.5)
-    keep = inputs_digest(focus, 1, "fp", 32, None, LFRConfig())
-    assert keep == inputs_digest(focus, 1, "fp", 32, None, LFRConfig(blend="keep"))
-    assert keep != inputs_digest(focus, 1, "fp", 32, None, LFRConfig(blend="free"))
+
+    def digest(options: LFRConfig) -> str:
+        return Rewriter(Path("."), options, 1, "fp", [], np.zeros(8, dtype=np.int64), SEQ, 32).digest(focus, None)
+
+    keep = digest(LFRConfig())
+    assert keep == digest(LFRConfig(blend="keep"))
+    assert keep != digest(LFRConfig(blend="free"))
     with pytest.raises(UserError, match=r"lfr\.blend: 'mixed'; use keep or free"):
         LFRConfig(blend="mixed")
 

@@ -11,7 +11,7 @@ import pytest
 from lfr_ds.config import LFRConfig
 from lfr_ds.data.blend import Corpora
 from lfr_ds.lfr.loss_table import LossTable
-from lfr_ds.lfr.rewriter import build_order, write_phase_index
+from lfr_ds.lfr.rewriter import Rewriter
 from lfr_ds.lfr.schedule import Phase
 
 SIZES = [1000, 3000, 2000]  # shares of the blocks 1/6, 1/2, 1/3: not the weights
@@ -37,12 +37,10 @@ def blend():
 
 def _focus(blend, mode, tmp_path, corpora=True):
     c, table, source = blend
-    args = dict(num_blocks=table.num_blocks, global_batch=G, seed=7, table=table, block_source=source, sources=c.names)
-    order, fields, keep = build_order(FOCUS, **args, options=LFRConfig(blend=mode), corpora=c if corpora else None)
-    manifest = write_phase_index(tmp_path / f"{mode}.npy", FOCUS, order, fields, keep, seed=7, dataset="fp",
-                                 num_blocks=table.num_blocks, seq_length=64, global_batch=G, digest="d",
-                                 block_source=source, sources=c.names, corpora=c if corpora else None)
-    return order, manifest, keep
+    rewriter = Rewriter(tmp_path, LFRConfig(blend=mode), 7, "fp", c.names, source, 64, G, corpora=c if corpora else None)
+    built = rewriter.build(FOCUS, table, digest="d")
+    manifest = rewriter.write(tmp_path / f"{mode}.npy", built)
+    return built.order, manifest, built.keep
 
 
 def test_keep_holds_the_weights_and_drops_within_each_corpus(blend, tmp_path):
@@ -50,25 +48,25 @@ def test_keep_holds_the_weights_and_drops_within_each_corpus(blend, tmp_path):
     order, manifest, keep = _focus(blend, "keep", tmp_path)
     np.testing.assert_allclose(corpora.counts(order) / len(order), WEIGHTS, atol=0.01)
     for c, name in enumerate(corpora.names):
-        assert manifest["corpora"][name]["weight"] == WEIGHTS[c]
-        assert abs(manifest["corpora"][name]["share_minus_weight"]) <= 0.01
-        assert manifest["corpus_drop_fraction"][name] == pytest.approx(0.5, abs=0.01)
+        assert manifest.corpora[name]["weight"] == WEIGHTS[c]
+        assert abs(manifest.corpora[name]["share_minus_weight"]) <= 0.01
+        assert manifest.corpus_drop_fraction[name] == pytest.approx(0.5, abs=0.01)
         assert keep[order].all()  # only kept blocks are drawn
-    assert json.loads((tmp_path / "keep.json").read_text())["corpora"] == manifest["corpora"]
+    assert json.loads((tmp_path / "keep.json").read_text())["corpora"] == manifest.corpora
     # Without the blend's labels, the same drop takes mostly the easy corpus: what keep prevents.
     _, alone, _ = _focus(blend, "keep", tmp_path, corpora=False)
-    assert alone["source_drop_fraction"]["easy"] > 0.8 and "corpora" not in alone
+    assert alone.source_drop_fraction["easy"] > 0.8 and alone.corpora is None
 
 
 def test_free_moves_the_mixture_and_records_by_how_much(blend, tmp_path):
     corpora = blend[0]
     order, manifest, _ = _focus(blend, "free", tmp_path)
     share = corpora.counts(order) / len(order)
-    moved = {name: manifest["corpora"][name]["share_minus_weight"] for name in corpora.names}
+    moved = {name: manifest.corpora[name]["share_minus_weight"] for name in corpora.names}
     # The hard corpus gains share, the easy one loses it; the manifest says by how much.
     assert moved["hard"] > 0.05 and moved["easy"] < -0.05
     for c, name in enumerate(corpora.names):
-        assert manifest["corpora"][name]["share"] == pytest.approx(share[c], abs=1e-6)
+        assert manifest.corpora[name]["share"] == pytest.approx(share[c], abs=1e-6)
         assert moved[name] == pytest.approx(share[c] - WEIGHTS[c], abs=1e-6)
-        assert manifest["corpus_drop_fraction"][name] == pytest.approx(0.5, abs=0.01)
-    assert manifest["blend"] == "free"
+        assert manifest.corpus_drop_fraction[name] == pytest.approx(0.5, abs=0.01)
+    assert manifest.blend == "free"
