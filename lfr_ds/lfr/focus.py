@@ -221,9 +221,11 @@ def focus_selection(table: LossTable, phase: Phase, *, global_batch: int, seed: 
         cluster_weight = np.where(kept_per_cluster > 0, kept_per_cluster * np.exp((mean_kept - top) / options.temperature), 0.0)
     block_weight = perplexity_weights(score, options.temperature, top=top, out=score)  # dropped blocks' are never read
     del score
-    if corpora is not None:  # blend (issue 20)
-        order = _draw_blend(keep, labels, block_weight, cluster_weight, steps * global_batch, seed, corpora, options.blend)
+    if corpora is not None and options.blend == "keep":  # blend (issue 20): each corpus its weight of the draws
+        order = _draw_per_corpus(keep, labels, block_weight, cluster_weight, steps * global_batch, seed, corpora)
     else:
+        if corpora is not None:  # blend=free: one draw, clusters weighted by their corpus's weight too
+            cluster_weight = _free_cluster_weight(keep, cluster_weight, corpora)
         order = draw_order(keep, labels, block_weight, cluster_weight, steps * global_batch,
                            seed=int(np.random.default_rng([*seed, 1]).integers(2**31)))
     return FocusSelection(order, keep, steps, cap, sizes, kept_per_cluster, mean_difficulty, sample, stride, auto, learnability)
@@ -284,16 +286,18 @@ def _keep_per_corpus(rank_score: np.ndarray, labels: np.ndarray, eligible: np.nd
     return keep
 
 
-def _draw_blend(keep: np.ndarray, labels: np.ndarray, block_weight: np.ndarray, cluster_weight: np.ndarray, n: int,
-                seed: list[int], corpora: Corpora, mode: str) -> np.ndarray:
-    """The Focus order over a blend: ``keep`` gives each corpus its weight of the ``n`` positions and draws
-    them from its own clusters; ``free`` draws once, each cluster's weight times its corpus's weight per
-    kept block (clusters are corpus-major, see :func:`_split_by_corpus`)."""
-    if mode == "free":
-        kept = np.array([np.count_nonzero(keep[corpora.slice(c)]) for c in range(corpora.count)], dtype=np.float64)
-        per_block = np.divide(corpora.weights, kept, out=np.zeros(corpora.count), where=kept > 0)
-        weight = cluster_weight * per_block[np.arange(len(cluster_weight)) % corpora.count]
-        return draw_order(keep, labels, block_weight, weight, n, seed=int(np.random.default_rng([*seed, 1]).integers(2**31)))
+def _free_cluster_weight(keep: np.ndarray, cluster_weight: np.ndarray, corpora: Corpora) -> np.ndarray:
+    """``lfr.blend=free``: each cluster's draw weight times its corpus's weight per kept block (clusters are
+    corpus-major, see :func:`_split_by_corpus`), so equally hard corpora keep their weights."""
+    kept = np.array([np.count_nonzero(keep[corpora.slice(c)]) for c in range(corpora.count)], dtype=np.float64)
+    per_block = np.divide(corpora.weights, kept, out=np.zeros(corpora.count), where=kept > 0)
+    return cluster_weight * per_block[np.arange(len(cluster_weight)) % corpora.count]
+
+
+def _draw_per_corpus(keep: np.ndarray, labels: np.ndarray, block_weight: np.ndarray, cluster_weight: np.ndarray, n: int,
+                     seed: list[int], corpora: Corpora) -> np.ndarray:
+    """``lfr.blend=keep``: each corpus gets its weight of the ``n`` positions (megatron-core's blending
+    interleave) and draws them from its own clusters."""
     which = corpora.draw_positions(n)
     order = np.empty(n, dtype=np.uint32 if len(keep) < 2**32 else np.int64)
     for c in range(corpora.count):
