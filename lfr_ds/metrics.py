@@ -47,6 +47,9 @@ class StepStats:
     step_time: float  # seconds for this step
     batch_size: int  # blocks per optimizer step
     tokens_per_step: int
+    spikes: int = 0  # loss spikes so far (lfr_ds.guard)
+    rewinds: int = 0  # rewinds so far
+    skipped: int = 0  # global batches skipped by rewinds so far
 
 
 class Metrics:
@@ -127,6 +130,9 @@ class Metrics:
             "tflops": tflops,
             "mfu(%)": mfu,
             "mem-max-allocated-bytes" if torch.cuda.is_available() else "mem-max-rss-bytes": mem,
+            "spikes": s.spikes,
+            "rewinds": s.rewinds,
+            "skipped-batches": s.skipped,
         }
         if self.writer is not None:
             for name, value in scalars.items():
@@ -140,6 +146,8 @@ class Metrics:
             f"lr {s.lr:.2e} | gnorm {s.grad_norm:.3f} | {tps:,.0f} tok/s | {tflops:.2f} TFLOP/s | mfu {mfu:.1f}% | "
             f"{secs / len(w):.2f} s/it | {mem / 2**30:.1f} GiB"
         )
+        if s.spikes or s.rewinds:
+            line += f" | spikes {s.spikes} rewinds {s.rewinds} skipped {s.skipped}"
         self.log(line)
 
     @staticmethod

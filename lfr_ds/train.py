@@ -46,7 +46,8 @@ from lfr_ds.engine import (
 )
 from lfr_ds.errors import ArgumentParser, UserError, cli
 from lfr_ds.eval.periodic import PeriodicEval, check_eval_paths
-from lfr_ds.faults import crash_point
+from lfr_ds.faults import crash_point, loss_fault
+from lfr_ds.guard import Guard
 from lfr_ds.identity import dataset_digest, record, run_identity, tokenizer_digest
 from lfr_ds.lfr.loss_table import LossTable, gather_step
 from lfr_ds.lfr.rewriter import prepare_phase
@@ -138,6 +139,10 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
         state, arrays = load_checkpoint(engine, info, cfg, resume)
         step = state["step"]
         table = LossTable.from_arrays(arrays, num_phases=len(phases))
+    # guard: non-finite and spiking losses, rewind-and-skip; its run state rides in the checkpoint's state
+    guard = Guard(cfg.train, state.get("guard") if resume is not None else None)
+    if resume is not None:
+        guard.saved(step, str(resume))
     if info.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic.write_json(run_dir / "config.json", dataclasses.asdict(cfg))
@@ -167,6 +172,35 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
         f"lower engine.micro_batch_size (now {micro}; the global batch, so the data order, stays the same), "
         "or use engine.zero_stage=3"
     )
+    def evaluate_and_checkpoint() -> None:
+        """After step ``step`` (trained or skipped): evaluate and checkpoint when due."""
+        if evaluator.due(step, cfg.steps):
+            t_eval = timer()
+            with out_of_memory("in an evaluation", step_fix):
+                scores = evaluator.run(engine)
+            results = {"step": step, "tokens": step * G * seq, "phase": phase.index, **scores}
+            results["seconds"] = round(timer() - t_eval, 3)
+            metrics.evaluation(results)
+            if eval_log is not None:
+                eval_log.write(json.dumps(results) + "\n")
+                eval_log.flush()
+
+        if step == cfg.steps or (cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0):
+            state = {
+                "step": step,
+                "samples": step * G,
+                "tokens": step * G * seq,
+                "phase": phase.index,
+                "phase_digest": manifest["inputs_sha256"],
+                "world_size": info.world_size,
+                "schedule": [dataclasses.asdict(p) for p in phases],
+                "guard": guard.state(),  # guard: skipped steps, rewinds, spike statistics
+                **record(cfg, **data_id),
+            }
+            path = save_checkpoint(engine, info, cfg, step, state, table.arrays())
+            guard.saved(step, str(path))
+            metrics.log(f"saved checkpoint {path}")
+
     while step < cfg.steps:
         # ---- phase boundary: the rewriter writes (rank 0) and distributes this phase's sample index
         if phase is None or step >= phase.end:
@@ -194,12 +228,24 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
             sampler = DataParallelSampler(order, G, micro, info.rank, info.world_size)
             metrics.phase_start(phase, manifest, table, step)
 
+        if guard.skips(step + 1):  # guard: a batch skipped after a rewind: a step without an update
+            engine.lr_scheduler.step()  # the schedule stays a function of the step
+            step += 1
+            if step == phase.end:
+                table.end_phase(phase.index)
+            if trace is not None:
+                trace.write(json.dumps({"step": step, "phase": phase.index, "skipped": True}) + "\n")
+                trace.flush()
+            evaluate_and_checkpoint()
+            continue
+
         # ---- one optimizer step: forward/backward per micro-batch, DeepSpeed accumulates and steps
         t0 = timer()
         lr = engine.get_lr()[0]
         local = []
         sketches = []
-        for ids in sampler.micro_batches(step - phase.start):
+        micro_batches = list(sampler.micro_batches(step - phase.start))
+        for i, ids in enumerate(micro_batches):
             tokens_np = blocks.batch(ids)
             if tokenizer is None:  # a plain Megatron dataset: nothing vouches that its ids fit model.vocab_size
                 _check_token_ids(tokens_np, ids, vocab_size, dataset.prefix)
@@ -207,9 +253,11 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
                 batch = torch.from_numpy(tokens_np).to(info.device)
                 tokens, labels = batch[:, :-1], batch[:, 1:]
                 out = per_block_loss(engine, tokens, labels, torch.ones_like(labels, dtype=torch.float32))
+                out = loss_fault(out, step + 1)
                 engine.backward(out.loss)
                 crash_point("step", step + 1)
-                engine.step()
+                if i < len(micro_batches) - 1:  # the boundary step (the update) waits for the guard, below
+                    engine.step()
             local.append(
                 torch.stack(
                     [
@@ -226,7 +274,34 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
         rows = gather_step(
             local[:, 0].cpu().numpy(), local[:, 1], local[:, 2], torch.cat(sketches) if sketches else None
         )
-        table.update(rows, step)
+        where = (phase.index, phase.kind)
+        verdict = guard.check_loss(step + 1, where, rows)  # guard: before the update; stops on a non-finite loss
+        with out_of_memory("in a training step", step_fix):
+            engine.step()  # the boundary: DeepSpeed's optimizer update
+        grad_norm = float(engine.get_global_grad_norm() or 0.0)
+        if verdict.spike and cfg.train.on_spike == "rewind":  # guard: reload the last checkpoint, skip batches
+            # The update above ran only so that DeepSpeed's accumulation buffers end the step as they always
+            # do; the reload overwrites the weights, optimizer and scheduler it touched.
+            path, skip = guard.rewind(step + 1, where)
+            metrics.log(f"rewind {guard.rewinds}/{cfg.train.max_rewinds}: loss spike at step {step + 1} ({verdict.loss:.4f}, "
+                        f"{verdict.zscore:.1f} sigmas); back to {path}, skipping steps {skip[0]}-{skip[-1]}")
+            state, arrays = load_checkpoint(engine, info, cfg, Path(path))
+            crash_point("rewind", step + 1)
+            step = state["step"]
+            phases = resumed_schedule(phases, state["schedule"])
+            resumed_digest = _resumed_digest(state, phases, cfg.steps)
+            table = LossTable.from_arrays(arrays, num_phases=len(phases))
+            guard.rewound(state)
+            trace, eval_log = _reopen(trace, run_dir / "trace" / "steps.jsonl", step), _reopen(eval_log, run_dir / "eval.jsonl", step)
+            phase = None
+            metrics.start(step)
+            continue
+        guard.check_grad_norm(step + 1, where, grad_norm)  # guard: DeepSpeed skipped a non-finite update; stop
+        if verdict.keep_rows:  # guard: a spiking step's losses never rank a block
+            table.update(rows, step)
+        else:
+            metrics.log(f"warning: loss spike at step {step + 1} ({phase.name}): {verdict.loss:.4f} is {verdict.zscore:.1f} "
+                        f"sigmas above the running mean; its block losses are kept out of the loss table (train.on_spike=warn)")
         step += 1
         if step == phase.end:
             table.end_phase(phase.index)
@@ -238,13 +313,16 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
                 phase=phase.kind,
                 loss=loss,
                 lr=lr,
-                grad_norm=float(engine.get_global_grad_norm() or 0.0),
+                grad_norm=grad_norm,
                 loss_scale=1.0,
                 samples=step * G,
                 tokens=step * G * seq,
                 step_time=timer() - t0,
                 batch_size=G,
                 tokens_per_step=G * seq,
+                spikes=guard.spikes,
+                rewinds=guard.rewinds,
+                skipped=len(guard.skipped),
             )
         )
         if step % cfg.log.interval == 0:
@@ -258,37 +336,14 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
                         "loss": loss,
                         "ids": rows[:, 0].astype(int).tolist(),
                         "losses": rows[:, 1].tolist(),
+                        **({"spike": True} if verdict.spike else {}),
                     }
                 )
                 + "\n"
             )
             trace.flush()
         yield StepRecord(step, phase.kind, loss, local.cpu().numpy(), rows)
-
-        if evaluator.due(step, cfg.steps):
-            t_eval = timer()
-            with out_of_memory("in an evaluation", step_fix):
-                scores = evaluator.run(engine)
-            results = {"step": step, "tokens": step * G * seq, "phase": phase.index, **scores}
-            results["seconds"] = round(timer() - t_eval, 3)
-            metrics.evaluation(results)
-            if eval_log is not None:
-                eval_log.write(json.dumps(results) + "\n")
-                eval_log.flush()
-
-        if step == cfg.steps or (cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0):
-            state = {
-                "step": step,
-                "samples": step * G,
-                "tokens": step * G * seq,
-                "phase": phase.index,
-                "phase_digest": manifest["inputs_sha256"],
-                "world_size": info.world_size,
-                "schedule": [dataclasses.asdict(p) for p in phases],
-                **record(cfg, **data_id),
-            }
-            path = save_checkpoint(engine, info, cfg, step, state, table.arrays())
-            metrics.log(f"saved checkpoint {path}")
+        evaluate_and_checkpoint()
     metrics.close()
 
 
@@ -368,6 +423,14 @@ def _open_log(path: Path, step: int):
         keep = [line for line in path.read_text().split("\n") if _logged_step(line) <= step]
         atomic.write_bytes(path, "".join(line + "\n" for line in keep).encode())
     return open(path, "a")
+
+
+def _reopen(log, path: Path, step: int):
+    """A rewound run's log (``None`` stays ``None``): closed, its lines past ``step`` dropped, reopened."""
+    if log is None:
+        return None
+    log.close()
+    return _open_log(path, step)
 
 
 def _logged_step(line: str) -> float:
