@@ -19,6 +19,7 @@ from faultkit import Kill, compare_training, launch_once
 from launch import BIN, free_port, launch, read_trace
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lfr_ds import report
 from lfr_ds.eval.checkpoint import consolidated_state_dict, find_checkpoint_dir
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -118,6 +119,10 @@ def test_a_spike_rewinds_to_the_checkpoint_skips_the_batches_and_finishes(rewoun
     acc.Reload()
     assert [e.value for e in acc.Scalars("rewinds")][-1] == 1 and [e.value for e in acc.Scalars("skipped-batches")][-1] == 2
     assert "spikes 1 rewinds 1 skipped 2" in proc.stderr
+    assert report.main([str(run), "--out", str(run.parent / "report")]) == 0
+    assert json.loads((run.parent / "report" / "report.json").read_text())["guard"] == {
+        "spikes": 1, "rewinds": 1, "skipped_batches": 2, "skipped_steps": "7-8"}
+    assert "Loss spikes 1, rewinds 1, skipped batches 2 (steps 7-8)." in (run.parent / "report" / "report.md").read_text()
 
 
 def test_a_repeated_rewound_run_is_bit_identical(rewound, data, tmp_path):
