@@ -146,9 +146,13 @@ class Guard:
         what = f"loss spike: {loss:.4f} is {z:.1f} sigmas above the last {len(self.detector.losses)} steps' mean"
         if self.cfg.on_spike == "stop":
             raise TrainingStopped(self._stop_line(step, phase, what + " (train.on_spike=stop)"))
-        if self.cfg.on_spike == "rewind" and self.rewinds >= self.cfg.max_rewinds:
-            raise TrainingStopped(self._stop_line(
-                step, phase, what + f", after {self.rewinds} rewinds (train.max_rewinds={self.cfg.max_rewinds})"))
+        if self.cfg.on_spike == "rewind":
+            if self.rewinds >= self.cfg.max_rewinds:
+                raise TrainingStopped(self._stop_line(
+                    step, phase, what + f", after {self.rewinds} rewinds (train.max_rewinds={self.cfg.max_rewinds})"))
+            if self.last_checkpoint is None or self.last_checkpoint[0] >= step:
+                raise TrainingStopped(self._stop_line(
+                    step, phase, what + ", and no checkpoint before it to rewind to (lower checkpoint.interval)"))
         return Verdict(step, loss, z, True)
 
     def check_grad_norm(self, step: int, phase: tuple[int, str], grad_norm: float) -> None:
@@ -157,13 +161,11 @@ class Guard:
             raise TrainingStopped(self._stop_line(
                 step, phase, f"the gradient norm is non-finite ({grad_norm}; DeepSpeed skipped the update)"))
 
-    def rewind(self, step: int, phase: tuple[int, str]) -> tuple[str, range]:
-        """Plan the rewind for a spike at 1-based ``step``: records the skipped steps and returns the
-        checkpoint to reload and the steps skipped. Stops the run if there is none before the spike."""
-        if self.last_checkpoint is None or self.last_checkpoint[0] >= step:
-            raise TrainingStopped(self._stop_line(
-                step, phase, "loss spike, and no checkpoint before it to rewind to (lower checkpoint.interval)"))
+    def rewind(self, step: int) -> tuple[str, range]:
+        """Plan the rewind for a spike at 1-based ``step`` (:meth:`check_loss` made sure a checkpoint
+        precedes it): records the skipped steps; returns the checkpoint to reload and the steps skipped."""
         c, path = self.last_checkpoint
+        assert c < step, (c, step)
         skip = range(max(c + 1, step - self.cfg.rewind_skip + 1), step + 1)
         self.skipped.update(skip)
         self.rewinds += 1

@@ -172,6 +172,7 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
         f"lower engine.micro_batch_size (now {micro}; the global batch, so the data order, stays the same), "
         "or use engine.zero_stage=3"
     )
+
     def evaluate_and_checkpoint() -> None:
         """After step ``step`` (trained or skipped): evaluate and checkpoint when due."""
         if evaluator.due(step, cfg.steps):
@@ -282,7 +283,7 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
         if verdict.spike and cfg.train.on_spike == "rewind":  # guard: reload the last checkpoint, skip batches
             # The update above ran only so that DeepSpeed's accumulation buffers end the step as they always
             # do; the reload overwrites the weights, optimizer and scheduler it touched.
-            path, skip = guard.rewind(step + 1, where)
+            path, skip = guard.rewind(step + 1)
             metrics.log(f"rewind {guard.rewinds}/{cfg.train.max_rewinds}: loss spike at step {step + 1} ({verdict.loss:.4f}, "
                         f"{verdict.zscore:.1f} sigmas); back to {path}, skipping steps {skip[0]}-{skip[-1]}")
             state, arrays = load_checkpoint(engine, info, cfg, Path(path))
@@ -300,7 +301,7 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
         if verdict.keep_rows:  # guard: a spiking step's losses never rank a block
             table.update(rows, step)
         else:
-            metrics.log(f"warning: loss spike at step {step + 1} ({phase.name}): {verdict.loss:.4f} is {verdict.zscore:.1f} "
+            metrics.log(f"warning: loss spike at step {step + 1} (phase {phase.index} {phase.kind}): {verdict.loss:.4f} is {verdict.zscore:.1f} "
                         f"sigmas above the running mean; its block losses are kept out of the loss table (train.on_spike=warn)")
         step += 1
         if step == phase.end:

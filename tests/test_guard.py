@@ -96,10 +96,10 @@ def test_stop_policy_raises_and_warn_does_not():
 def test_rewind_skips_the_batches_up_to_the_spike_after_the_checkpoint_and_caps():
     guard = Guard(GuardConfig(on_spike="rewind", rewind_skip=4, max_rewinds=2, spike_warmup=5, spike_window=10))
     guard.saved(10, "ck10")
-    path, skip = guard.rewind(17, LEARN)
+    path, skip = guard.rewind(17)
     assert path == "ck10" and list(skip) == [14, 15, 16, 17] and guard.rewinds == 1
     # Never a step at or before the checkpoint: those batches are in it already.
-    path, skip = guard.rewind(12, LEARN)
+    path, skip = guard.rewind(12)
     assert list(skip) == [11, 12] and guard.skipped == {11, 12, 14, 15, 16, 17}
     assert all(guard.skips(s) for s in (11, 17)) and not guard.skips(13)
     feed(guard, noisy(10), start=20)
@@ -107,10 +107,11 @@ def test_rewind_skips_the_batches_up_to_the_spike_after_the_checkpoint_and_caps(
         guard.check_loss(31, LEARN, rows([60.0]))
 
 
-def test_rewind_without_a_checkpoint_before_the_spike_stops():
-    guard = Guard(GuardConfig(on_spike="rewind"))
-    with pytest.raises(TrainingStopped, match="no checkpoint before it"):
-        guard.rewind(5, LEARN)
+def test_a_spike_to_rewind_without_a_checkpoint_before_it_stops_before_the_update():
+    guard = Guard(GuardConfig(on_spike="rewind", spike_warmup=5, spike_window=10))
+    feed(guard, noisy(10))
+    with pytest.raises(TrainingStopped, match=r"loss spike.*no checkpoint before it to rewind to"):
+        guard.check_loss(11, LEARN, rows([60.0]))
 
 
 def test_run_state_round_trips_through_json_exactly_and_rewound_keeps_the_skips():
@@ -122,7 +123,7 @@ def test_run_state_round_trips_through_json_exactly_and_rewound_keeps_the_skips(
     assert again.state() == guard.state()
     # Both decide the same on the same next loss: the statistics are exact across a resume.
     assert again.check_loss(13, LEARN, rows([6.2])).zscore == guard.check_loss(13, LEARN, rows([6.2])).zscore
-    guard.rewind(20, LEARN)
+    guard.rewind(20)
     guard.rewound({"guard": state})
     assert guard.skipped == {18, 19, 20} and guard.rewinds == 1 and guard.detector.losses == state["losses"]
 
