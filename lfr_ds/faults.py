@@ -8,6 +8,7 @@ process kills itself, with no chance to clean up, the moment it reaches that poi
 - ``save:<n>``        while saving the checkpoint of step n (DeepSpeed's files written, not yet renamed)
 - ``publish:<n>``     checkpoint n renamed into place, ``latest`` not yet moved to it
 - ``rewrite:<i>``     while writing phase i's sample index (the array written, its manifest not yet)
+- ``rewind:<n>``      rewinding after a loss spike at step n (the checkpoint reloaded, nothing saved since)
 - ``preprocess:<k>``  after the k-th chunk of preprocessing output was written
 
 With ``LFR_CRASH_MARK=<file>`` the point appends its name to that file first, so a harness can tell its
