@@ -6,7 +6,8 @@
    (``RUN_DIR/trace/steps.jsonl``, written with ``log.trace_blocks=true``; the phase index restarts the
    statistics as in training) and reports, per run, how many steps would fire, the largest z-score past
    warm-up against ``train.spike_sigmas``, and the largest loss / window-mean ratio against
-   ``train.spike_ratio``. A normal run must fire on no step.
+   ``train.spike_ratio``. A normal run must fire on no step. ``max_zscore_without_phase_reset`` is the
+   same replay with the statistics carried across LFR phase boundaries, for comparison.
 2. Times ``Guard.check_loss`` on a gathered batch of 16 and of 512 rows (the small preset's global batch,
    and GPT-2 1.5B's) against the tiny preset's CPU step time from the same runs' ``metrics.json``.
 
@@ -31,8 +32,10 @@ from lfr_ds.config import GuardConfig
 from lfr_ds.guard import Guard
 
 
-def replay(run_dir: Path, cfg: GuardConfig) -> dict:
+def replay(run_dir: Path, cfg: GuardConfig, phase_reset: bool = True) -> dict:
     steps = [json.loads(line) for line in (run_dir / "trace" / "steps.jsonl").read_text().splitlines()]
+    if not phase_reset:  # what the rule would see if it ignored LFR's phase boundaries
+        steps = [{**t, "phase": 0} for t in steps]
     guard = Guard(cfg)
     fired, max_z, max_ratio, worst = [], -math.inf, 0.0, None
     for t in steps:
@@ -78,6 +81,8 @@ def main() -> None:
     args = p.parse_args()
     cfg = GuardConfig()
     runs = [replay(r, cfg) for r in args.runs]
+    for r, run_dir in zip(runs, args.runs, strict=True):
+        r["max_zscore_without_phase_reset"] = replay(run_dir, cfg, phase_reset=False)["max_zscore"]
     step_s = [json.loads((r / "metrics.json").read_text())["iteration_time"] for r in args.runs
               if (r / "metrics.json").is_file()]
     cost = {f"check_loss_us_{n}_rows": round(check_cost(n), 2) for n in (16, 512)}
