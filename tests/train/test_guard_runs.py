@@ -84,6 +84,8 @@ def test_one_ranks_nan_stops_both_ranks_at_that_step_with_one_line(data, tmp_pat
     assert sorted(p.name for p in ckpts.iterdir() if p.is_dir()) == ["step_00000005"]
     weights = consolidated_state_dict(find_checkpoint_dir(run))
     assert all(torch.isfinite(w).all() for w in weights.values())
+    with np.load(find_checkpoint_dir(run) / "lfr" / "arrays.npz") as z:
+        assert np.isfinite(z["loss"][z["seen"] > 0]).all() and (z["seen"] > 0).any()
     # The trace (and so the loss table) never took step 7's rows.
     assert [t["step"] for t in read_trace(run)] == [1, 2, 3, 4, 5, 6]
 
@@ -94,6 +96,19 @@ def test_a_non_finite_gradient_alone_stops_the_run(data, tmp_path):
     assert proc.returncode == 2
     assert "stopped at step 3 (phase 0 random): the gradient norm is non-finite" in proc.stderr, proc.stderr[-2000:]
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == "step_00000002"
+
+
+def test_a_warned_spike_trains_on_but_keeps_its_losses_out_of_the_table(data, tmp_path):
+    run = tmp_path / "run"
+    extra = {k: v for k, v in REWIND.items() if k != "train.on_spike"} | {"steps": 9, "lfr.schedule": "random"}
+    proc = launch(job(data, run, **extra), nproc=1, launcher="python", extra_env=SPIKE)
+    assert "warning: loss spike at step 8 (phase 0 random)" in proc.stderr, proc.stderr[-2000:]
+    trace = read_trace(run)
+    assert [t["step"] for t in trace] == list(range(1, 10)) and [t["step"] for t in trace if t.get("spike")] == [8]
+    with np.load(find_checkpoint_dir(run) / "lfr" / "arrays.npz") as z:
+        # last_step counts 0-based steps: step 8's rows (7) never entered the table, step 9's (8) did.
+        assert 7 not in z["last_step"] and (z["last_step"] == 8).any()
+    assert json.loads((find_checkpoint_dir(run) / "lfr" / "state.json").read_text())["guard"]["spikes"] == 1
 
 
 @pytest.fixture(scope="module")
@@ -115,6 +130,7 @@ def test_a_spike_rewinds_to_the_checkpoint_skips_the_batches_and_finishes(rewoun
     # from those steps (last_step counts 0-based steps: 6 and 7).
     with np.load(find_checkpoint_dir(run) / "lfr" / "arrays.npz") as z:
         assert not np.isin(z["last_step"], [6, 7]).any()
+        assert np.isfinite(z["loss"][z["seen"] > 0]).all()
     acc = EventAccumulator(str(run / "tb"))
     acc.Reload()
     assert [e.value for e in acc.Scalars("rewinds")][-1] == 1 and [e.value for e in acc.Scalars("skipped-batches")][-1] == 2
