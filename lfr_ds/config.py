@@ -300,7 +300,9 @@ class LogConfig:
     """Per-device peak TFLOP/s for MFU. ``None`` = from the GPU name (H100/H200 989, A100 312 bf16
     dense) or, on CPU, 0.15 (a 2-core AVX2 host's 2-thread fp32 GEMM peak)."""
     trace_blocks: bool = False
-    """Append every step's gathered (block id, loss, tokens) to ``RUN_DIR/trace/steps.jsonl`` (rank 0).
+    """Append every step's gathered (block id, loss, tokens) to ``RUN_DIR/trace/steps.jsonl`` (rank 0); a
+    step flagged as a loss spike carries ``"spike": true``, a step skipped after a rewind is only
+    ``{"step", "phase", "skipped": true}``.
     Costs ~20 bytes per block per step: for tests and analysis, not for long runs."""
     progress_bar: bool = True
     """Show a progress bar with ETA on rank 0 (only when stderr is a terminal)."""

@@ -56,7 +56,7 @@ class SpikeDetector:
 
     def zscore(self, phase: int, loss: float) -> float | None:
         """How many window standard deviations ``loss`` lies above the window mean; ``None`` while the
-        phase's window holds fewer than ``warmup`` losses."""
+        phase's window holds fewer than ``warmup`` losses. The first loss of a new phase empties the window."""
         if phase != self.phase:  # a new phase starts its own statistics (a Focus phase raises the level)
             self.phase, self.losses = phase, []
         if len(self.losses) < self.warmup:
