@@ -89,7 +89,9 @@ class Metrics:
         self._summary_path = f"{run_dir}/metrics.json"
 
     def start(self, step: int) -> None:
+        """At the first step, and again after a rewind (the steps logged since are undone)."""
         self._run_from = None  # (step, time) at the end of the first step: warm-up (compiles, allocator) excluded
+        self._window = []
         if self.bar is not None:
             self.bar.n = step
             self.bar.refresh()
