@@ -120,15 +120,16 @@ def main() -> None:
                 "micro_batch": micro,
                 "steps": steps,
                 "tokens_per_s": round(m["tokens_per_s"]),
-                "tflops_per_device": round(m["tflops_per_device"], 2),
-                "mfu_percent": round(m["mfu_percent"], 1),
+                "tflops_per_device": round(m["tflops_per_device"], 4),  # a CPU run does ~0.001
+                "mfu_percent": None if m["mfu_percent"] is None else round(m["mfu_percent"], 1),  # no peak on CPU
                 "peak_memory_gib": round(m["peak_memory_bytes"] / 2**30, 2),
             }
             results.append(row)
             run_seconds.append(m["run_seconds"])
+            mfu = "n/a" if row["mfu_percent"] is None else f"{row['mfu_percent']:.1f}%"
             print(
                 f"{preset:<10} ZeRO-{zero} {row['sampling']:<6} {row['tokens_per_s']:>10,} tok/s  "
-                f"{row['tflops_per_device']:>8.2f} TFLOP/s  MFU {row['mfu_percent']:>5.1f}%  peak {row['peak_memory_gib']:>6.2f} GiB",
+                f"{row['tflops_per_device']:>8.2f} TFLOP/s  MFU {mfu:>6}  peak {row['peak_memory_gib']:>6.2f} GiB",
                 flush=True,
             )
     # Rounded first, so the JSON's overhead is the one its own seconds give (short CPU runs last ~1 s).

@@ -5,7 +5,7 @@ Per size, in a fresh process (so peak RSS is that size's alone): fill a :class:`
 phase of N blocks would leave it (untimed): 12 latent sources, each with its own loss level and
 learning speed; 98% of blocks seen, a third of those twice (so they have a trajectory); with
 ``--sketch-dim`` > 0, a hidden-state sketch that carries the source. Then time exactly what rank 0 does
-at the boundary: :func:`lfr_ds.lfr.rewriter.prepare_phase` with the default :class:`LFRConfig`
+at the boundary: :meth:`lfr_ds.lfr.rewriter.Rewriter.prepare` with the default :class:`LFRConfig`
 (digest of the table, features, hierarchical clusters, capped drop of 50%, perplexity-weighted draw of
 N // 2 samples, the ``.npy`` + manifest + kept mask written atomically, read back and checksummed).
 
@@ -34,7 +34,7 @@ import numpy as np
 
 from lfr_ds.config import LFRConfig
 from lfr_ds.lfr.loss_table import LossTable
-from lfr_ds.lfr.rewriter import prepare_phase
+from lfr_ds.lfr.rewriter import Rewriter
 from lfr_ds.lfr.schedule import Phase
 
 N_SOURCES = 12
@@ -82,14 +82,12 @@ def child(n: int, sketch_dim: int) -> None:
     steps = max(1, n // 2 // GLOBAL_BATCH)
     phase = Phase(1, "focus", start=steps, steps=steps, drop=0.5)
     with tempfile.TemporaryDirectory() as run_dir:
+        rewriter = Rewriter(Path(run_dir), LFRConfig(), seed=1, dataset="synthetic", sources=[f"s{i}" for i in range(N_SOURCES)],
+                            block_source=source, seq_length=1024, global_batch=GLOBAL_BATCH)
         t0 = time.perf_counter()
-        order, manifest = prepare_phase(
-            phase, run_dir=run_dir, rank=0, distribute="shared", num_blocks=n, seq_length=1024,
-            global_batch=GLOBAL_BATCH, seed=1, dataset="synthetic", table=table, block_source=source,
-            sources=[f"s{i}" for i in range(N_SOURCES)], options=LFRConfig(),
-        )
+        order, manifest = rewriter.prepare(phase, table)
         seconds = time.perf_counter() - t0
-    assert len(order) == steps * GLOBAL_BATCH and manifest["kept"] < n
+    assert len(order) == steps * GLOBAL_BATCH and manifest.kept < n
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux reports KiB
     row = {"blocks": n, "sketch_dim": sketch_dim, "seconds": round(seconds, 2), "peak_rss_gb": round(rss, 2),
            "table_gb": round(table_gb, 2)}
@@ -100,7 +98,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="1e6,1e7,1e8", help="comma-separated block counts (default 1e6,1e7,1e8)")
     p.add_argument("--sketch-dim", type=int, default=0,
-                   help="hidden-state sketch width in the table (default 0; training's default is 16)")
+                   help="hidden-state sketch width in the table (default 0, training's default model.sketch_dim)")
     p.add_argument("--quick", action="store_true", help="only 1e6 and 1e7")
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()

@@ -45,7 +45,7 @@ from lfr_ds.data.dataset import open_dataset
 from lfr_ds.data.preprocess import preprocess
 from lfr_ds.data.tokenizer import train_tokenizer
 from lfr_ds.lfr.offline import load_checkpoint_state
-from lfr_ds.lfr.rewriter import build_order
+from lfr_ds.lfr.rewriter import Rewriter
 from lfr_ds.lfr.schedule import Phase
 
 LEARN_STEPS, GLOBAL_BATCH, DRAW_STEPS = 176, 32, 100
@@ -54,6 +54,11 @@ OPTIONS = {
     "@0.5 learnable": (Phase(1, "focus", LEARN_STEPS, DRAW_STEPS, drop=0.5), LFRConfig(weighting="learnable")),
     "@auto": (Phase(1, "focus", LEARN_STEPS, DRAW_STEPS, auto_drop=True), LFRConfig()),
 }
+
+
+def _rewriter(dataset, block_source: np.ndarray, seq: int, batch: int, seed: int, options: LFRConfig) -> Rewriter:
+    """A rewriter for one seed and one set of options; only its :meth:`~Rewriter.build` is used (no run directory)."""
+    return Rewriter(Path("."), options, seed, dataset.fingerprint, list(dataset.sources), block_source, seq, batch)
 
 
 def train_planted(work: Path) -> tuple[str, Path]:
@@ -92,19 +97,17 @@ def corpus_results(corpus: Path, work: Path) -> dict:
     dataset = open_dataset(str(corpus / "train"))
     learn_steps = -(-((dataset.num_tokens - 1) // seq) // batch)  # one pass over the blocks
     state, table = load_checkpoint_state(str(train_corpus_learn(corpus, work, overrides, learn_steps)))
-    view = BlockView(dataset, seq, state["config"]["data"]["seed"])
+    view = BlockView(dataset, seq, state.config["data"]["seed"])
     repeat = view.token_share(np.load(str(corpus / "train.repeat.npy"), allow_pickle=False).astype(bool)) > REPEAT_BLOCK
-    source, sources = view.block_source, dataset.sources
     phase = Phase(1, "focus", learn_steps, DRAW_STEPS, drop=0.5)
     results, sketch = [], table.sketch
     for mode in ("on", "off"):
         table.sketch = sketch if mode == "on" else None
         for seed in (1, 2, 3):
-            _, fields, kept = build_order(phase, num_blocks=table.num_blocks, global_batch=batch, seed=seed, table=table,
-                                          block_source=source, sources=sources, options=LFRConfig())
-            dropped = ~kept
+            built = _rewriter(dataset, view.block_source, seq, batch, seed, LFRConfig()).build(phase, table)
+            dropped = ~built.keep
             results.append({"sketch": mode, "seed": seed, "dropped_that_repeat": round(float(repeat[dropped].mean()), 4),
-                            "repeats_dropped": round(float(dropped[repeat].mean()), 4), "drop": fields["source_drop_fraction"]})
+                            "repeats_dropped": round(float(dropped[repeat].mean()), 4), "drop": built.manifest.source_drop_fraction})
             print(f"  sketch {mode}, seed {seed}: {results[-1]}", file=sys.stderr, flush=True)
     return {"repeat_block_share": round(float(repeat.mean()), 4), "results": results}
 
@@ -127,7 +130,7 @@ def main() -> None:
         prefix, checkpoint = train_planted(work)
         state, table = load_checkpoint_state(str(checkpoint))
         dataset = open_dataset(prefix)
-        source = BlockView(dataset, 64, state["config"]["data"]["seed"]).block_source
+        source = BlockView(dataset, 64, state.config["data"]["seed"]).block_source
         sources = dataset.sources
         results = []
         for sketch in ("on", "off"):
@@ -135,10 +138,10 @@ def main() -> None:
                 table.sketch = None
             for name, (phase, options) in OPTIONS.items():
                 for seed in (1, 2, 3):
-                    order, fields, _ = build_order(phase, num_blocks=table.num_blocks, global_batch=GLOBAL_BATCH, seed=seed,
-                                                   table=table, block_source=source, sources=sources, options=options)
+                    built = _rewriter(dataset, source, 64, GLOBAL_BATCH, seed, options).build(phase, table)
+                    order = built.order
                     share = np.bincount(source[order], minlength=len(sources)) / len(order)
-                    results.append({"option": name, "sketch": sketch, "seed": seed, "drop": fields["source_drop_fraction"],
+                    results.append({"option": name, "sketch": sketch, "seed": seed, "drop": built.manifest.source_drop_fraction,
                                     "draw_share": {s: round(float(x), 4) for s, x in zip(sources, share, strict=True)}})
                     print(f"  sketch {sketch}, {name}, seed {seed}: dropped {results[-1]['drop']}, drew {results[-1]['draw_share']}",
                           file=sys.stderr, flush=True)

@@ -3,8 +3,8 @@
 
 Both process counts use both cores (1 rank × 2 threads, 2 ranks × 1 thread). Random tokens, vocab 8192,
 seq 256, global batch 16. Last stdout line:
-``{"results": [{"procs": P, "zero": Z, "tokens_per_s": ..., "mfu": ...}, ...]}`` (mfu in percent of
-``lfr_ds.metrics.CPU_PEAK_TFLOPS_PER_THREAD`` × the rank's threads).
+``{"results": [{"procs": P, "zero": Z, "tokens_per_s": ..., "tflops": ...}, ...]}`` (TFLOP/s per rank; no
+MFU: a CPU has no peak to divide by, see ``lfr_ds.metrics.peak_tflops``).
 
     .venv/bin/python bench/throughput.py [--steps 20]
 """
@@ -54,10 +54,10 @@ def main() -> None:
                     "procs": procs,
                     "zero": zero,
                     "tokens_per_s": round(m["tokens_per_s"], 1),
-                    "mfu": round(m["mfu_percent"], 2),
+                    "tflops": round(m["tflops_per_device"], 4),
                 }
                 print(
-                    f"procs={procs} zero={zero}: {row['tokens_per_s']:,.0f} tok/s, MFU {row['mfu']}%",
+                    f"procs={procs} zero={zero}: {row['tokens_per_s']:,.0f} tok/s, {row['tflops']} TFLOP/s per rank",
                     file=sys.stderr,
                     flush=True,
                 )

@@ -298,7 +298,8 @@ class LogConfig:
     """Write TensorBoard event files to ``RUN_DIR/tb`` (rank 0 only)."""
     peak_tflops: float | None = None
     """Per-device peak TFLOP/s for MFU. ``None`` = from the GPU name (H100/H200 989, A100 312 bf16
-    dense) or, on CPU, 0.15 (a 2-core AVX2 host's 2-thread fp32 GEMM peak)."""
+    dense); on CPU and on other GPUs there is no trustworthy peak, and no MFU is reported unless this is
+    set (the achieved TFLOP/s always is)."""
     trace_blocks: bool = False
     """Append every step's gathered (block id, loss, tokens) to ``RUN_DIR/trace/steps.jsonl`` (rank 0); a
     step flagged as a loss spike carries ``"spike": true``, a step skipped after a rewind is only
@@ -313,44 +314,65 @@ class LogConfig:
             check_number("log.peak_tflops", self.peak_tflops, 0.0, math.inf, open_low=True, open_high=True)
 
 
+# ---- which LFR settings change a phase file: each LFRConfig field declares it (its ``digest`` metadata),
+# and lfr_ds.lfr.rewriter.Rewriter.digest builds the phase file's inputs digest from those declarations,
+# as megatron-core's datasets build their cache key from ``_key_config_attributes``. A run that resumes or
+# replays a phase reuses its file only if the digest is the same, so a setting that changes the order and is
+# left out would reuse a stale file: tests/lfr/test_digest.py fails on a field that declares nothing.
+
+#: In every Focus phase's digest, in the order the fields are defined.
+IN_FOCUS_DIGEST = {"digest": "focus"}
+#: In a Focus phase's digest only when not the default, so the digests of runs made before the setting existed
+#: stay the same.
+IN_FOCUS_DIGEST_IF_CHANGED = {"digest": "focus-if-changed"}
+#: In the digest of an ``@auto`` or ``kp`` Focus phase (``None`` unless ``@auto``), after the phase's
+#: ``auto_drop`` and ``kept_passes``; likewise only where they matter, for the same reason.
+IN_AUTO_DIGEST = {"digest": "auto"}
+
+
+def not_in_digest(why: str) -> dict:
+    """Field metadata: the setting does not change what a phase file holds, for the reason ``why``."""
+    return {"digest": None, "why": why}
+
+
 @dataclass
 class LFRConfig:
     """Which blocks to train on, phase by phase (the Learn-Focus-Review schedule)."""
 
-    schedule: str = "random"
+    schedule: str = field(default="random", metadata=not_in_digest("the digest holds the phase itself: kind, place, length, drop"))
     """``random`` (the baseline: a seeded shuffle of all blocks, epoch after epoch, for the whole run),
     ``paper``, or a Learn-Focus-Review schedule such as ``learn:2000,focus:2000@0.5,review,focus:*@0.7``
     (grammar in :mod:`lfr_ds.lfr.schedule`)."""
-    distribute: str = "shared_fs"
+    distribute: str = field(default="shared_fs", metadata=not_in_digest("how the file reaches the ranks, not what it holds"))
     """How ranks other than 0 get each phase's sample index: ``shared_fs`` (read rank 0's file after a
     barrier) or ``broadcast`` (rank 0 sends the bytes; for clusters without a shared filesystem)."""
-    score: str = "relative"
+    score: str = field(default="relative", metadata=IN_FOCUS_DIGEST)
     """What ranks a block's difficulty: ``relative`` = its loss minus the mean loss of the global batch it
     was recorded in (same model, same step: no drift from when it was seen), or ``raw`` = the recorded
     loss itself, as in the paper (biased towards blocks seen early, when the model was worse)."""
-    selection: str = "capped"
+    selection: str = field(default="capped", metadata=IN_FOCUS_DIGEST)
     """How Focus drops: ``capped`` = the easiest blocks overall, but no cluster loses more than
     ``max_cluster_drop`` of its blocks (every region stays represented); ``paper`` = whole clusters,
     easiest mean perplexity first."""
-    max_cluster_drop: float = 0.95
+    max_cluster_drop: float = field(default=0.95, metadata=IN_FOCUS_DIGEST)
     """``capped`` only: the largest fraction of any cluster's seen blocks one Focus may drop."""
-    clusters: int = 16
+    clusters: int = field(default=16, metadata=IN_FOCUS_DIGEST)
     """Clusters after Ward merging of the k-means centroids."""
-    centroids: int = 256
+    centroids: int = field(default=256, metadata=IN_FOCUS_DIGEST)
     """Mini-batch k-means centroids (the first clustering level)."""
-    temperature: float = 1.0
+    temperature: float = field(default=1.0, metadata=IN_FOCUS_DIGEST)
     """Focus sampling weight ∝ (relative) perplexity^(1/T): 1 samples a block e times more often per nat
     of extra loss; larger is flatter (∞ = uniform over kept blocks)."""
-    weighting: str = "perplexity"
+    weighting: str = field(default="perplexity", metadata=IN_FOCUS_DIGEST_IF_CHANGED)
     """How Focus weights the draw among kept clusters: ``perplexity`` (the paper's) = ∝ kept blocks ×
     exp(mean difficulty / T); ``learnable`` = ∝ kept blocks × the cluster's learnability, the share of its
     excess relative loss that it lost between its blocks' last two visits (in [0.05, 1]; 1 for clusters no
     harder than average or not yet seen twice), so hard text the model does not learn (noise) is drawn
     less. Within a cluster both draw ∝ exp(difficulty / T). See docs/lfr.md."""
-    auto_max_drop: float = 0.7
+    auto_max_drop: float = field(default=0.7, metadata=IN_AUTO_DIGEST)
     """``focus:...@auto`` only: the largest fraction of the seen blocks it may drop (it drops only blocks
     the loss table says are learned, see docs/lfr.md)."""
-    length_scale: float = 1.0
+    length_scale: float = field(default=1.0, metadata=not_in_digest("it sets the phases' lengths, which the digest holds"))
     """Multiplies every absolute phase length of ``schedule`` (steps, tokens, passes, kept passes, the default Review).
     For budget sweeps: the same schedule at a fraction of the tokens (``steps`` scaled alike), so a
     1-pass Learn at 0.5 is half a pass. Shares (``%``) and ``*`` follow ``steps`` by themselves."""

@@ -36,6 +36,7 @@ import numpy as np
 
 from lfr_ds.config import GuardConfig
 from lfr_ds.errors import UserError
+from lfr_ds.run_state import GuardState
 
 
 class TrainingStopped(UserError):
@@ -79,45 +80,54 @@ class Verdict:
     """What the guard found in one step's losses, before its update."""
 
     step: int
+    """The 1-based step."""
+    phase: tuple[int, str]
+    """Its phase's index and kind."""
     loss: float
+    """The global batch's mean loss."""
     zscore: float | None
+    """Window standard deviations above the window mean; ``None`` in a phase's warm-up."""
     spike: bool
+    rewind: bool = False
+    """A spike under ``train.on_spike=rewind``: the run returns to its last checkpoint."""
+    grad_norm: float = 0.0
+    """The global gradient norm, once the update has run."""
 
     @property
     def keep_rows(self) -> bool:
         """Whether the step's per-block losses may enter the loss table."""
         return not self.spike
 
+    @property
+    def warning(self) -> str:
+        """The console line of a spike under ``train.on_spike=warn``."""
+        return (f"warning: loss spike at step {self.step} (phase {self.phase[0]} {self.phase[1]}): {self.loss:.4f} is "
+                f"{self.zscore:.1f} sigmas above the running mean; its block losses are kept out of the loss table "
+                "(train.on_spike=warn)")
+
 
 class Guard:
     """The step loop's hygiene checks and the run state they keep (identical on every rank)."""
 
-    def __init__(self, cfg: GuardConfig, state: dict | None = None) -> None:
+    def __init__(self, cfg: GuardConfig, state: GuardState | None = None) -> None:
         self.cfg = cfg
         self.detector = SpikeDetector(cfg.spike_window, cfg.spike_warmup, cfg.spike_sigmas, cfg.spike_ratio)
         self.skipped: set[int] = set()  # 1-based steps whose global batch is skipped
         self.rewinds = 0
         self.spikes = 0  # spikes seen (warned, or rewound)
         self.last_checkpoint: tuple[int, str] | None = None  # (step, path) of the newest complete checkpoint
-        if state:
+        if state is not None:
             self.load(state)
 
-    # ---- run state: saved in every checkpoint's state.json under "guard"
-    def state(self) -> dict:
-        return {
-            "skipped": sorted(self.skipped),
-            "rewinds": self.rewinds,
-            "spikes": self.spikes,
-            "phase": self.detector.phase,
-            "losses": list(self.detector.losses),
-        }
+    # ---- run state: saved in every checkpoint's lfr/state.json (RunState.guard)
+    def state(self) -> GuardState:
+        return GuardState(skipped=sorted(self.skipped), rewinds=self.rewinds, spikes=self.spikes,
+                          phase=self.detector.phase, losses=list(self.detector.losses))
 
-    def load(self, state: dict) -> None:
-        self.skipped = set(state.get("skipped", []))
-        self.rewinds = int(state.get("rewinds", 0))
-        self.spikes = int(state.get("spikes", 0))
-        self.detector.phase = int(state.get("phase", -1))
-        self.detector.losses = [float(x) for x in state.get("losses", [])]
+    def load(self, state: GuardState) -> None:
+        self.skipped = set(state.skipped)
+        self.rewinds, self.spikes = state.rewinds, state.spikes
+        self.detector.phase, self.detector.losses = state.phase, list(state.losses)
 
     def skips(self, step: int) -> bool:
         """Whether 1-based ``step``'s global batch was skipped by a rewind."""
@@ -141,7 +151,7 @@ class Guard:
         spike = self.detector.is_spike(z, loss)
         if not spike:
             self.detector.add(loss)
-            return Verdict(step, loss, z, False)
+            return Verdict(step, phase, loss, z, False)
         self.spikes += 1
         what = f"loss spike: {loss:.4f} is {z:.1f} sigmas above the last {len(self.detector.losses)} steps' mean"
         if self.cfg.on_spike == "stop":
@@ -153,7 +163,7 @@ class Guard:
             if self.last_checkpoint is None or self.last_checkpoint[0] >= step:
                 raise TrainingStopped(self._stop_line(
                     step, phase, what + ", and no checkpoint before it to rewind to (lower checkpoint.interval)"))
-        return Verdict(step, loss, z, True)
+        return Verdict(step, phase, loss, z, True, rewind=self.cfg.on_spike == "rewind")
 
     def check_grad_norm(self, step: int, phase: tuple[int, str], grad_norm: float) -> None:
         """After the update: a non-finite global gradient norm (DeepSpeed skipped that update) stops the run."""
@@ -171,11 +181,11 @@ class Guard:
         self.rewinds += 1
         return path, skip
 
-    def rewound(self, state: dict) -> None:
-        """After reloading a checkpoint's ``state``: its spike statistics, and this run's skips and rewinds
-        (which only grow)."""
+    def rewound(self, saved: GuardState | None) -> None:
+        """After reloading a checkpoint whose run state holds ``saved`` (``None`` in one from before the
+        guard): its spike statistics, and this run's skips and rewinds (which only grow)."""
         skipped, rewinds, spikes = self.skipped, self.rewinds, self.spikes
-        self.load(state.get("guard", {}))
+        self.load(saved or Guard(self.cfg).state())
         self.skipped, self.rewinds, self.spikes = skipped | self.skipped, rewinds, spikes
 
     def _stop_line(self, step: int, phase: tuple[int, str], what: str) -> str:

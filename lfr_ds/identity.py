@@ -17,14 +17,13 @@ the optimizer, ``lfr.*``, logging and evaluation.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from lfr_ds.config import TrainConfig, config_from_dict
 from lfr_ds.errors import UserError
+from lfr_ds.run_state import STATE_FILE, RunState
 
 
 @dataclass(frozen=True)
@@ -92,7 +91,7 @@ def run_identity(
 
 
 def record(cfg: TrainConfig, *, vocab_size: int, tokenizer: Digest | None, dataset: Digest) -> dict:
-    """The part of a checkpoint's ``state.json`` that :func:`checkpoint_identity` reads back."""
+    """The fields of a checkpoint's :class:`~lfr_ds.run_state.RunState` that :func:`checkpoint_identity` reads back."""
     return {
         "config": dataclasses.asdict(cfg),
         "vocab_size": vocab_size,
@@ -101,40 +100,27 @@ def record(cfg: TrainConfig, *, vocab_size: int, tokenizer: Digest | None, datas
     }
 
 
-def read_state(ckpt: str | os.PathLike) -> dict:
-    """``ckpt``'s ``lfr/state.json`` (which the caller found), refused in one line if it is not a JSON object."""
-    path = Path(ckpt) / "lfr" / "state.json"
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        state = e
-    if not isinstance(state, dict):
-        reason = state if isinstance(state, Exception) else "not a JSON object"
-        raise UserError(f"{path}: unreadable ({reason}); the checkpoint is damaged or from another lfr-ds version")
-    return state
-
-
-def checkpoint_identity(ckpt: Path, state: dict) -> dict[str, object]:
+def checkpoint_identity(ckpt: Path, state: RunState) -> dict[str, object]:
     """:func:`run_identity` of the run that wrote ``ckpt``, from its ``state.json`` (read as ``state``)."""
     try:
-        cfg = config_from_dict(state["config"])
-        tok = state["tokenizer"]
+        cfg = config_from_dict(state.config)
+        tok = state.tokenizer
         return run_identity(
             cfg,
-            vocab_size=int(state["vocab_size"]),
+            vocab_size=state.vocab_size,
             tokenizer=None if tok is None else Digest(tok["sha256"], tok["path"]),
-            dataset=Digest(state["dataset"], cfg.data.path, "fingerprint"),
+            dataset=Digest(state.dataset, cfg.data.path, "fingerprint"),
         )
     except (KeyError, TypeError, ValueError, UserError) as e:
         reason = str(e) if isinstance(e, UserError) else f"{type(e).__name__}: {e}"
         raise UserError(
-            f"{ckpt}/lfr/state.json: unreadable ({reason}); the checkpoint is damaged or from another lfr-ds version"
+            f"{ckpt}/{STATE_FILE}: unreadable ({reason}); the checkpoint is damaged or from another lfr-ds version"
         ) from None
 
 
 def check_fits(
     ckpt: Path,
-    state: dict,
+    state: RunState,
     current: Mapping[str, object],
     *,
     flags: Mapping[str, str] | None = None,

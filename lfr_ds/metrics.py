@@ -17,21 +17,28 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-#: Peak dense bf16 TFLOP/s per device, by substring of the CUDA device name.
+from lfr_ds.config import LogConfig
+from lfr_ds.run_state import PhaseManifest
+
+#: Peak dense bf16 TFLOP/s per device, by substring of the CUDA device name (the datasheet figure MFU is
+#: conventionally quoted against).
 GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
-#: fp32 GEMM peak of one core of the 2-core AVX2 host (2 threads measured 0.15, STACK_NOTES). MFU on CPU is
-#: informational.
-CPU_PEAK_TFLOPS_PER_THREAD = 0.075
 
 
-def peak_tflops(configured: float | None) -> float:
+def peak_tflops(configured: float | None) -> float | None:
+    """The per-device peak TFLOP/s that MFU divides by: ``log.peak_tflops`` if set, else a listed GPU's
+    datasheet figure, else ``None``, and no MFU is reported (the achieved TFLOP/s still is).
+
+    A CPU has no peak torch can read. A constant per thread (as this once was) showed a faster CPU at
+    100-104%, and a peak timed at startup is only as good as the machine's quiet at that moment: on a
+    shared host it reads low and MFU high, by any factor. A GPU missing from the table likewise: a guess
+    from another model shows a faster one above 100%. Better no number than a wrong one."""
     if configured is not None:
         return configured
     if torch.cuda.is_available():
         name = torch.cuda.get_device_name()
-        return next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), 989.0)
-    # On CPU a rank's "device" is its threads: 1 rank × 2 threads and 2 ranks × 1 thread share one peak.
-    return CPU_PEAK_TFLOPS_PER_THREAD * torch.get_num_threads()
+        return next((v for k, v in GPU_PEAK_TFLOPS.items() if k in name), None)
+    return None
 
 
 @dataclass
@@ -53,34 +60,24 @@ class StepStats:
 
 
 class Metrics:
-    """Writes scalars every ``interval`` steps (rank 0) and the console line."""
+    """Writes scalars every ``log.interval`` steps (rank 0) and the console line."""
 
     def __init__(
-        self,
-        run_dir: str,
-        *,
-        rank: int,
-        world_size: int,
-        flops_per_token: float,
-        peak: float | None,
-        interval: int,
-        tensorboard: bool,
-        total_steps: int,
-        progress_bar: bool,
+        self, run_dir: str, log: LogConfig, *, rank: int, world_size: int, flops_per_token: float, total_steps: int
     ) -> None:
         self.rank = rank
         self.world_size = world_size
         self.flops_per_token = flops_per_token
-        self.peak = peak_tflops(peak)
-        self.interval = interval
+        self.peak = peak_tflops(log.peak_tflops)
+        self.interval = log.interval
         self.total_steps = total_steps
         self.writer = None
-        if rank == 0 and tensorboard:
+        if rank == 0 and log.tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(log_dir=f"{run_dir}/tb")
         self.bar = None
-        if rank == 0 and progress_bar and sys.stderr.isatty():
+        if rank == 0 and log.progress_bar and sys.stderr.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total_steps, unit="step", dynamic_ncols=True, file=sys.stderr)
@@ -115,7 +112,6 @@ class Metrics:
         tokens = sum(x.tokens_per_step for x in w)
         tps = tokens / max(secs, 1e-9)
         tflops = tps * self.flops_per_token / 1e12 / self.world_size  # per device
-        mfu = 100.0 * tflops / self.peak
         loss = sum(x.loss for x in w) / len(w)
         mem = self._memory()
         scalars = {
@@ -130,12 +126,13 @@ class Metrics:
             "iteration-time": secs / len(w),
             "throughput(tps)": tps,
             "tflops": tflops,
-            "mfu(%)": mfu,
             "mem-max-allocated-bytes" if torch.cuda.is_available() else "mem-max-rss-bytes": mem,
             "spikes": s.spikes,
             "rewinds": s.rewinds,
             "skipped-batches": s.skipped,
         }
+        if self.peak is not None:
+            scalars["mfu(%)"] = 100.0 * tflops / self.peak
         if self.writer is not None:
             for name, value in scalars.items():
                 self.writer.add_scalar(name, value, s.step)
@@ -143,9 +140,10 @@ class Metrics:
                 self.writer.add_scalar(f"{name} vs samples", scalars[name], s.samples)
                 self.writer.add_scalar(f"{name} vs tokens", scalars[name], s.tokens)
             self.writer.flush()
+        mfu = f"mfu {scalars['mfu(%)']:.1f}% | " if "mfu(%)" in scalars else ""
         line = (
             f"step {s.step:>6}/{self.total_steps} | {s.phase:<8} | loss {loss:.4f} | ppl {scalars['lm loss ppl']:8.2f} | "
-            f"lr {s.lr:.2e} | gnorm {s.grad_norm:.3f} | {tps:,.0f} tok/s | {tflops:.2f} TFLOP/s | mfu {mfu:.1f}% | "
+            f"lr {s.lr:.2e} | gnorm {s.grad_norm:.3f} | {tps:,.0f} tok/s | {tflops:.2f} TFLOP/s | {mfu}"
             f"{secs / len(w):.2f} s/it | {mem / 2**30:.1f} GiB"
         )
         if s.spikes or s.rewinds:
@@ -187,21 +185,21 @@ class Metrics:
                 self.writer.add_scalar("blimp acc", results["blimp"]["acc"], step)
         self.log(f"eval step {step}: " + ", ".join(parts) + (f" in {results['seconds']:.1f}s" if "seconds" in results else ""))
 
-    def phase_start(self, phase, manifest: dict, table, step: int) -> None:
+    def phase_start(self, phase, manifest: PhaseManifest, table, step: int) -> None:
         """At a phase boundary: the console line, the phase's kept fraction and source shares, and a
         histogram of block perplexity as the phase starts."""
-        num_blocks = manifest["num_blocks"]
-        line = (f"phase {phase.index} {phase.kind}: steps {phase.start}-{phase.end}, keeps {manifest['kept']:,} of "
+        num_blocks = manifest.num_blocks
+        line = (f"phase {phase.index} {phase.kind}: steps {phase.start}-{phase.end}, keeps {manifest.kept:,} of "
                 f"{num_blocks:,} blocks")
         if phase.kind == "focus":
-            drops = ", ".join(f"{s} {f:.0%}" for s, f in manifest["source_drop_fraction"].items())
-            line += f" (drops {manifest['drop_fraction']:.0%} of seen blocks{' (auto)' if phase.auto_drop else ''}; per source: {drops})"
+            drops = ", ".join(f"{s} {f:.0%}" for s, f in manifest.source_drop_fraction.items())
+            line += f" (drops {manifest.drop_fraction:.0%} of seen blocks{' (auto)' if phase.auto_drop else ''}; per source: {drops})"
         self.log(line)
         if self.writer is None:
             return
         self.writer.add_scalar("lfr/phase", phase.index, step)
-        self.writer.add_scalar("lfr/kept fraction", manifest["kept"] / num_blocks, step)
-        for source, share in manifest["source_share"].items():
+        self.writer.add_scalar("lfr/kept fraction", manifest.kept / num_blocks, step)
+        for source, share in manifest.source_share.items():
             self.writer.add_scalar(f"lfr/source share/{source}", share, step)
         seen = table.loss[table.seen > 0]
         if len(seen):
@@ -238,7 +236,7 @@ class Metrics:
                     "iteration_time": secs / len(self._summary),
                     "tokens_per_s": tps,
                     "tflops_per_device": tflops,
-                    "mfu_percent": 100.0 * tflops / self.peak,
+                    "mfu_percent": None if self.peak is None else 100.0 * tflops / self.peak,
                     "peak_tflops": self.peak,
                     "peak_memory_bytes": self._memory(),
                     "world_size": self.world_size,

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,9 +22,11 @@ import numpy as np
 from lfr_ds import atomic
 from lfr_ds.data.blocks import BlockView
 from lfr_ds.data.dataset import open_dataset
+from lfr_ds.data.sample_index import read_manifest
 from lfr_ds.data.tokenizer import Tokenizer
 from lfr_ds.errors import ArgumentParser, UserError, cli
 from lfr_ds.lfr.offline import load_checkpoint_state
+from lfr_ds.run_state import GuardState, phase_file
 
 KINDS = ("learned", "forgotten", "unlearned", "retained")
 
@@ -46,28 +47,27 @@ def build_report(run_dir: Path, delta: float, examples: int) -> tuple[dict, dict
     if not latest.is_file():
         raise UserError(f"{run_dir}: no checkpoints/latest; give the RUN_DIR of an lfr-train run that saved a checkpoint")
     state, table = load_checkpoint_state(str(latest.parent / latest.read_text().strip()))
-    cfg = state["config"]
+    cfg = state.config
     dataset = open_dataset(cfg["data"]["path"])
     view = BlockView(dataset, cfg["model"]["seq_length"], cfg["data"]["seed"])
     src = view.block_source
-    phases = state["schedule"]
 
     drops = []
-    for ph in phases:
-        mpath = run_dir / "index" / f"phase_{ph['index']:03d}_{ph['kind']}.json"
-        if mpath.is_file():
-            m = json.loads(mpath.read_text())
-            drops.append({"phase": m["phase"], "kind": m["kind"], "drop_fraction": m["drop_fraction"], "kept": m["kept"],
-                          "dropped": m["dropped"], "source_drop_fraction": m.get("source_drop_fraction", {}),
-                          "source_share": m["source_share"]})
+    for ph in state.schedule:
+        path = phase_file(run_dir, ph.name)
+        if path.with_suffix(".json").is_file():
+            m = read_manifest(path)
+            drops.append({"phase": m.phase, "kind": m.kind, "drop_fraction": m.drop_fraction, "kept": m.kept,
+                          "dropped": m.dropped, "source_drop_fraction": m.source_drop_fraction or {},
+                          "source_share": m.source_share})
 
-    completed = [ph for ph in phases if ph["start"] + ph["steps"] <= state["step"]]
-    snaps = [(ph, table.phase_loss[ph["index"]].astype(np.float32)) for ph in completed]
+    completed = [ph for ph in state.schedule if ph.end <= state.step]
+    snaps = [(ph, table.phase_loss[ph.index].astype(np.float32)) for ph in completed]
     moves = []
     for (p0, a), (p1, b) in itertools.pairwise(snaps):
         t = transitions(a, b, delta)
         moves.append({
-            "from": f"end of {p0['kind']} {p0['index']}", "to": f"end of {p1['kind']} {p1['index']}",
+            "from": f"end of {p0.kind} {p0.index}", "to": f"end of {p1.kind} {p1.index}",
             **{k: int(v.sum()) for k, v in t.items()},
             "per_source": {s: {k: int((v & (src == c)).sum()) for k, v in t.items()} for c, s in enumerate(dataset.sources)},
         })
@@ -81,24 +81,24 @@ def build_report(run_dir: Path, delta: float, examples: int) -> tuple[dict, dict
         return [{"block": int(b), "source": dataset.sources[int(src[b])], "relative_loss": round(float(table.loss[b] - table.ref[b]), 3),
                  "loss": round(float(table.loss[b]), 3), "text": tok.render(view.tokens(int(b)))[:300] if tok else None} for b in ids]
 
-    report = {"run_dir": str(run_dir), "step": state["step"], "blocks": int(table.num_blocks), "sources": dataset.sources,
-              "phases": drops, "transitions": moves, "delta": delta, "guard": _guard_summary(state.get("guard", {})),
+    report = {"run_dir": str(run_dir), "step": state.step, "blocks": int(table.num_blocks), "sources": dataset.sources,
+              "phases": drops, "transitions": moves, "delta": delta, "guard": _guard_summary(state.guard),
               "easiest": texts(order[:examples]), "hardest": texts(order[::-1][:examples])}
-    arrays = {"snapshots": [(f"{ph['kind']} {ph['index']}", a) for ph, a in snaps], "source": src}
+    arrays = {"snapshots": [(f"{ph.kind} {ph.index}", a) for ph, a in snaps], "source": src}
     return report, arrays
 
 
-def _guard_summary(guard: dict) -> dict:
-    """Loss spikes, rewinds and skipped batches (the training guard's run state; absent in older runs)."""
-    skipped = guard.get("skipped", [])
+def _guard_summary(guard: GuardState | None) -> dict:
+    """Loss spikes, rewinds and skipped batches (the training guard's run state; ``None`` in older runs)."""
+    skipped = guard.skipped if guard else []
     ranges, start = [], None
     for i, s in enumerate(skipped):  # consecutive steps as "a-b"
         start = s if start is None else start
         if i + 1 == len(skipped) or skipped[i + 1] != s + 1:
             ranges.append(f"{start}-{s}" if s != start else str(s))
             start = None
-    return {"spikes": guard.get("spikes", 0), "rewinds": guard.get("rewinds", 0), "skipped_batches": len(skipped),
-            "skipped_steps": ", ".join(ranges)}
+    return {"spikes": guard.spikes if guard else 0, "rewinds": guard.rewinds if guard else 0,
+            "skipped_batches": len(skipped), "skipped_steps": ", ".join(ranges)}
 
 
 def markdown(r: dict) -> str:

@@ -8,6 +8,11 @@ Every optimizer step: look up this rank's micro-batches in the current phase's s
 forward/backward through the DeepSpeed engine (per-block losses come out of that same forward),
 all-gather the (block id, loss, tokens) records into the loss table, log, and checkpoint on schedule.
 At each phase boundary the rewriter writes the next phase's sample index from the loss table.
+
+:func:`train` hands its work, in order, to :func:`preflight` (every input checked, and where to start:
+a :class:`Plan`, before any process group), :func:`_enter_phase` (the rewriter, at a boundary),
+:func:`train_step` (one optimizer step), the :class:`Evaluator` and the :class:`Checkpointer` (each
+knowing when it is due).
 """
 
 from __future__ import annotations
@@ -19,41 +24,35 @@ import math
 import os
 import sys
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
 from lfr_ds import atomic
-from lfr_ds.config import TrainConfig, load_config
+from lfr_ds.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
+from lfr_ds.config import ModelConfig, TrainConfig, load_config
 from lfr_ds.data.blocks import BlockView, cache_dir
-from lfr_ds.data.dataset import open_dataset
+from lfr_ds.data.dataset import TokenDataset, open_dataset
 from lfr_ds.data.sampler import DataParallelSampler
 from lfr_ds.data.tokenizer import Tokenizer
-from lfr_ds.engine import (
-    build_ds_config,
-    build_engine,
-    check_memory,
-    find_checkpoint,
-    init_distributed,
-    launch_env,
-    load_checkpoint,
-    resolve_bf16,
-    save_checkpoint,
-)
+from lfr_ds.engine import build_ds_config, build_engine, resolve_bf16
 from lfr_ds.errors import ArgumentParser, UserError, cli
 from lfr_ds.eval.periodic import PeriodicEval, check_eval_paths
 from lfr_ds.faults import crash_point, loss_fault
-from lfr_ds.guard import Guard
+from lfr_ds.guard import Guard, Verdict
 from lfr_ds.identity import dataset_digest, record, run_identity, tokenizer_digest
-from lfr_ds.lfr.loss_table import LossTable, gather_step
-from lfr_ds.lfr.rewriter import prepare_phase
+from lfr_ds.launch import Geometry, check_memory, init_distributed, launch_env
+from lfr_ds.lfr.loss_table import LossTable, gather_step, step_rows
+from lfr_ds.lfr.rewriter import Rewriter
 from lfr_ds.lfr.schedule import Phase, parse_schedule, phase_at, resolve_length, resumed_schedule
 from lfr_ds.metrics import Metrics, StepStats, timer
 from lfr_ds.resources import out_of_disk, out_of_memory
+from lfr_ds.run_state import PhaseManifest, RunState
 
 
 @dataclass
@@ -67,16 +66,138 @@ class StepRecord:
     rows: np.ndarray  # all ranks' rows in global-batch order: [global_batch, 3 (+ sketch)]
 
 
+@dataclass
+class Plan:
+    """What lfr-train settles before any process group exists: every input checked, the schedule, and
+    where to start. Bad input has failed by now, in one line, on every rank."""
+
+    dataset: TokenDataset
+    tokenizer: Tokenizer | None
+    """``None`` for a plain Megatron dataset: nothing vouches that its ids fit ``model.vocab_size``."""
+    model: ModelConfig
+    """``cfg.model`` with the vocabulary size filled in."""
+    phases: list[Phase]
+    """The schedule; a resumed run's kp lengths as their boundaries resolved them."""
+    num_blocks: int
+    """Blocks of ``seq_length + 1`` tokens in one epoch of the dataset."""
+    data_id: dict
+    """The vocabulary size, tokenizer and dataset digests a checkpoint records and is checked against."""
+    resume: Path | None
+    """The checkpoint to resume from, or ``None`` to start fresh."""
+    resume_state: RunState | None
+    """Its ``lfr/state.json``, read once, when it was found."""
+    resumed_digest: str | None
+    """The digest of the phase file a run resumed mid-phase must reuse (see :func:`_resumed_digest`)."""
+    bf16: bool
+    """Train in bf16 (``engine.precision`` resolved for this machine)."""
+    ds_config: dict
+    """The DeepSpeed config, already checked by DeepSpeed's own validation."""
+
+
 def train(cfg: TrainConfig) -> Iterator[StepRecord]:
     """Run (or resume) ``cfg``; yields a :class:`StepRecord` after every optimizer step, on every rank."""
-    # ---- check the inputs before starting any process group: bad input fails fast, in one line
+    plan = preflight(cfg)  # bad input fails fast, in one line, before any process group starts
+    info = init_distributed(cfg.engine.backend)
+    from lfr_ds.model.compat import setup_megatron
+    from lfr_ds.model.gpt import flops_per_token
+
+    setup_megatron(cfg.seed)
+    G, micro, seq = cfg.engine.global_batch_size, cfg.engine.micro_batch_size, plan.model.seq_length
+    # Rank 0 builds the block index cache; the others wait for it, then load it.
+    blocks = BlockView(plan.dataset, seq, cfg.data.seed, rank=info.rank, barrier=dist.barrier)
+    assert blocks.num_blocks == plan.num_blocks, (blocks.num_blocks, plan.num_blocks)
+    rewriter = Rewriter.for_run(cfg, plan.dataset, blocks.block_source, rank=info.rank,
+                                device=info.device if info.device.type == "cuda" else None)
+    valid_seed = cfg.data.seed if cfg.eval.valid_seed is None else cfg.eval.valid_seed
+    periodic = PeriodicEval(cfg.eval, tokenizer=plan.tokenizer, seq_length=seq, seed=valid_seed, micro_batch_size=micro,
+                            rank=info.rank, barrier=dist.barrier)
+    model, engine = _build(cfg, plan)
+
+    # ---- the loss table, and where to start
+    table = LossTable(blocks.num_blocks, len(plan.phases), plan.model.sketch_dim)
+    step = 0
+    # The guard (non-finite and spiking losses, rewind-and-skip) carries its run state in every checkpoint.
+    guard = Guard(cfg.train, plan.resume_state.guard if plan.resume_state else None)
+    if plan.resume is not None:
+        step, table = _restore(engine, info, cfg, plan)
+        guard.saved(step, str(plan.resume))  # the checkpoint a spike would rewind to
+    run_dir = Path(cfg.run_dir)
+    if info.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic.write_json(run_dir / "config.json", dataclasses.asdict(cfg))
+    trace = _open_log(run_dir / "trace" / "steps.jsonl", step) if cfg.log.trace_blocks and info.rank == 0 else None
+    metrics = Metrics(str(run_dir), cfg.log, rank=info.rank, world_size=info.world_size,
+                      flops_per_token=flops_per_token(plan.model), total_steps=cfg.steps)
+    metrics.log(
+        f"lfr-ds: {info.world_size} rank(s), {info.device.type}, {'bf16' if plan.bf16 else 'fp32'}, ZeRO-{cfg.engine.zero_stage}, "
+        f"{plan.model.preset or 'custom'} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params on rank 0), "
+        f"{blocks.num_blocks:,} blocks of {seq + 1} tokens, global batch {G} = {micro} x {info.world_size} ranks x "
+        f"{cfg.engine.accumulation_steps(info.world_size)} accum"
+        + (f"; resumed from {plan.resume} at step {step}" if plan.resume else "")
+    )
+    metrics.start(step)
+    # The advice when a step runs out of memory: the micro batch never changes the data order.
+    oom_fix = (f"lower engine.micro_batch_size (now {micro}; the global batch, so the data order, stays the same), "
+               "or use engine.zero_stage=3")
+    evaluator = Evaluator(periodic, metrics, G * seq, oom_fix,
+                          _open_log(run_dir / "eval.jsonl", step) if periodic.enabled and info.rank == 0 else None)
+    checkpointer = Checkpointer(cfg, info, guard)
+    phases, phase = plan.phases, None
+    while step < cfg.steps:
+        # ---- phase boundary: the rewriter writes (rank 0) and distributes this phase's sample index
+        if phase is None or step >= phase.end:
+            phases, phase, sampler, manifest = _enter_phase(cfg, plan, info, rewriter, table, phases, step)
+            metrics.phase_start(phase, manifest, table, step)
+
+        if guard.skips(step + 1):  # a batch a rewind skipped: its place in the order and its lr pass, no update
+            step = _skip_step(engine, table, phase, step, trace)
+        else:
+            # ---- one optimizer step, checked by the guard before its update; its rows into the loss table
+            t0 = timer()
+            lr = engine.get_lr()[0]
+            batches = _micro_batches(sampler.micro_batches(step - phase.start), blocks, plan)
+            mine, rows, verdict = train_step(engine, batches, step, info.device, oom_fix, guard, phase)
+            if verdict.rewind:  # back to the last checkpoint before the spike; the batches around it are skipped
+                plan, step, table = _rewind(engine, info, cfg, plan, guard, verdict, metrics)
+                trace, evaluator.log = _reopen(trace, step), _reopen(evaluator.log, step)
+                phases, phase = plan.phases, None
+                continue
+            if verdict.keep_rows:  # a spiking step's losses never rank a block
+                table.update(rows, step)
+            else:
+                metrics.log(verdict.warning)
+            step += 1
+            if step == phase.end:
+                table.end_phase(phase.index)
+            metrics.step(StepStats(step=step, phase=phase.kind, loss=verdict.loss, lr=lr, grad_norm=verdict.grad_norm,
+                                   loss_scale=1.0, samples=step * G, tokens=step * G * seq, step_time=timer() - t0,
+                                   batch_size=G, tokens_per_step=G * seq, spikes=guard.spikes, rewinds=guard.rewinds,
+                                   skipped=len(guard.skipped)))
+            if step % cfg.log.interval == 0:
+                metrics.loss_table(table, step)
+            if trace is not None:
+                _write_line(trace, {"step": step, "phase": phase.index, "loss": verdict.loss,
+                                    "ids": rows[:, 0].astype(int).tolist(), "losses": rows[:, 1].tolist(),
+                                    **({"spike": True} if verdict.spike else {})})
+            yield StepRecord(step, phase.kind, verdict.loss, mine[:, :3].cpu().numpy(), rows)
+
+        if evaluator.due(step, cfg.steps):
+            evaluator.run(engine, step, phase)
+        if checkpointer.due(step):
+            state = _checkpoint_state(cfg, plan, info, step, phases, phase, manifest)
+            metrics.log(f"saved checkpoint {checkpointer.save(engine, step, state, table)}")
+    metrics.close()
+
+
+def preflight(cfg: TrainConfig) -> Plan:
+    """Check every input, and find the checkpoint to resume from, before any process group starts."""
     env = launch_env()
     _check_run_dir(cfg.run_dir)
     dataset = open_dataset(cfg.data.path)
     tokenizer, vocab_size = _tokenizer(cfg, dataset)
     model_cfg = dataclasses.replace(cfg.model, vocab_size=vocab_size)
-    accumulation = cfg.engine.accumulation_steps(env.world_size)
-    G, micro, seq = cfg.engine.global_batch_size, cfg.engine.micro_batch_size, model_cfg.seq_length
+    G, seq = cfg.engine.global_batch_size, model_cfg.seq_length
+    cfg.engine.accumulation_steps(env.world_size)  # the global batch divides across the ranks
     # Megatron cuts one epoch of the stream into floor((tokens - 1) / seq) blocks of seq + 1 tokens.
     num_blocks = (dataset.num_tokens - 1) // seq
     if num_blocks < 1:
@@ -99,253 +220,183 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
         )
     # Resuming: the checkpoint must fit this run (shape, vocabulary, data, batch), refused before DeepSpeed.
     data_id = {"vocab_size": vocab_size, "tokenizer": tokenizer_digest(tokenizer), "dataset": dataset_digest(dataset)}
-    identity = run_identity(cfg, **data_id)
-    found = find_checkpoint(cfg, identity)
-    resume = found[0] if found else None
+    found = find_checkpoint(cfg, run_identity(cfg, **data_id))
+    resumed_digest = None
     if found:
-        phases = resumed_schedule(phases, found[1]["schedule"])  # kp lengths as their boundaries resolved them
-    resumed_digest = _resumed_digest(found[1], phases, cfg.steps) if found else None
+        phases = resumed_schedule(phases, found[1].schedule)  # kp lengths as their boundaries resolved them
+        resumed_digest = _resumed_digest(found[1], phases, cfg.steps)
     check_eval_paths(cfg.eval)
     bf16 = resolve_bf16(cfg.engine.precision)
     ds_config = build_ds_config(cfg, env.world_size, bf16)
     check_memory(model_cfg, cfg.engine.zero_stage, env, bf16)
+    return Plan(dataset, tokenizer, model_cfg, phases, num_blocks, data_id, *(found or (None, None)),
+                resumed_digest, bf16, ds_config)
 
-    info = init_distributed(cfg.engine.backend)
-    from lfr_ds.model.compat import setup_megatron
-    from lfr_ds.model.gpt import build_model, flops_per_token, per_block_loss
 
-    setup_megatron(cfg.seed)
-    run_dir = Path(cfg.run_dir)
-    # Rank 0 builds the block index cache; the others wait for it, then load it.
-    blocks = BlockView(dataset, seq, cfg.data.seed, rank=info.rank, barrier=dist.barrier)
-    assert blocks.num_blocks == num_blocks, (blocks.num_blocks, num_blocks)
-    block_source = blocks.block_source
-    valid_seed = cfg.data.seed if cfg.eval.valid_seed is None else cfg.eval.valid_seed
-    evaluator = PeriodicEval(cfg.eval, tokenizer=tokenizer, seq_length=seq, seed=valid_seed, micro_batch_size=micro,
-                             rank=info.rank, barrier=dist.barrier)
+def _build(cfg: TrainConfig, plan: Plan):
+    """The model and its DeepSpeed engine (optimizer state included)."""
+    from lfr_ds.model.gpt import build_model
 
-    # ---- model and engine
     with out_of_memory(
         "building the model and its optimizer state",
         "use a smaller model (model.preset or model.*), engine.zero_stage=3, or more ranks",
     ):
-        model = build_model(model_cfg, bf16=bf16)
-        engine = build_engine(model, cfg, ds_config)
+        model = build_model(plan.model, bf16=plan.bf16)
+        return model, build_engine(model, cfg, plan.ds_config)
 
-    # ---- loss table, and where to start
-    table = LossTable(blocks.num_blocks, len(phases), model_cfg.sketch_dim)
-    step = 0
-    if resume is not None:
-        state, arrays = load_checkpoint(engine, info, cfg, resume)
-        step = state["step"]
-        table = LossTable.from_arrays(arrays, num_phases=len(phases))
-    # guard: non-finite and spiking losses, rewind-and-skip; its run state rides in the checkpoint's state
-    guard = Guard(cfg.train, state.get("guard") if resume is not None else None)
-    if resume is not None:
-        guard.saved(step, str(resume))
-    if info.rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        atomic.write_json(run_dir / "config.json", dataclasses.asdict(cfg))
-    trace = _open_log(run_dir / "trace" / "steps.jsonl", step) if cfg.log.trace_blocks and info.rank == 0 else None
-    eval_log = _open_log(run_dir / "eval.jsonl", step) if evaluator.enabled and info.rank == 0 else None
-    metrics = Metrics(
-        str(run_dir),
-        rank=info.rank,
-        world_size=info.world_size,
-        flops_per_token=flops_per_token(model_cfg),
-        peak=cfg.log.peak_tflops,
-        interval=cfg.log.interval,
-        tensorboard=cfg.log.tensorboard,
-        total_steps=cfg.steps,
-        progress_bar=cfg.log.progress_bar,
-    )
-    metrics.log(
-        f"lfr-ds: {info.world_size} rank(s), {info.device.type}, {'bf16' if bf16 else 'fp32'}, ZeRO-{cfg.engine.zero_stage}, "
-        f"{model_cfg.preset or 'custom'} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params on rank 0), "
-        f"{blocks.num_blocks:,} blocks of {seq + 1} tokens, global batch {G} = {micro} x {info.world_size} ranks x {accumulation} accum"
-        + (f"; resumed from {resume} at step {step}" if resume else "")
-    )
-    metrics.start(step)
 
-    phase, sampler = None, None
-    step_fix = (
-        f"lower engine.micro_batch_size (now {micro}; the global batch, so the data order, stays the same), "
-        "or use engine.zero_stage=3"
-    )
+def _restore(engine, info: Geometry, cfg: TrainConfig, plan: Plan) -> tuple[int, LossTable]:
+    """Load ``plan.resume`` into ``engine`` (and the RNG); returns the step it was saved at and its loss table."""
+    arrays = load_checkpoint(engine, info, cfg, plan.resume, plan.resume_state)
+    return plan.resume_state.step, LossTable.from_arrays(arrays, num_phases=len(plan.phases))
 
-    def evaluate_and_checkpoint() -> None:
-        """After step ``step`` (trained or skipped): evaluate and checkpoint when due."""
-        if evaluator.due(step, cfg.steps):
-            t_eval = timer()
-            with out_of_memory("in an evaluation", step_fix):
-                scores = evaluator.run(engine)
-            results = {"step": step, "tokens": step * G * seq, "phase": phase.index, **scores}
-            results["seconds"] = round(timer() - t_eval, 3)
-            metrics.evaluation(results)
-            if eval_log is not None:
-                eval_log.write(json.dumps(results) + "\n")
-                eval_log.flush()
 
-        if step == cfg.steps or (cfg.checkpoint.interval and step % cfg.checkpoint.interval == 0):
-            state = {
-                "step": step,
-                "samples": step * G,
-                "tokens": step * G * seq,
-                "phase": phase.index,
-                "phase_digest": manifest["inputs_sha256"],
-                "world_size": info.world_size,
-                "schedule": [dataclasses.asdict(p) for p in phases],
-                "guard": guard.state(),  # guard: skipped steps, rewinds, spike statistics
-                **record(cfg, **data_id),
-            }
-            path = save_checkpoint(engine, info, cfg, step, state, table.arrays())
-            guard.saved(step, str(path))
-            metrics.log(f"saved checkpoint {path}")
+def _enter_phase(cfg: TrainConfig, plan: Plan, info: Geometry, rewriter: Rewriter, table: LossTable,
+                 phases: list[Phase], step: int) -> tuple[list[Phase], Phase, DataParallelSampler, PhaseManifest]:
+    """The phase at ``step``, its sample index written (rank 0) and distributed by the rewriter, and this
+    rank's sampler over it; returns the schedule too, a kp phase's length resolved."""
+    phase = phase_at(phases, step)
+    order, manifest = rewriter.prepare(phase, table, plan.resumed_digest if step > phase.start else None)
+    if manifest.steps != phase.steps:  # a kp phase: its length is known now that its kept set is
+        phases = resolve_length(phases, phase.index, manifest.steps)
+        phase = phases[phase.index]
+    sampler = DataParallelSampler(order, cfg.engine.global_batch_size, cfg.engine.micro_batch_size, info.rank,
+                                  info.world_size)
+    return phases, phase, sampler, manifest
 
-    while step < cfg.steps:
-        # ---- phase boundary: the rewriter writes (rank 0) and distributes this phase's sample index
-        if phase is None or step >= phase.end:
-            phase = phase_at(phases, step)
-            order, manifest = prepare_phase(
-                phase,
-                run_dir=cfg.run_dir,
-                rank=info.rank,
-                distribute=cfg.lfr.distribute,
-                num_blocks=blocks.num_blocks,
-                seq_length=seq,
-                global_batch=G,
-                seed=cfg.data.seed,
-                dataset=dataset.fingerprint,
-                table=table,
-                block_source=block_source,
-                sources=dataset.sources,
-                options=cfg.lfr,
-                device=info.device if info.device.type == "cuda" else None,
-                resumed_digest=resumed_digest if step > phase.start else None,
-            )
-            if manifest["steps"] != phase.steps:  # a kp phase: its length is known now that its kept set is
-                phases = resolve_length(phases, phase.index, manifest["steps"])
-                phase = phases[phase.index]
-            sampler = DataParallelSampler(order, G, micro, info.rank, info.world_size)
-            metrics.phase_start(phase, manifest, table, step)
 
-        if guard.skips(step + 1):  # guard: a batch skipped after a rewind: a step without an update
-            engine.lr_scheduler.step()  # the schedule stays a function of the step
-            step += 1
-            if step == phase.end:
-                table.end_phase(phase.index)
-            if trace is not None:
-                trace.write(json.dumps({"step": step, "phase": phase.index, "skipped": True}) + "\n")
-                trace.flush()
-            evaluate_and_checkpoint()
-            continue
+def _micro_batches(
+    ids_per_micro: Iterable[np.ndarray], blocks: BlockView, plan: Plan
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """This rank's micro-batches of one step, as ``(block ids, tokens [micro, seq + 1])``, read as they
+    are trained on."""
+    for ids in ids_per_micro:
+        tokens = blocks.batch(ids)
+        if plan.tokenizer is None:  # a plain Megatron dataset: nothing vouches that its ids fit model.vocab_size
+            _check_token_ids(tokens, ids, plan.model.vocab_size, plan.dataset.prefix)
+        yield ids, tokens
 
-        # ---- one optimizer step: forward/backward per micro-batch, DeepSpeed accumulates and steps
+
+def train_step(engine, batches: Iterable[tuple[np.ndarray, np.ndarray]], step: int, device: torch.device,
+               oom_fix: str, guard: Guard, phase: Phase) -> tuple[torch.Tensor, np.ndarray, Verdict]:
+    """One optimizer step: forward/backward per micro-batch (DeepSpeed accumulates the gradients), the
+    per-block losses coming out of that same forward; the guard checks the all-gathered losses, and only
+    then does the optimizer step (a non-finite step is never applied); then the guard checks the gradient
+    norm. Returns this rank's rows (:func:`~lfr_ds.lfr.loss_table.step_rows`), every rank's in global-batch
+    order, and the guard's verdict."""
+    from lfr_ds.model.gpt import per_block_loss
+
+    ids, losses, tokens, sketches = [], [], [], []
+    for micro_ids, micro_tokens in batches:
+        with out_of_memory("in a training step", oom_fix):
+            batch = torch.from_numpy(micro_tokens).to(device)
+            inputs, labels = batch[:, :-1], batch[:, 1:]
+            out = per_block_loss(engine, inputs, labels, torch.ones_like(labels, dtype=torch.float32))
+            out = loss_fault(out, step + 1)
+            engine.backward(out.loss)
+            crash_point("step", step + 1)
+            if not engine.is_gradient_accumulation_boundary():  # the boundary's update waits for the guard
+                engine.step()
+        ids.append(micro_ids)
+        losses.append(out.per_block)
+        tokens.append(out.tokens)
+        if out.sketch is not None:
+            sketches.append(out.sketch)
+    mine = step_rows(np.concatenate(ids), torch.cat(losses), torch.cat(tokens), torch.cat(sketches) if sketches else None)
+    rows = gather_step(mine)
+    # Every rank holds the same gathered rows, so every rank reaches the same verdict with no collective.
+    verdict = guard.check_loss(step + 1, (phase.index, phase.kind), rows)  # stops on a non-finite loss
+    with out_of_memory("in a training step", oom_fix):
+        engine.step()  # the boundary: DeepSpeed's optimizer update (a rewound step's is undone by the reload)
+    verdict.grad_norm = float(engine.get_global_grad_norm() or 0.0)
+    if not verdict.rewind:  # DeepSpeed skipped a non-finite update: stop before any checkpoint of it
+        guard.check_grad_norm(step + 1, (phase.index, phase.kind), verdict.grad_norm)
+    return mine, rows, verdict
+
+
+def _skip_step(engine, table: LossTable, phase: Phase, step: int, trace: TextIO | None) -> int:
+    """Pass 0-based ``step``, whose global batch a rewind skipped: no forward, backward or update, but the
+    learning-rate schedule and the step count move on, so both stay a function of the step. Returns the
+    steps completed."""
+    engine.lr_scheduler.step()
+    step += 1
+    if step == phase.end:
+        table.end_phase(phase.index)
+    if trace is not None:
+        _write_line(trace, {"step": step, "phase": phase.index, "skipped": True})
+    return step
+
+
+def _rewind(engine, info: Geometry, cfg: TrainConfig, plan: Plan, guard: Guard, verdict: Verdict,
+            metrics: Metrics) -> tuple[Plan, int, LossTable]:
+    """After a spike at ``verdict.step`` under ``train.on_spike=rewind``: reload the last checkpoint before
+    it, exactly as a resume would, with the batches around the spike marked skipped. Returns the plan
+    resumed from that checkpoint, its step and its loss table."""
+    path, skip = guard.rewind(verdict.step)
+    metrics.log(f"rewind {guard.rewinds}/{cfg.train.max_rewinds}: loss spike at step {verdict.step} ({verdict.loss:.4f}, "
+                f"{verdict.zscore:.1f} sigmas); back to {path}, skipping steps {skip[0]}-{skip[-1]}")
+    state = RunState.read(path)
+    phases = resumed_schedule(plan.phases, state.schedule)
+    plan = dataclasses.replace(plan, phases=phases, resume=Path(path), resume_state=state,
+                               resumed_digest=_resumed_digest(state, phases, cfg.steps))
+    step, table = _restore(engine, info, cfg, plan)
+    crash_point("rewind", verdict.step)
+    guard.rewound(state.guard)  # its spike statistics; this run's skips and rewinds only grow
+    metrics.start(step)  # the steps logged since the checkpoint are undone
+    return plan, step, table
+
+
+@dataclass
+class Evaluator:
+    """Evaluation during training (``eval.*``): when it is due, and where its results go."""
+
+    periodic: PeriodicEval
+    metrics: Metrics
+    tokens_per_step: int
+    oom_fix: str
+    log: TextIO | None
+    """``RUN_DIR/eval.jsonl`` (rank 0)."""
+
+    def due(self, step: int, last: int) -> bool:
+        return self.periodic.due(step, last)
+
+    def run(self, engine, step: int, phase: Phase) -> None:
         t0 = timer()
-        lr = engine.get_lr()[0]
-        local = []
-        sketches = []
-        micro_batches = list(sampler.micro_batches(step - phase.start))
-        for i, ids in enumerate(micro_batches):
-            tokens_np = blocks.batch(ids)
-            if tokenizer is None:  # a plain Megatron dataset: nothing vouches that its ids fit model.vocab_size
-                _check_token_ids(tokens_np, ids, vocab_size, dataset.prefix)
-            with out_of_memory("in a training step", step_fix):
-                batch = torch.from_numpy(tokens_np).to(info.device)
-                tokens, labels = batch[:, :-1], batch[:, 1:]
-                out = per_block_loss(engine, tokens, labels, torch.ones_like(labels, dtype=torch.float32))
-                out = loss_fault(out, step + 1)
-                engine.backward(out.loss)
-                crash_point("step", step + 1)
-                if i < len(micro_batches) - 1:  # the boundary step (the update) waits for the guard, below
-                    engine.step()
-            local.append(
-                torch.stack(
-                    [
-                        torch.as_tensor(ids, dtype=torch.float64, device=info.device),
-                        out.per_block.double(),
-                        out.tokens.double(),
-                    ],
-                    dim=1,
-                )
-            )
-            if out.sketch is not None:
-                sketches.append(out.sketch)
-        local = torch.cat(local)
-        rows = gather_step(
-            local[:, 0].cpu().numpy(), local[:, 1], local[:, 2], torch.cat(sketches) if sketches else None
-        )
-        where = (phase.index, phase.kind)
-        verdict = guard.check_loss(step + 1, where, rows)  # guard: before the update; stops on a non-finite loss
-        with out_of_memory("in a training step", step_fix):
-            engine.step()  # the boundary: DeepSpeed's optimizer update
-        grad_norm = float(engine.get_global_grad_norm() or 0.0)
-        if verdict.spike and cfg.train.on_spike == "rewind":  # guard: reload the last checkpoint, skip batches
-            # The update above ran only so that DeepSpeed's accumulation buffers end the step as they always
-            # do; the reload overwrites the weights, optimizer and scheduler it touched.
-            path, skip = guard.rewind(step + 1)
-            metrics.log(f"rewind {guard.rewinds}/{cfg.train.max_rewinds}: loss spike at step {step + 1} ({verdict.loss:.4f}, "
-                        f"{verdict.zscore:.1f} sigmas); back to {path}, skipping steps {skip[0]}-{skip[-1]}")
-            state, arrays = load_checkpoint(engine, info, cfg, Path(path))
-            crash_point("rewind", step + 1)
-            step = state["step"]
-            phases = resumed_schedule(phases, state["schedule"])
-            resumed_digest = _resumed_digest(state, phases, cfg.steps)
-            table = LossTable.from_arrays(arrays, num_phases=len(phases))
-            guard.rewound(state)
-            trace, eval_log = _reopen(trace, run_dir / "trace" / "steps.jsonl", step), _reopen(eval_log, run_dir / "eval.jsonl", step)
-            phase = None
-            metrics.start(step)
-            continue
-        guard.check_grad_norm(step + 1, where, grad_norm)  # guard: DeepSpeed skipped a non-finite update; stop
-        if verdict.keep_rows:  # guard: a spiking step's losses never rank a block
-            table.update(rows, step)
-        else:
-            metrics.log(f"warning: loss spike at step {step + 1} (phase {phase.index} {phase.kind}): {verdict.loss:.4f} is {verdict.zscore:.1f} "
-                        f"sigmas above the running mean; its block losses are kept out of the loss table (train.on_spike=warn)")
-        step += 1
-        if step == phase.end:
-            table.end_phase(phase.index)
+        with out_of_memory("in an evaluation", self.oom_fix):
+            scores = self.periodic.run(engine)
+        results = {"step": step, "tokens": step * self.tokens_per_step, "phase": phase.index, **scores}
+        results["seconds"] = round(timer() - t0, 3)
+        self.metrics.evaluation(results)
+        if self.log is not None:
+            _write_line(self.log, results)
 
-        loss = float(rows[:, 1].mean())
-        metrics.step(
-            StepStats(
-                step=step,
-                phase=phase.kind,
-                loss=loss,
-                lr=lr,
-                grad_norm=grad_norm,
-                loss_scale=1.0,
-                samples=step * G,
-                tokens=step * G * seq,
-                step_time=timer() - t0,
-                batch_size=G,
-                tokens_per_step=G * seq,
-                spikes=guard.spikes,
-                rewinds=guard.rewinds,
-                skipped=len(guard.skipped),
-            )
-        )
-        if step % cfg.log.interval == 0:
-            metrics.loss_table(table, step)
-        if trace is not None:
-            trace.write(
-                json.dumps(
-                    {
-                        "step": step,
-                        "phase": phase.index,
-                        "loss": loss,
-                        "ids": rows[:, 0].astype(int).tolist(),
-                        "losses": rows[:, 1].tolist(),
-                        **({"spike": True} if verdict.spike else {}),
-                    }
-                )
-                + "\n"
-            )
-            trace.flush()
-        yield StepRecord(step, phase.kind, loss, local.cpu().numpy(), rows)
-        evaluate_and_checkpoint()
-    metrics.close()
+
+@dataclass
+class Checkpointer:
+    """When a checkpoint is due (every ``checkpoint.interval`` steps and at the last), and the save."""
+
+    cfg: TrainConfig
+    info: Geometry
+    guard: Guard
+    """Its run state goes into every checkpoint, and it rewinds to the newest one."""
+
+    def due(self, step: int) -> bool:
+        return step == self.cfg.steps or bool(self.cfg.checkpoint.interval and step % self.cfg.checkpoint.interval == 0)
+
+    def save(self, engine, step: int, state: RunState, table: LossTable) -> Path:
+        state = dataclasses.replace(state, guard=self.guard.state())  # skipped steps, rewinds, spike statistics
+        path = save_checkpoint(engine, self.info, self.cfg, step, state, table.arrays())
+        self.guard.saved(step, str(path))
+        return path
+
+
+def _checkpoint_state(cfg: TrainConfig, plan: Plan, info: Geometry, step: int, phases: list[Phase], phase: Phase,
+                      manifest: PhaseManifest) -> RunState:
+    """lfr-ds's state at ``step``, as a checkpoint records it (``lfr/state.json``)."""
+    G, seq = cfg.engine.global_batch_size, plan.model.seq_length
+    return RunState(step=step, samples=step * G, tokens=step * G * seq, phase=phase.index,
+                    phase_digest=manifest.inputs_sha256, world_size=info.world_size, schedule=phases,
+                    **record(cfg, **plan.data_id))
 
 
 def _tokenizer(cfg: TrainConfig, dataset) -> tuple[Tokenizer | None, int]:
@@ -394,19 +445,19 @@ def _unwritable(path: Path) -> Path | None:
     return None if existing.is_dir() and os.access(existing, os.W_OK | os.X_OK) else existing
 
 
-def _resumed_digest(state: dict, phases: list[Phase], steps: int) -> str | None:
+def _resumed_digest(state: RunState, phases: list[Phase], steps: int) -> str | None:
     """The digest of the sample index that a run resumed mid-phase (from checkpoint ``state``) must reuse as
     it was written: the loss table has moved on since the phase began. ``None`` where it may be rebuilt: a
     shuffle phase that the new ``steps`` lengthened (its seeded epochs put the same blocks first). A Focus
     phase lengthened mid-phase is refused: its order was drawn once, from the table at its start."""
-    step = state["step"]
+    step = state.step
     if step >= steps:
         return None
-    phase, was = phase_at(phases, step), Phase(**state["schedule"][state["phase"]])
+    phase, was = phase_at(phases, step), state.schedule[state.phase]
     # The same phase (its kind, place and drop; whether its length was given as '*' does not matter here)?
     same = dataclasses.replace(was, steps=phase.steps, rest=phase.rest) == phase
     if not same or phase.steps <= was.steps:
-        return state["phase_digest"]
+        return state.phase_digest
     if phase.kind != "focus":
         return None
     raise UserError(
@@ -426,12 +477,18 @@ def _open_log(path: Path, step: int):
     return open(path, "a")
 
 
-def _reopen(log, path: Path, step: int):
+def _reopen(log: TextIO | None, step: int) -> TextIO | None:
     """A rewound run's log (``None`` stays ``None``): closed, its lines past ``step`` dropped, reopened."""
     if log is None:
         return None
     log.close()
-    return _open_log(path, step)
+    return _open_log(Path(log.name), step)
+
+
+def _write_line(log: TextIO, record: dict) -> None:
+    """One JSON line, flushed: a run killed after the step still has it."""
+    log.write(json.dumps(record) + "\n")
+    log.flush()
 
 
 def _logged_step(line: str) -> float:

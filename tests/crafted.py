@@ -10,6 +10,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lfr_ds.lfr.schedule import Phase
+from lfr_ds.run_state import PhaseManifest, RunState
+
 
 class Payload:
     """Unpickling this runs ``touch MARKER``: proof that loading executed code from the file."""
@@ -39,12 +42,27 @@ def object_array(path: Path, marker: Path) -> Path:
     return path
 
 
+def state_json(**fields) -> str:
+    """A complete ``lfr/state.json`` (every :class:`RunState` field) of a step-5 checkpoint of a random
+    run on one rank; ``fields`` replace its values (``record(...)``'s, say)."""
+    state = {"step": 5, "samples": 5, "tokens": 5, "phase": 0, "phase_digest": "0" * 64, "world_size": 1,
+             "schedule": [Phase(0, "random", 0, 1000)], "config": {}, "vocab_size": 0, "tokenizer": None,
+             "dataset": "f" * 64}
+    return json.dumps(RunState(**{**state, **fields}).to_json())
+
+
+def phase_manifest(**fields) -> PhaseManifest:
+    """The manifest of a random phase 0 over 100 blocks; ``fields`` replace its values."""
+    manifest = {"phase": "phase_000_random", "kind": "random", "seed": [1, 0], "dataset": "f" * 64, "num_blocks": 100,
+                "index": 0, "start_step": 0, "drop_fraction": 0.0, "seq_length": 64, "global_batch_size": 4,
+                "inputs_sha256": "0" * 64, "source_share": {}, "steps": 25, "kept": 100, "dropped": 0}
+    return PhaseManifest(**{**manifest, **fields})
+
+
 def fake_checkpoint(step_dir: Path, marker: Path, recorded: dict | None = None) -> Path:
     """An lfr-ds checkpoint directory whose DeepSpeed model-states file is a crafted pickle; ``recorded``:
     what its state records of the run (:func:`lfr_ds.identity.record`)."""
     (step_dir / "lfr").mkdir(parents=True)
-    (step_dir / "lfr" / "state.json").write_text(
-        json.dumps({"step": 5, "world_size": 1, **(recorded or {"config": {}})})
-    )
+    (step_dir / "lfr" / "state.json").write_text(state_json(**(recorded or {})))
     torch_pickle(step_dir / "mp_rank_00_model_states.pt", marker)
     return step_dir

@@ -13,15 +13,16 @@ import pytest
 import torch
 from clitools import assert_one_line_error
 
-from lfr_ds import engine, resources, train
+from lfr_ds import launch, resources, train
 from lfr_ds.config import ModelConfig
-from lfr_ds.engine import LaunchEnv, check_memory, resolve_bf16
+from lfr_ds.engine import resolve_bf16
 from lfr_ds.errors import UserError
+from lfr_ds.launch import Geometry, check_memory
 from lfr_ds.model.gpt import count_parameters
 from lfr_ds.resources import OutOfResource, out_of_disk, out_of_memory
 from lfr_ds.train import _check_token_ids
 
-ONE_RANK = LaunchEnv(rank=0, world_size=1, local_rank=0, local_world_size=1)
+ONE_RANK = Geometry(rank=0, world_size=1, local_rank=0, local_world_size=1)
 
 
 def test_torch_cpu_allocation_failure_is_one_line():
@@ -104,7 +105,7 @@ def test_zero3_and_more_ranks_need_less_memory_per_rank(monkeypatch):
     cfg = dataclasses.replace(ModelConfig(preset="gpt2-124m"), vocab_size=50257)
     needed = {}
     for stage, ranks in ((2, 1), (2, 8), (3, 8)):
-        monkeypatch.setattr(engine, "_available_host_memory", lambda: 0)
+        monkeypatch.setattr(launch, "_available_host_memory", lambda: 0)
         with pytest.raises(OutOfResource) as e:
             check_memory(cfg, stage, dataclasses.replace(ONE_RANK, world_size=ranks, local_world_size=1), bf16=False)
         needed[stage, ranks] = float(str(e.value).split("at least ")[1].split(" GiB")[0])

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 from clitools import CliResult, assert_one_line_error
+from crafted import phase_manifest, state_json
 
 from lfr_ds import train
 from lfr_ds.compare import cli as compare
@@ -89,14 +90,7 @@ class Ctx:
         write_sample_index(
             path,
             np.arange(16, dtype=np.uint32),
-            {
-                "phase": "phase_000_random",
-                "kind": "random",
-                "dataset": fingerprint,
-                "num_blocks": 64,
-                "seq_length": 256,
-                "seed": [1234, 0],
-            },
+            phase_manifest(dataset=fingerprint, num_blocks=64, seq_length=256, seed=[1234, 0]),
         )
         return path
 
@@ -211,8 +205,7 @@ def _recorded_checkpoint(c: Ctx, *overrides: str, **fields) -> Path:
         tokenizer=tokenizer_digest(tok),
         dataset=dataset_digest(open_dataset(c.data)),
     )
-    state = {"step": 5, "world_size": 1, "phase": 0, "phase_digest": "0" * 64, **recorded, **fields}
-    step = c.write("ck/step_00000005/lfr/state.json", json.dumps(state)).parents[1]
+    step = c.write("ck/step_00000005/lfr/state.json", state_json(**{**recorded, **fields})).parents[1]
     np.savez(step / "lfr" / "arrays.npz", **LossTable(4, 1).arrays())
     return step
 
@@ -220,8 +213,7 @@ def _recorded_checkpoint(c: Ctx, *overrides: str, **fields) -> Path:
 def _focus_checkpoint(c: Ctx) -> Path:
     """Step 20, the end of a focus:* phase that began at step 10."""
     phases = [Phase(0, "learn", 0, 10), Phase(1, "focus", 10, 10, 0.5)]
-    schedule = [dataclasses.asdict(p) for p in phases]
-    return _recorded_checkpoint(c, "steps=20", step=20, phase=1, schedule=schedule)
+    return _recorded_checkpoint(c, "steps=20", step=20, phase=1, schedule=phases)
 
 
 def _other_tokenizer(c: Ctx) -> Path:
@@ -229,8 +221,7 @@ def _other_tokenizer(c: Ctx) -> Path:
 
 
 def _other_dataset(c: Ctx) -> Path:
-    schedule = [dataclasses.asdict(Phase(0, "random", 0, 1000))]
-    return _recorded_checkpoint(c, dataset="f" * 64, schedule=schedule)
+    return _recorded_checkpoint(c, dataset="f" * 64, schedule=[Phase(0, "random", 0, 1000)])
 
 
 def _damaged_state(c: Ctx) -> Path:
@@ -383,7 +374,7 @@ def _rewrite_checkpoint(c: Ctx, **model) -> Path:
     cfg["model"].update(model)
     lfr = c.tmp / "ck" / "step_00000004" / "lfr"
     lfr.mkdir(parents=True)
-    (lfr / "state.json").write_text(json.dumps({"config": cfg, "step": 4, "schedule": [], "dataset": "f" * 64}))
+    (lfr / "state.json").write_text(state_json(config=cfg, step=4, schedule=[]))
     np.savez(lfr / "arrays.npz", **LossTable(64, 1).arrays())
     return lfr.parent
 
@@ -421,13 +412,19 @@ CASES += [
      lambda c: [_rewrite_checkpoint(c, hidden_dropout=2.0), "--out", c.tmp / "x.npy"],
      ["lfr/state.json: the run's config is not valid here", "model.hidden_dropout"]),
     ("eval-checkpoint-model-invalid", "lfr-eval",
-     lambda c: [c.write("ck/step_00000005/lfr/state.json", json.dumps({"config": {"model": {"num_layers": 0}}})).parents[1],
+     lambda c: [c.write("ck/step_00000005/lfr/state.json", state_json(config={"model": {"num_layers": 0}})).parents[1],
                 "--valid", c.train_jsonl], ["config.model is not valid", "model.num_layers"]),
     # ---- the launch environment
     ("env-world-size-not-a-number", "lfr-train", lambda c: c.setenv("WORLD_SIZE", "two").train_args(),
      ["WORLD_SIZE='two': must be an integer", "unset it"]),
     ("env-rank-beyond-world-size", "lfr-train", lambda c: c.setenv("WORLD_SIZE", "2").setenv("RANK", "2").train_args(),
      ["RANK='2': must be an integer in [0, 1]"]),
+    ("env-local-rank-beyond-rank", "lfr-train",
+     lambda c: c.setenv("WORLD_SIZE", "2").setenv("RANK", "0").setenv("LOCAL_RANK", "1").setenv("LOCAL_WORLD_SIZE", "2")
+     .train_args(), ["RANK=0, LOCAL_RANK=1, LOCAL_WORLD_SIZE=2, WORLD_SIZE=2: this node's ranks would run from -1 to 0"]),
+    ("env-node-past-world-size", "lfr-train",
+     lambda c: c.setenv("WORLD_SIZE", "4").setenv("RANK", "3").setenv("LOCAL_RANK", "0").setenv("LOCAL_WORLD_SIZE", "2")
+     .train_args(), ["this node's ranks would run from 3 to 4, outside [0, 3]", "unset them to run one process"]),
     ("env-master-port", "lfr-train", lambda c: c.setenv("MASTER_PORT", "http").train_args(), ["MASTER_PORT='http'"]),
     ("env-master-addr-unresolvable", "lfr-train", lambda c: c.setenv("MASTER_ADDR", "node-zero.invalid").train_args(),
      ["MASTER_ADDR='node-zero.invalid': does not resolve"]),

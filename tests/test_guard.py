@@ -3,6 +3,7 @@ rewind planning, the cap, and the run state round trip; and the loss table refus
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -13,6 +14,7 @@ from lfr_ds.config import GuardConfig, load_config
 from lfr_ds.errors import UserError
 from lfr_ds.guard import Guard, TrainingStopped
 from lfr_ds.lfr.loss_table import LossTable
+from lfr_ds.run_state import GuardState
 
 LEARN = (0, "learn")
 
@@ -118,14 +120,14 @@ def test_run_state_round_trips_through_json_exactly_and_rewound_keeps_the_skips(
     guard = Guard(GuardConfig(on_spike="rewind", rewind_skip=3, spike_warmup=5, spike_window=8))
     feed(guard, noisy(12, seed=3))
     guard.saved(12, "ck12")
-    state = json.loads(json.dumps(guard.state()))
+    state = GuardState.from_json(json.loads(json.dumps(dataclasses.asdict(guard.state()))), "state.json")
     again = Guard(GuardConfig(on_spike="rewind", rewind_skip=3, spike_warmup=5, spike_window=8), state)
     assert again.state() == guard.state()
     # Both decide the same on the same next loss: the statistics are exact across a resume.
     assert again.check_loss(13, LEARN, rows([6.2])).zscore == guard.check_loss(13, LEARN, rows([6.2])).zscore
     guard.rewind(20)
-    guard.rewound({"guard": state})
-    assert guard.skipped == {18, 19, 20} and guard.rewinds == 1 and guard.detector.losses == state["losses"]
+    guard.rewound(state)
+    assert guard.skipped == {18, 19, 20} and guard.rewinds == 1 and guard.detector.losses == state.losses
 
 
 def test_config_validates_the_guard_settings():

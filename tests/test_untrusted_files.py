@@ -13,7 +13,7 @@ import shutil
 import pytest
 import torch
 from clitools import assert_one_line_error
-from crafted import fake_checkpoint, object_array, plain_pickle, torch_pickle
+from crafted import fake_checkpoint, object_array, phase_manifest, plain_pickle, state_json, torch_pickle
 
 from lfr_ds import train
 from lfr_ds.config import load_config
@@ -98,7 +98,7 @@ def test_lfr_train_refuses_to_resume_from_a_crafted_checkpoint(tmp_path, marker,
 def test_lfr_rewrite_refuses_a_loss_table_of_pickled_objects(tmp_path, marker, run_cli):
     lfr_dir = tmp_path / "step_00000005" / "lfr"
     lfr_dir.mkdir(parents=True)
-    (lfr_dir / "state.json").write_text(json.dumps({"step": 5}))
+    (lfr_dir / "state.json").write_text(state_json())
     object_array(tmp_path / "loss.npy", marker)
     shutil.make_archive(str(tmp_path / "arrays"), "zip", tmp_path, "loss.npy")
     (tmp_path / "arrays.zip").rename(lfr_dir / "arrays.npz")
@@ -116,13 +116,7 @@ def test_sample_index_that_is_a_pickle_is_refused(tmp_path, marker, run_cli, web
     write_sample_index(
         path,
         torch.arange(8).numpy(),
-        {
-            "phase": "phase_000_random",
-            "kind": "random",
-            "dataset": ds.fingerprint,
-            "num_blocks": 100,
-            "seed": [1, 0],
-        },
+        phase_manifest(dataset=ds.fingerprint),
     )
     object_array(path, marker)
     manifest = json.loads(path.with_suffix(".json").read_text())  # an attacker rewrites the checksum too

@@ -27,9 +27,11 @@ so a long comparison can be read (and committed) as it goes.
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,6 +130,10 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--vocab-size", type=int, default=4096, help="tokenizer vocabulary (default 4096)")
     p.add_argument("--subset-seed", type=int, default=0, help="seed of the training subset and the held-out choice (default 0)")
     p.add_argument("--schedule", help="the LFR arms' schedule, instead of the preset's")
+    p.add_argument("--threads", type=int, default=1,
+                   help="CPU threads of each run (default 1); part of each run's record, since on CPU the numbers depend on it")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="runs trained side by side (default: cores / --threads); changes the wall time, never the numbers")
     p.add_argument("overrides", nargs="*", help="lfr-train settings for every arm (an arm's own settings win), e.g. lfr.temperature=2")
     args = p.parse_intermixed_args(argv)
     args.seeds = _csv(args.seeds, "--seeds", int)
@@ -140,7 +146,8 @@ def parse_args(argv: Sequence[str] | None):
         raise UserError(f"--budgets {','.join(map(str, args.budgets))}: fractions in (0, 1], including 1.0 (the full budget)")
     if not 0 <= args.redundancy < 1:
         raise UserError(f"--redundancy {args.redundancy}: must be in [0, 1)")
-    for name in ("valid_blocks", "evals", "blimp_pairs", "vocab_size"):
+    args.jobs = args.jobs if args.jobs is not None else max(1, (os.cpu_count() or 1) // max(1, args.threads))
+    for name in ("valid_blocks", "evals", "blimp_pairs", "vocab_size", "threads", "jobs"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
     check_inputs([args.train, args.valid, *args.test])
@@ -159,7 +166,7 @@ def command_line(args) -> str:
              "--out", args.out, "--train", args.train, "--valid", args.valid, "--redundancy", str(args.redundancy),
              "--budgets", ",".join(f"{b:g}" for b in args.budgets), "--blimp", args.blimp, "--blimp-pairs", str(args.blimp_pairs),
              "--valid-blocks", str(args.valid_blocks), "--evals", str(args.evals), "--vocab-size", str(args.vocab_size),
-             "--subset-seed", str(args.subset_seed)]
+             "--subset-seed", str(args.subset_seed), "--threads", str(args.threads)]
     if args.schedule:
         parts += ["--schedule", args.schedule]
     if args.test:
@@ -194,26 +201,40 @@ def main(argv: Sequence[str] | None = None) -> int:
             schedule = o.split("=", 1)[1]
     phases = parse_schedule(schedule, total_steps=steps, tokens_per_step=G * seq, review_steps=-(-blocks // G))
     setup = runs.Setup(out, corpus, preset.overrides, schedule, tuple(args.overrides), steps,
-                       args.valid_blocks, args.evals, args.blimp, args.blimp_pairs)
+                       args.valid_blocks, args.evals, args.blimp, args.blimp_pairs, args.threads)
     todo = plan(args)
     for run in todo:
         runs.check_reusable(run, setup)
     _log(f"corpus: {ds.num_documents:,} documents, {ds.num_tokens:,} tokens ({corpus.info['repeat_token_share']:.1%} repeats), "
          f"{blocks:,} blocks; {steps} steps = {preset.passes} passes; held-out: {args.valid_blocks} blocks")
     total = sum(r.budget for r in todo)
-    _log(f"plan: {len(todo)} runs ({', '.join(r.name for r in todo)}); ETA ~{total * preset.minutes:.0f} min "
+    _log(f"plan: {len(todo)} runs ({', '.join(r.name for r in todo)}); ETA ~{total * preset.minutes / args.jobs:.0f} min "
          f"(reused runs take none)")
     results = {}
-    for i, run in enumerate(todo):
-        run_dir, seconds = runs.launch(run, setup, args.test, _log)
-        if seconds is not None:  # the ETA from this machine's pace, per unit of budget
-            left = sum(r.budget for r in todo[i + 1:]) * seconds / 60 / run.budget
+    for i, (run, (run_dir, seconds)) in enumerate(zip(todo, launch_all(todo, setup, args), strict=True)):
+        if seconds is not None:  # the ETA from this machine's pace, per unit of budget, --jobs runs at a time
+            left = sum(r.budget for r in todo[i + 1:]) * seconds / 60 / run.budget / args.jobs
             _log(f"{run.name}: done in {seconds:.0f}s; {len(todo) - i - 1} runs left, ETA ~{left:.0f} min")
         results[run.arm, run.seed, run.budget] = runs.result(run_dir, corpus, args.test)
         if i + 1 == len(todo) or todo[i + 1].seed != run.seed:
             write_results(args, setup, results, [s for s in args.seeds if ("random", s, 1.0) in results], phases, G * seq)
     _log(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'heldout.png'}")
     return 0
+
+
+def launch_all(todo: list[runs.Run], setup: runs.Setup, args) -> Iterator[tuple[Path, float | None]]:
+    """Launch ``todo``, ``--jobs`` runs side by side; yield each run's ``(directory, seconds)`` in ``todo``'s
+    order, so results accumulate seed by seed as they did one at a time. Runs are independent processes
+    (their own run_dir, seed, data order and ``--threads``), so side by side changes only the wall time
+    (tests/compare: ``--jobs 1`` and ``--jobs 2`` give the same results.json)."""
+    with ThreadPoolExecutor(args.jobs) as pool:
+        futures = [pool.submit(runs.launch, run, setup, args.test, _log) for run in todo]
+        try:
+            for future in futures:
+                yield future.result()
+        finally:  # a failed run: start no more (those already running finish, their directories stay reusable)
+            for future in futures:
+                future.cancel()
 
 
 def write_results(args, setup: runs.Setup, results: dict, seeds: list[int], phases: list, tokens_per_step: int) -> None:

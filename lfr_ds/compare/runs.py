@@ -34,8 +34,10 @@ from lfr_ds.compare.corpus import Corpus, differences
 from lfr_ds.config import load_config
 from lfr_ds.data.blocks import BlockView
 from lfr_ds.data.dataset import open_dataset
+from lfr_ds.data.sample_index import read_manifest
 from lfr_ds.errors import UserError
 from lfr_ds.lfr.rewriter import read_kept_mask
+from lfr_ds.run_state import INDEX_DIR
 
 ARMS = {
     "random": ("lfr.schedule=random",),
@@ -75,6 +77,9 @@ class Setup:
     evals: int
     blimp: str
     blimp_pairs: int
+    threads: int
+    """CPU threads of every run. On CPU a run's numbers depend on it (the order of a reduction split over
+    threads), so it is part of each run's record; ``--jobs`` only decides how many runs go side by side."""
 
 
 def check_overrides(overrides: list[str]) -> None:
@@ -100,7 +105,7 @@ def overrides(run: Run, setup: Setup) -> list[str]:
 def record(run: Run, setup: Setup) -> dict:
     """What makes a run this run: its resolved config and its corpus."""
     cfg = dataclasses.asdict(load_config(None, overrides(run, setup)))
-    return {"config": cfg, "corpus": setup.corpus.digest}
+    return {"config": cfg, "corpus": setup.corpus.digest, "threads": setup.threads}
 
 
 def identity(rec: dict) -> dict:
@@ -116,6 +121,9 @@ def identity(rec: dict) -> dict:
         return "OUT" + os.sep + v[len(out):] if isinstance(v, str) and v.startswith(out) else v
 
     rec = rel(rec)
+    # Records made before lfr-compare set the thread count ran with OMP_NUM_THREADS unset on the 2-core
+    # reference machine (docs/experiments): 2 threads.
+    rec.setdefault("threads", 2)
     if rec["config"]["lfr"]["schedule"] == "random":
         rec["config"]["lfr"] = {"schedule": "random"}
         # The sketch feeds only Focus's clustering; it leaves init and loss alone (tests/model/test_model_gpt.py).
@@ -147,7 +155,7 @@ def launch(run: Run, setup: Setup, test_files: list[str], log) -> tuple[Path, fl
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_json(run_dir / "compare_run.json", wanted)
     t0 = time.time()
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1))}
+    env = {**os.environ, "OMP_NUM_THREADS": str(setup.threads)}
     if not _finished(run_dir, steps):
         cmd = [sys.executable, "-m", "lfr_ds.train", *overrides(run, setup)]
         log(f"{run.name}: {' '.join(shlex.quote(c) for c in cmd[3:])}")
@@ -208,9 +216,9 @@ def _blocks_trained(run_dir: Path, corpus: Corpus, cfg: dict) -> dict:
     repeat_share = view.token_share(corpus.repeats())
     repeat_block = repeat_share > REPEAT_BLOCK
     trained, focus = [], []
-    for p in sorted((run_dir / "index").glob("phase_*.json")):
-        manifest = json.loads(p.read_text())
-        trained.append(np.load(p.with_suffix(".npy"), allow_pickle=False)[: manifest["steps"] * manifest["global_batch_size"]])
+    for p in sorted((run_dir / INDEX_DIR).glob("phase_*.json")):
+        manifest = read_manifest(p.with_suffix(".npy"))
+        trained.append(np.load(p.with_suffix(".npy"), allow_pickle=False)[: manifest.steps * manifest.global_batch_size])
         kept = read_kept_mask(p, manifest)
         if kept is not None:
             dropped = ~kept

@@ -1,6 +1,6 @@
 """Open an lfr-ds checkpoint for evaluation: its config and tokenizer, then the model with its weights.
 
-A checkpoint (``RUN_DIR/checkpoints/step_N/``, see :mod:`lfr_ds.engine`) holds DeepSpeed's files and
+A checkpoint (``RUN_DIR/checkpoints/step_N/``, see :mod:`lfr_ds.checkpoint`) holds DeepSpeed's files and
 ``lfr/state.json``, whose ``config`` is the run's full :class:`~lfr_ds.config.TrainConfig`. The model is
 rebuilt from ``config.model`` with the vocabulary of the run's tokenizer, and its weights come from
 DeepSpeed's own ZeRO consolidation (``get_fp32_state_dict_from_zero_checkpoint``), which reassembles the
@@ -25,11 +25,13 @@ from pathlib import Path
 
 import torch
 
+from lfr_ds.checkpoint import CHECKPOINTS, LATEST
 from lfr_ds.config import ModelConfig
 from lfr_ds.data.tokenizer import Tokenizer
-from lfr_ds.engine import CHECKPOINTS, LATEST, import_deepspeed
 from lfr_ds.errors import UserError
-from lfr_ds.identity import check_fits, read_state, tokenizer_digest
+from lfr_ds.identity import check_fits, tokenizer_digest
+from lfr_ds.launch import import_deepspeed
+from lfr_ds.run_state import STATE_FILE, RunState
 from lfr_ds.safe_load import check_checkpoint_files, weights_only_loads
 
 
@@ -39,7 +41,7 @@ class Checkpoint:
 
     path: Path
     """The ``step_*`` directory."""
-    state: dict
+    state: RunState
     """``lfr/state.json``: step, dataset fingerprint, the run's full config under ``config``."""
     model_config: ModelConfig
     """The run's model shape, ``vocab_size`` set from :attr:`tokenizer`."""
@@ -47,12 +49,12 @@ class Checkpoint:
 
     @property
     def step(self) -> int:
-        return int(self.state["step"])
+        return self.state.step
 
     @property
     def data_seed(self) -> int:
         """The run's ``data.seed``: a ``.bin/.idx`` held-out set is cut into blocks with it."""
-        return int(self.state["config"]["data"]["seed"])
+        return int(self.state.config["data"]["seed"])
 
 
 def find_checkpoint_dir(path: str | os.PathLike) -> Path:
@@ -68,9 +70,9 @@ def find_checkpoint_dir(path: str | os.PathLike) -> Path:
             break
     if path.name.endswith(".partial"):
         raise UserError(f"{path}: an incomplete checkpoint (its save never finished); use a step_* directory")
-    if not (path / "lfr" / "state.json").is_file():
+    if not (path / STATE_FILE).is_file():
         raise UserError(
-            f"{path}: holds no lfr-ds checkpoint (no lfr/state.json); give a run directory or a step_* checkpoint"
+            f"{path}: holds no lfr-ds checkpoint (no {STATE_FILE}); give a run directory or a step_* checkpoint"
         )
     return path
 
@@ -82,17 +84,17 @@ def open_checkpoint(path: str | os.PathLike, *, tokenizer: str | os.PathLike | N
     in the training dataset's sidecar (``DATA.meta.json``), which must still match its checksum.
     """
     ckpt = find_checkpoint_dir(path)
-    state = read_state(ckpt)
+    state = RunState.read(ckpt)
     try:
-        config = state["config"]
+        config = state.config
         model = ModelConfig(**config["model"])
     except (KeyError, TypeError):
         raise UserError(
-            f"{ckpt}/lfr/state.json: unreadable (no valid config.model); the checkpoint is damaged "
+            f"{ckpt}/{STATE_FILE}: unreadable (no valid config.model); the checkpoint is damaged "
             "or from another lfr-ds version"
         ) from None
     except UserError as e:  # a value ModelConfig's validation refuses
-        raise UserError(f"{ckpt}/lfr/state.json: its config.model is not valid ({e})") from None
+        raise UserError(f"{ckpt}/{STATE_FILE}: its config.model is not valid ({e})") from None
     tok = Tokenizer(tokenizer) if tokenizer is not None else _run_tokenizer(ckpt, config)
     check_fits(
         ckpt,

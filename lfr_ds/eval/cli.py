@@ -126,7 +126,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     results: dict = {
         "checkpoint": str(ckpt.path),
         "step": ckpt.step,
-        "tokens_trained": ckpt.state.get("tokens"),
+        "tokens_trained": ckpt.state.tokens,
         "tokenizer": {"path": ckpt.tokenizer.path, "sha256": ckpt.tokenizer.sha256},
     }
     with out_of_memory("evaluating", f"lower --batch-size (now {args.batch_size})"):

@@ -27,6 +27,7 @@ dropped, at most ``auto_max_drop`` of the seen blocks (and the per-cluster cap s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -35,7 +36,7 @@ from lfr_ds.errors import UserError
 from lfr_ds.lfr.cluster import hierarchical_clusters
 from lfr_ds.lfr.loss_table import LossTable
 from lfr_ds.lfr.schedule import Phase, kept_pass_steps
-from lfr_ds.lfr.select import block_slices, cluster_sums, draw_order, focus_keep_mask
+from lfr_ds.lfr.select import block_slices, cluster_sums, draw_order, focus_keep_mask, perplexity_weights
 
 if TYPE_CHECKING:
     from lfr_ds.config import LFRConfig
@@ -132,12 +133,36 @@ def _sketch_components(sketch: np.ndarray, eligible: np.ndarray) -> tuple[np.nda
     return mean.astype(np.float32), vt[:SKETCH_COMPONENTS].T.astype(np.float32)
 
 
-def focus_order(
-    table: LossTable, phase: Phase, *, global_batch: int, seed: list[int], block_source: np.ndarray, sources: list[str],
-    options: LFRConfig,
-) -> tuple[np.ndarray, dict, np.ndarray]:
-    """``phase``'s block ids (``steps × global_batch`` of them, ``steps`` resolved here for a ``kp``
-    phase), the manifest fields describing the selection, the kept mask."""
+@dataclass
+class FocusSelection:
+    """What a Focus boundary decided: the kept set and the order, and what the reporter
+    (:mod:`lfr_ds.lfr.reporter`) needs to describe them without redoing the work."""
+
+    order: np.ndarray
+    """``steps × global_batch`` block ids, drawn from the kept blocks."""
+    keep: np.ndarray
+    """bool [num_blocks]: True = kept (never-seen blocks always are)."""
+    steps: int
+    """The phase's steps (a ``kp`` phase's resolved here from the kept set)."""
+    cap: float
+    """The per-cluster drop cap applied: ``max_cluster_drop``, raised to the drop fraction if below it."""
+    cluster_blocks: np.ndarray
+    """Per cluster: its eligible (seen) blocks; the last cluster holds the never-seen blocks, if any."""
+    cluster_kept: np.ndarray
+    """Per cluster: its kept blocks."""
+    cluster_difficulty: np.ndarray
+    """Per cluster: the mean difficulty of its eligible blocks."""
+    difficulty_sample: np.ndarray
+    """Difficulty of every ``sample_stride``-th eligible block (for the deciles)."""
+    sample_stride: int
+    auto: dict | None = None
+    """An ``@auto`` phase: how it chose its drop fraction."""
+    learnability: np.ndarray | None = None
+    """``weighting="learnable"``: per cluster, :func:`cluster_learnability`."""
+
+
+def focus_selection(table: LossTable, phase: Phase, *, global_batch: int, seed: list[int], options: LFRConfig) -> FocusSelection:
+    """Select ``phase``'s kept blocks from the loss table and draw its order (see the module docstring)."""
     eligible = table.seen > 0
     n_eligible = int(eligible.sum())
     if n_eligible == 0:
@@ -166,11 +191,38 @@ def focus_order(
     rank_score = mean_difficulty[labels]
     rank_score += score
     rank_score *= 0.5
+    keep, cap, auto = _keep(table, phase, rank_score, labels, eligible, options)
+    del rank_score
+    kept_per_cluster = cluster_sums(labels, None, keep, n_clusters)
+    mean_kept = cluster_sums(labels, score, keep, n_clusters) / np.maximum(kept_per_cluster, 1)
+    n_kept = int(keep.sum())
+    steps = phase.steps if phase.kept_passes is None else kept_pass_steps(phase.kept_passes, n_kept, global_batch)
+    learnability = cluster_learnability(table, labels, eligible, n_clusters) if options.weighting == "learnable" else None
+    del eligible
+    # Cluster first: ∝ kept blocks × exp(mean kept difficulty / T); then block: ∝ exp(difficulty / T).
+    # The block weights overwrite the scores, which are not needed any more: one 4-byte array fewer at
+    # the draw, the rewrite's memory peak (draw_order's float64 CDF).
+    top = float(np.max(score, where=keep, initial=-np.inf))
+    if learnability is not None:
+        cluster_weight = kept_per_cluster * learnability
+    else:
+        cluster_weight = np.where(kept_per_cluster > 0, kept_per_cluster * np.exp((mean_kept - top) / options.temperature), 0.0)
+    block_weight = perplexity_weights(score, options.temperature, top=top, out=score)  # dropped blocks' are never read
+    del score
+    order = draw_order(keep, labels, block_weight, cluster_weight, steps * global_batch, seed=int(np.random.default_rng([*seed, 1]).integers(2**31)))
+    return FocusSelection(order, keep, steps, cap, sizes, kept_per_cluster, mean_difficulty, sample, stride, auto, learnability)
+
+
+def _keep(
+    table: LossTable, phase: Phase, rank_score: np.ndarray, labels: np.ndarray, eligible: np.ndarray, options: LFRConfig
+) -> tuple[np.ndarray, float, dict | None]:
+    """The kept mask, the per-cluster cap applied and (``@auto``) how the drop fraction was chosen.
+    ``rank_score`` is consumed."""
     drop, auto = phase.drop, None
     if phase.auto_drop:
         is_learned = learned(table)
         is_learned &= eligible
-        n_learned = int(is_learned.sum())
+        n_learned, n_eligible = int(is_learned.sum()), int(eligible.sum())
         drop = min(n_learned / n_eligible, options.auto_max_drop)
         rank_score[~is_learned] = np.finfo(np.float32).max  # last in line: never dropped, see below
         auto = {"criterion": f"loss <= {LEARNED_RATIO} x batch mean, and below the batch mean at the previous visit",
@@ -178,67 +230,6 @@ def focus_order(
                 "eligible": n_eligible, "max_drop": options.auto_max_drop, "target_fraction": round(drop, 4)}
     cap = max(options.max_cluster_drop, drop)
     keep = focus_keep_mask(rank_score, labels, drop, eligible=eligible, policy=options.selection, max_cluster_drop=cap)
-    del rank_score
     if auto is not None:
         keep |= ~is_learned  # where per-cluster caps bind, the target could reach past the learned blocks
-        del is_learned
-
-    kept_per_cluster = cluster_sums(labels, None, keep, n_clusters)
-    mean_kept = cluster_sums(labels, score, keep, n_clusters) / np.maximum(kept_per_cluster, 1)
-    dropped = np.maximum(sizes - kept_per_cluster, 0)  # never-seen blocks: not eligible, all kept
-    seen_by_source = np.bincount(block_source[eligible], minlength=len(sources))
-    dropped_by_source = np.bincount(block_source[eligible & ~keep], minlength=len(sources))
-    edges = np.quantile(sample, np.linspace(0, 1, 11))
-    decile = np.clip(np.searchsorted(edges, sample, side="right") - 1, 0, 9)
-    kept_sample = keep[eligible][::stride].copy()
-    decile_dropped = np.bincount(decile, weights=~kept_sample, minlength=10) / np.maximum(np.bincount(decile, minlength=10), 1)
-    n_kept = int(keep.sum())
-    steps = phase.steps if phase.kept_passes is None else kept_pass_steps(phase.kept_passes, n_kept, global_batch)
-    fields = {
-        "steps": steps,
-        "drop_fraction": round(int((eligible & ~keep).sum()) / n_eligible, 4) if auto is not None else phase.drop,
-        "kept": n_kept,
-        "dropped": int((~keep).sum()),
-        "eligible": n_eligible,
-        "score": options.score,
-        "selection": options.selection,
-        "max_cluster_drop": cap,
-        "temperature": options.temperature,
-        "weighting": options.weighting,
-        "source_blocks": {s: int(n) for s, n in zip(sources, seen_by_source, strict=True)},
-        "source_drop_fraction": {
-            s: round(float(d) / max(1, int(n)), 4) for s, n, d in zip(sources, seen_by_source, dropped_by_source, strict=True)
-        },
-        "difficulty_deciles": [
-            {"from": round(float(edges[i]), 4), "to": round(float(edges[i + 1]), 4), "drop_fraction": round(float(decile_dropped[i]), 4)}
-            for i in range(10)
-        ],
-        "clusters": [
-            {"cluster": c, "blocks": int(sizes[c]), "dropped": int(dropped[c]), "drop_fraction": round(float(dropped[c]) / max(1, int(sizes[c])), 4),
-             "mean_difficulty": round(float(mean_difficulty[c]), 4) if sizes[c] else None}
-            for c in range(n_clusters)
-        ],
-    }
-    if phase.kept_passes is not None:
-        fields.update(kept_passes=phase.kept_passes, provisional_steps=phase.steps)
-    if auto is not None:
-        fields["auto_drop"] = auto
-    if options.weighting == "learnable":
-        learnability = cluster_learnability(table, labels, eligible, n_clusters)
-        fields["cluster_learnability"] = [round(float(x), 4) for x in learnability]
-    del eligible
-    # Cluster first: ∝ kept blocks × exp(mean kept difficulty / T); then block: ∝ exp(difficulty / T).
-    # The block weights overwrite the scores, which are not needed any more: one 4-byte array fewer at
-    # the draw, the rewrite's memory peak (draw_order's float64 CDF).
-    top = float(np.max(score, where=keep, initial=-np.inf))
-    if options.weighting == "learnable":
-        cluster_weight = kept_per_cluster * learnability
-    else:
-        cluster_weight = np.where(kept_per_cluster > 0, kept_per_cluster * np.exp((mean_kept - top) / options.temperature), 0.0)
-    block_weight = score
-    del score
-    block_weight -= np.float32(top)
-    block_weight /= np.float32(options.temperature)
-    np.exp(block_weight, out=block_weight)  # dropped blocks' weights are never read by draw_order
-    order = draw_order(keep, labels, block_weight, cluster_weight, steps * global_batch, seed=int(np.random.default_rng([*seed, 1]).integers(2**31)))
-    return order, fields, keep
+    return keep, cap, auto

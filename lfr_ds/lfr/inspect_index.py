@@ -31,11 +31,11 @@ def summarise(path: Path, data: str | None, examples: int, seed: int = 0) -> dic
         raise UserError(f"{path}: not inside a run directory, so its dataset is unknown; pass --data")
     dataset = open_dataset(prefix)
     order, manifest = read_sample_index(path, dataset=dataset.fingerprint)
-    view = BlockView(dataset, manifest["seq_length"], manifest["seed"][0])
-    draws = np.bincount(np.asarray(order, dtype=np.int64), minlength=manifest["num_blocks"])
+    view = BlockView(dataset, manifest.seq_length, manifest.seed[0])
+    draws = np.bincount(np.asarray(order, dtype=np.int64), minlength=manifest.num_blocks)
     keep = read_kept_mask(path, manifest)
     if keep is None:
-        keep = np.ones(manifest["num_blocks"], dtype=bool)
+        keep = np.ones(manifest.num_blocks, dtype=bool)
     src = view.block_source
     per_source = {}
     for code, name in enumerate(dataset.sources):
@@ -52,9 +52,9 @@ def summarise(path: Path, data: str | None, examples: int, seed: int = 0) -> dic
 
     dropped_ids = np.flatnonzero(~keep)
     return {
-        "phase": manifest["phase"], "kind": manifest["kind"], "samples": manifest["length"],
+        "phase": manifest.phase, "kind": manifest.kind, "samples": manifest.length,
         "unique_blocks_drawn": int(np.count_nonzero(draws)), "kept": int(keep.sum()), "dropped": int((~keep).sum()),
-        "sources": per_source, "difficulty_deciles": manifest.get("difficulty_deciles"),
+        "sources": per_source, "difficulty_deciles": manifest.difficulty_deciles,
         "examples_dropped": texts(rng.choice(dropped_ids, min(examples, len(dropped_ids)), replace=False) if len(dropped_ids) else []),
         "examples_most_drawn": texts(np.argsort(-draws, kind="stable")[:examples]),
     }

@@ -1,10 +1,10 @@
 """The loss table: every block's training loss, gathered across data-parallel ranks at every step.
 
 Each rank computes the mean loss of each block it trained on in the ordinary training forward pass
-(no extra pass). :func:`gather_step` all-gathers those records as one float64 tensor: 3 numbers a
-block (id, loss, tokens), plus the sketch when on. Ranks hold consecutive slices of the global
-batch, so the gathered rows come back in global-batch order and every rank ends up with the same
-table. Cost at GPT-2 1.5B scale, global batch 512: 512 × 24 B = 12 KiB per step, or with the default
+(no extra pass). :func:`gather_step` all-gathers those records as one float64 tensor
+(:func:`step_rows`): 3 numbers a block (id, loss, tokens), plus the sketch when on. Ranks hold
+consecutive slices of the global batch, so the gathered rows come back in global-batch order and every
+rank ends up with the same table. Cost at GPT-2 1.5B scale, global batch 512: 512 × 24 B = 12 KiB per step, or with the default
 16-wide sketch 512 × 152 B = 78 KB, next to a ~3 GB bf16 gradient reduce-scatter per step: far below
 0.1 % of the step's communication.
 
@@ -24,10 +24,12 @@ import torch.distributed as dist
 NAN = np.float32("nan")
 
 
-def gather_step(
+def step_rows(
     ids: np.ndarray, losses: torch.Tensor, tokens: torch.Tensor, sketch: torch.Tensor | None
-) -> np.ndarray:
-    """All-gather this rank's ``(block id, mean loss, tokens[, sketch])`` rows; returns ``[global, 3(+k)]``."""
+) -> torch.Tensor:
+    """This rank's records of one step as the float64 rows :func:`gather_step` sends: ``[n, 3(+k)]``, one
+    ``(block id, mean loss, tokens[, sketch])`` row per block, on the losses' device. float64 holds block
+    ids exactly up to 2^53 and the float32 losses and sketches without rounding."""
     cols = [
         torch.as_tensor(ids, dtype=torch.float64, device=losses.device)[:, None],
         losses.double()[:, None],
@@ -35,7 +37,11 @@ def gather_step(
     ]
     if sketch is not None:
         cols.append(sketch.double())
-    mine = torch.cat(cols, dim=1).contiguous()
+    return torch.cat(cols, dim=1).contiguous()
+
+
+def gather_step(mine: torch.Tensor) -> np.ndarray:
+    """All-gather every rank's :func:`step_rows`; returns ``[global batch, 3(+k)]`` in global-batch order."""
     if not dist.is_initialized() or dist.get_world_size() == 1:
         return mine.cpu().numpy()
     parts = [torch.empty_like(mine) for _ in range(dist.get_world_size())]

@@ -19,21 +19,20 @@ from lfr_ds.config import config_from_dict, load_config
 from lfr_ds.data.blocks import BlockView
 from lfr_ds.data.dataset import open_dataset
 from lfr_ds.errors import ArgumentParser, UserError, cli
-from lfr_ds.identity import check_fits, dataset_digest, read_state
+from lfr_ds.identity import check_fits, dataset_digest
 from lfr_ds.lfr.loss_table import LossTable
-from lfr_ds.lfr.rewriter import build_order, inputs_digest, write_phase_index
-from lfr_ds.lfr.schedule import Phase
+from lfr_ds.lfr.rewriter import Rewriter
 from lfr_ds.resources import out_of_disk, out_of_memory
+from lfr_ds.run_state import ARRAYS_FILE, STATE_FILE, RunState
 from lfr_ds.safe_load import load_arrays
 
 
-def load_checkpoint_state(path: str) -> tuple[dict, LossTable]:
+def load_checkpoint_state(path: str) -> tuple[RunState, LossTable]:
     """``(state, loss table)`` of an lfr-ds checkpoint directory, without DeepSpeed or a model."""
-    lfr_dir = Path(path) / "lfr"
-    if not (lfr_dir / "state.json").is_file() or not (lfr_dir / "arrays.npz").is_file():
-        raise UserError(f"{path}: not an lfr-ds checkpoint (no lfr/state.json); give a step_* directory under RUN_DIR/checkpoints")
-    state = read_state(path)
-    table = LossTable.from_arrays(load_arrays(lfr_dir / "arrays.npz"))
+    if not (Path(path) / STATE_FILE).is_file() or not (Path(path) / ARRAYS_FILE).is_file():
+        raise UserError(f"{path}: not an lfr-ds checkpoint (no {STATE_FILE}); give a step_* directory under RUN_DIR/checkpoints")
+    state = RunState.read(path)
+    table = LossTable.from_arrays(load_arrays(Path(path) / ARRAYS_FILE))
     return state, table
 
 
@@ -50,19 +49,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     state, table = load_checkpoint_state(args.checkpoint)
     try:
-        cfg = config_from_dict(state["config"])
+        cfg = config_from_dict(state.config)
     except UserError as e:
-        raise UserError(f"{args.checkpoint}/lfr/state.json: the run's config is not valid here ({e})") from None
+        raise UserError(f"{args.checkpoint}/{STATE_FILE}: the run's config is not valid here ({e})") from None
     if args.overrides:
         bad = [o for o in args.overrides if not o.startswith("lfr.")]
         if bad:
             raise UserError(f"override {bad[0]!r}: only lfr.* settings change a rewrite")
         cfg = dataclasses.replace(cfg, lfr=load_config(None, [f"data.path={cfg.data.path}", *args.overrides]).lfr)
-    phases = [Phase(**d) for d in state["schedule"]]
+    phases = state.schedule
     if args.phase is None:
-        later = [ph for ph in phases if ph.start >= state["step"]]
+        later = [ph for ph in phases if ph.start >= state.step]
         if not later:
-            raise UserError(f"{args.checkpoint}: the run ends at step {state['step']}, no phase left; pass --phase")
+            raise UserError(f"{args.checkpoint}: the run ends at step {state.step}, no phase left; pass --phase")
         phase = later[0]
     elif 0 <= args.phase < len(phases):
         phase = phases[args.phase]
@@ -78,16 +77,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     dataset = open_dataset(args.data or cfg.data.path)
     check_fits(Path(args.checkpoint), state, {"data.path": dataset_digest(dataset)}, flags={"data.path": "--data"})
-    blocks = BlockView(dataset, cfg.model.seq_length, cfg.data.seed)
-    G = cfg.engine.global_batch_size
-    digest = inputs_digest(phase, cfg.data.seed, dataset.fingerprint, G, table, cfg.lfr)
+    rewriter = Rewriter.for_run(cfg, dataset, BlockView(dataset, cfg.model.seq_length, cfg.data.seed).block_source)
     with out_of_memory("ranking and clustering the blocks", f"lower lfr.centroids (now {cfg.lfr.centroids}), or run "
                        "lfr-rewrite on a machine with more memory"):
-        order, fields, keep = build_order(phase, num_blocks=blocks.num_blocks, global_batch=G, seed=cfg.data.seed, table=table,
-                                          block_source=blocks.block_source, sources=dataset.sources, options=cfg.lfr)
+        built = rewriter.build(phase, table)
     with out_of_disk(out.parent, "--out"):
-        manifest = write_phase_index(out, phase, order, fields, keep, seed=cfg.data.seed, dataset=dataset.fingerprint,
-                                     num_blocks=blocks.num_blocks, seq_length=cfg.model.seq_length, global_batch=G,
-                                     digest=digest, block_source=blocks.block_source, sources=dataset.sources)
-    print(f"wrote {out}: {phase.name}, {manifest['length']:,} samples, kept {manifest['kept']:,} of {blocks.num_blocks:,} blocks", file=sys.stderr)
+        manifest = rewriter.write(out, built)
+    print(f"wrote {out}: {phase.name}, {manifest.length:,} samples, kept {manifest.kept:,} of {manifest.num_blocks:,} blocks", file=sys.stderr)
     return 0

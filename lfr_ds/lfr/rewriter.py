@@ -1,20 +1,28 @@
 """The sample index rewriter: at every phase boundary, write the next phase's sample index file.
 
 - ``random`` / ``learn`` / ``review``: a fresh seeded shuffle of all blocks, epoch after epoch.
-- ``focus``: :func:`lfr_ds.lfr.focus.focus_order` from the loss table (features → hierarchical
-  clusters → drop the easiest → perplexity-weighted draw, cluster first).
+- ``focus``: :func:`lfr_ds.lfr.focus.focus_selection` from the loss table (features → hierarchical
+  clusters → drop the easiest → perplexity-weighted draw, cluster first), described for the manifest by
+  :mod:`lfr_ds.lfr.reporter`.
 
 Rank 0 writes ``RUN_DIR/index/<phase>.npy`` + ``.json`` atomically. Other ranks get it either from the
 shared filesystem after a barrier, or, for clusters without one, by broadcast (the bytes of both files,
 written to ``RUN_DIR/index/rank<r>/`` and checksum-verified on read). A file is reused only if its manifest records the
 same inputs (phase, seed, dataset, batch geometry and a digest of the loss table): rewriting is
 deterministic, so a resumed run writes the same bytes an uninterrupted one did.
+
+A :class:`Rewriter` holds what is fixed for the whole run (built once, from the config and the dataset);
+a boundary passes only the phase, the loss table and, resuming mid-phase, the digest it must find.
+``lfr-rewrite`` (:mod:`lfr_ds.lfr.offline`) goes through the same :meth:`Rewriter.build` and
+:meth:`Rewriter.write`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -22,158 +30,163 @@ import torch
 import torch.distributed as dist
 
 from lfr_ds import atomic
-from lfr_ds.config import LFRConfig
-from lfr_ds.data.sample_index import read_sample_index, write_sample_index
+from lfr_ds.config import LFRConfig, TrainConfig
+from lfr_ds.data.sample_index import read_manifest, read_sample_index, write_sample_index
 from lfr_ds.data.sampler import shuffled_order
 from lfr_ds.errors import UserError
-from lfr_ds.lfr.focus import focus_order
+from lfr_ds.lfr import reporter
+from lfr_ds.lfr.focus import focus_selection
 from lfr_ds.lfr.loss_table import LossTable
 from lfr_ds.lfr.schedule import Phase
+from lfr_ds.run_state import PhaseManifest, phase_file
 
 
 def phase_seed(seed: int, phase: Phase) -> list[int]:
     return [seed, phase.index]
 
 
-def inputs_digest(
-    phase: Phase,
-    seed: int,
-    dataset: str,
-    global_batch: int,
-    table: LossTable | None,
-    options: LFRConfig | None,
-) -> str:
-    """Everything the phase's order depends on; a file whose manifest records the same digest is reused."""
-    settings = [phase.kind, phase.index, phase.start, phase.steps, phase.drop, seed, dataset, global_batch]
-    if phase.kind == "focus" and options is not None:
-        settings += [
-            options.score,
-            options.selection,
-            options.max_cluster_drop,
-            options.clusters,
-            options.centroids,
-            options.temperature,
-        ]
-        # Only where they matter, so the digests of runs made before these settings existed stay the same.
-        if phase.auto_drop or phase.kept_passes is not None:
-            settings += [phase.auto_drop, phase.kept_passes, options.auto_max_drop if phase.auto_drop else None]
-        if options.weighting != "perplexity":
-            settings.append(options.weighting)
-    h = hashlib.sha256(json.dumps(settings).encode())
-    if table is not None and phase.kind == "focus":
-        for arr in table.arrays().values():
-            h.update(np.ascontiguousarray(arr))  # hashes the buffer in place: no copy of a GB-sized column
-    return h.hexdigest()
-
-
-def build_order(
-    phase: Phase,
-    *,
-    num_blocks: int,
-    global_batch: int,
-    seed: int,
-    table: LossTable | None,
-    block_source: np.ndarray,
-    sources: list[str],
-    options: LFRConfig | None,
-) -> tuple[np.ndarray, dict, np.ndarray | None]:
-    """The phase's block order, the manifest fields that describe it and (focus only) the kept mask.
-    The order holds ``steps × global_batch`` ids, where ``steps`` (also in the fields) is the phase's,
-    or for a ``kp`` phase its length resolved from the kept set."""
+def declared_settings(phase: Phase, options: LFRConfig) -> list:
+    """The ``lfr.*`` settings a phase's order depends on, as each :class:`~lfr_ds.config.LFRConfig` field
+    declares in its ``digest`` metadata (see there); a shuffle phase depends on none."""
     if phase.kind != "focus":
-        order = shuffled_order(num_blocks, phase.steps * global_batch, phase_seed(seed, phase))
-        return order, {"steps": phase.steps, "kept": num_blocks, "dropped": 0}, None
-    return focus_order(table, phase, global_batch=global_batch, seed=phase_seed(seed, phase), block_source=block_source,
-                       sources=sources, options=options or LFRConfig())
+        return []
+    fields = dataclasses.fields(LFRConfig)
+
+    def declared(role: str) -> list[dataclasses.Field]:
+        return [f for f in fields if f.metadata["digest"] == role]
+
+    settings = [getattr(options, f.name) for f in declared("focus")]
+    if phase.auto_drop or phase.kept_passes is not None:
+        settings += [phase.auto_drop, phase.kept_passes]
+        settings += [getattr(options, f.name) if phase.auto_drop else None for f in declared("auto")]
+    settings += [getattr(options, f.name) for f in declared("focus-if-changed") if getattr(options, f.name) != f.default]
+    return settings
 
 
-def write_phase_index(path: Path, phase: Phase, order: np.ndarray, fields: dict, keep: np.ndarray | None, *, seed: int,
-                      dataset: str, num_blocks: int, seq_length: int, global_batch: int, digest: str,
-                      block_source: np.ndarray, sources: list[str]) -> dict:
-    """Write ``path`` (+ manifest, + ``<name>.kept.npy``, the packed kept mask of a focus phase). ``fields``
-    (from :func:`build_order`) give the phase's ``steps`` (resolved, for a ``kp`` phase) and, for an
-    ``@auto`` phase, the ``drop_fraction`` it chose."""
-    if keep is not None:
-        kept_path = path.with_name(path.stem + ".kept.npy")
-        atomic.save_npy(kept_path, np.packbits(keep))
-        fields = {**fields, "kept_mask": kept_path.name}
-    counts = np.bincount(block_source[order], minlength=len(sources))
-    return write_sample_index(path, order, {
-        "phase": phase.name, "kind": phase.kind, "index": phase.index, "start_step": phase.start,
-        "drop_fraction": phase.drop, "seed": phase_seed(seed, phase), "dataset": dataset, "num_blocks": num_blocks,
-        "seq_length": seq_length, "global_batch_size": global_batch, "inputs_sha256": digest,
-        "source_share": {s: round(float(c) / max(1, len(order)), 6) for s, c in zip(sources, counts, strict=True)},
-        **fields,
-    })
+@dataclass(frozen=True)
+class Built:
+    """A phase's order before it is written: the ids, their manifest (``length`` and ``sha256`` still to
+    come) and, for a Focus phase, the kept mask."""
+
+    order: np.ndarray
+    manifest: PhaseManifest
+    keep: np.ndarray | None
 
 
-def read_kept_mask(path: Path, manifest: dict) -> np.ndarray | None:
-    """The kept mask a focus phase's manifest points to (bool [num_blocks]), or ``None``."""
-    name = manifest.get("kept_mask")
-    if name is None:
-        return None
-    return np.unpackbits(np.load(Path(path).parent / name, allow_pickle=False), count=manifest["num_blocks"]).astype(bool)
+@dataclass(frozen=True)
+class Rewriter:
+    """What every phase boundary of a run shares; :meth:`for_run` builds it from the config and the data."""
 
+    run_dir: Path
+    options: LFRConfig
+    """``lfr.*``: the selection settings, and ``distribute``."""
+    seed: int
+    """``data.seed``: each phase draws with ``[seed, phase index]``."""
+    dataset: str
+    """The dataset's fingerprint."""
+    sources: list[str]
+    block_source: np.ndarray
+    """Per block, its index into :attr:`sources` (for the manifests' statistics only)."""
+    seq_length: int
+    global_batch: int
+    rank: int = 0
+    device: torch.device | None = None
+    """Where ``distribute=broadcast`` stages the bytes (a CUDA device under NCCL; ``None`` = CPU)."""
 
-def prepare_phase(
-    phase: Phase,
-    *,
-    run_dir: str,
-    rank: int,
-    distribute: str,
-    num_blocks: int,
-    seq_length: int,
-    global_batch: int,
-    seed: int,
-    dataset: str,
-    table: LossTable | None,
-    block_source: np.ndarray,
-    sources: list[str],
-    options: LFRConfig | None = None,
-    device: torch.device | None = None,
-    resumed_digest: str | None = None,
-) -> tuple[np.ndarray, dict]:
-    """Make ``phase``'s sample index available on every rank; returns ``(order, manifest)`` (same on all).
+    @classmethod
+    def for_run(cls, cfg: TrainConfig, dataset, block_source: np.ndarray, *, rank: int = 0,
+                device: torch.device | None = None) -> Rewriter:
+        """The rewriter of run ``cfg`` on ``dataset`` (a :class:`~lfr_ds.data.dataset.Dataset`), whose blocks
+        (cut with ``cfg.model.seq_length`` and ``cfg.data.seed``) come from the sources ``block_source`` says."""
+        return cls(Path(cfg.run_dir), cfg.lfr, cfg.data.seed, dataset.fingerprint, list(dataset.sources), block_source,
+                   cfg.model.seq_length, cfg.engine.global_batch_size, rank, device)
 
-    At the phase's first step the order follows from the current loss table. A run resumed in the middle
-    of a phase passes ``resumed_digest`` (saved in its checkpoint) instead: the table has moved on since
-    the phase began, so the file written then must be reused as it is, never rebuilt.
-    """
-    path = Path(run_dir) / "index" / f"{phase.name}.npy"
-    digest = resumed_digest or inputs_digest(phase, seed, dataset, global_batch, table, options)
-    if rank == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if resumed_digest is not None and not _reusable(path, digest, dataset):
-            raise UserError(
-                f"{path}: missing or not the file this run was using when it was checkpointed; it cannot be rebuilt "
-                f"mid-phase (the loss table has moved on): restore it, or resume from a checkpoint before step {phase.start + 1}"
-            )
-        if not _reusable(path, digest, dataset):
-            order, fields, keep = build_order(phase, num_blocks=num_blocks, global_batch=global_batch, seed=seed, table=table,
-                                              block_source=block_source, sources=sources, options=options)
-            write_phase_index(path, phase, order, fields, keep, seed=seed, dataset=dataset, num_blocks=num_blocks,
-                              seq_length=seq_length, global_batch=global_batch, digest=digest, block_source=block_source, sources=sources)
-    if dist.is_initialized() and dist.get_world_size() > 1:
-        if distribute == "broadcast":
-            path = _broadcast_files(path, rank, device or torch.device("cpu"))
+    @property
+    def num_blocks(self) -> int:
+        return len(self.block_source)
+
+    def digest(self, phase: Phase, table: LossTable | None) -> str:
+        """Everything the phase's order depends on; a file whose manifest records the same digest is reused."""
+        settings = [phase.kind, phase.index, phase.start, phase.steps, phase.drop, self.seed, self.dataset, self.global_batch]
+        h = hashlib.sha256(json.dumps(settings + declared_settings(phase, self.options)).encode())
+        if table is not None and phase.kind == "focus":
+            for arr in table.arrays().values():
+                h.update(np.ascontiguousarray(arr))  # hashes the buffer in place: no copy of a GB-sized column
+        return h.hexdigest()
+
+    def build(self, phase: Phase, table: LossTable | None, digest: str | None = None) -> Built:
+        """The phase's order (``steps × global_batch`` ids, ``steps`` resolved here for a ``kp`` phase), its
+        manifest and kept mask: a seeded shuffle, or for Focus a selection from ``table``. ``digest``: its
+        :meth:`digest`, if the caller has it already (hashing a 100M-block table takes seconds)."""
+        base = {"phase": phase.name, "kind": phase.kind, "seed": phase_seed(self.seed, phase), "dataset": self.dataset,
+                "num_blocks": self.num_blocks, "index": phase.index, "start_step": phase.start, "drop_fraction": phase.drop,
+                "seq_length": self.seq_length, "global_batch_size": self.global_batch,
+                "inputs_sha256": digest or self.digest(phase, table)}
+        if phase.kind != "focus":
+            order = shuffled_order(self.num_blocks, phase.steps * self.global_batch, phase_seed(self.seed, phase))
+            fields, keep = {"steps": phase.steps, "kept": self.num_blocks, "dropped": 0}, None
         else:
-            dist.barrier()
-    order, manifest = read_sample_index(path, dataset=dataset)
-    if manifest.get("inputs_sha256") != digest:
-        raise RuntimeError(f"{path}: written for other inputs than this rank's; ranks disagree on the loss table")
-    return order, manifest
+            sel = focus_selection(table, phase, global_batch=self.global_batch, seed=phase_seed(self.seed, phase),
+                                  options=self.options)
+            order, keep = sel.order, sel.keep
+            fields = reporter.focus_fields(sel, table.seen, self.block_source, self.sources, self.options, phase.drop)
+            if phase.kept_passes is not None:
+                fields.update(kept_passes=phase.kept_passes, provisional_steps=phase.steps)
+        share = reporter.source_share(order, self.block_source, self.sources)
+        return Built(order, PhaseManifest(**{**base, "source_share": share, **fields}), keep)
+
+    def write(self, path: Path, built: Built) -> PhaseManifest:
+        """Write ``built`` as ``path`` (+ manifest, + ``<name>.kept.npy``, the packed kept mask of a Focus phase)."""
+        manifest = built.manifest
+        if built.keep is not None:
+            kept_path = path.with_name(path.stem + ".kept.npy")
+            atomic.save_npy(kept_path, np.packbits(built.keep))
+            manifest = dataclasses.replace(manifest, kept_mask=kept_path.name)
+        return write_sample_index(path, built.order, manifest)
+
+    def prepare(self, phase: Phase, table: LossTable | None, resumed_digest: str | None = None) -> tuple[np.ndarray, PhaseManifest]:
+        """Make ``phase``'s sample index available on every rank; returns ``(order, manifest)`` (same on all).
+
+        At the phase's first step the order follows from the current loss table. A run resumed in the middle
+        of a phase passes ``resumed_digest`` (saved in its checkpoint) instead: the table has moved on since
+        the phase began, so the file written then must be reused as it is, never rebuilt.
+        """
+        path = phase_file(self.run_dir, phase.name)
+        digest = resumed_digest or self.digest(phase, table)
+        if self.rank == 0:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if resumed_digest is not None and not _reusable(path, digest, self.dataset):
+                raise UserError(
+                    f"{path}: missing or not the file this run was using when it was checkpointed; it cannot be rebuilt "
+                    f"mid-phase (the loss table has moved on): restore it, or resume from a checkpoint before step {phase.start + 1}"
+                )
+            if not _reusable(path, digest, self.dataset):
+                self.write(path, self.build(phase, table, digest))
+        if dist.is_initialized() and dist.get_world_size() > 1:
+            if self.options.distribute == "broadcast":
+                path = _broadcast_files(path, self.rank, self.device or torch.device("cpu"))
+            else:
+                dist.barrier()
+        order, manifest = read_sample_index(path, dataset=self.dataset)
+        if manifest.inputs_sha256 != digest:
+            raise RuntimeError(f"{path}: written for other inputs than this rank's; ranks disagree on the loss table")
+        return order, manifest
+
+
+def read_kept_mask(path: Path, manifest: PhaseManifest) -> np.ndarray | None:
+    """The kept mask a focus phase's manifest points to (bool [num_blocks]), or ``None``."""
+    if manifest.kept_mask is None:
+        return None
+    packed = np.load(Path(path).parent / manifest.kept_mask, allow_pickle=False)
+    return np.unpackbits(packed, count=manifest.num_blocks).astype(bool)
 
 
 def _reusable(path: Path, digest: str, dataset: str) -> bool:
-    manifest_path = path.with_suffix(".json")
-    if not manifest_path.is_file():
-        return False
     try:
-        manifest = json.loads(manifest_path.read_text())
-        if manifest.get("inputs_sha256") != digest:
+        if read_manifest(path).inputs_sha256 != digest:  # before the checksum: that reads the whole file
             return False
         read_sample_index(path, dataset=dataset)
-    except Exception:  # anything off (corrupt, half-written, foreign): just rewrite it
+    except Exception:  # anything off (missing, corrupt, half-written, foreign): just rewrite it
         return False
     return True
 

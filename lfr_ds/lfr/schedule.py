@@ -157,12 +157,12 @@ def resolve_length(phases: list[Phase], index: int, steps: int) -> list[Phase]:
     return _restart([dataclasses.replace(p, steps=changed.get(p.index, p.steps)) for p in phases])
 
 
-def resumed_schedule(phases: list[Phase], saved: list[dict]) -> list[Phase]:
+def resumed_schedule(phases: list[Phase], saved: list[Phase]) -> list[Phase]:
     """The schedule a resumed run continues: its checkpoint's (``saved``), whose ``kp`` phases already
     resolved, once it is checked to be ``phases`` (as parsed from the config) up to those lengths."""
     if not any(p.kept_passes is not None for p in phases):
         return phases
-    old = [Phase(**d) for d in saved]
+    old = saved
     if [_shape(p) for p in old] != [_shape(p) for p in phases] or sum(p.steps for p in old) != sum(p.steps for p in phases):
         raise UserError(
             "lfr.schedule: not the schedule the checkpoint was trained with; resume with its lfr.schedule, steps and lfr.length_scale"

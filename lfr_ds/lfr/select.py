@@ -148,11 +148,34 @@ def draw_order(
         raise ValueError("no cluster with kept blocks has positive weight")
     scale = np.divide(p, total, out=np.zeros(k), where=total > 0)
 
-    # The CDF runs over the kept blocks only (dropped ones have no mass): at 100M blocks and a 50% drop
-    # that halves the rewrite's largest arrays, the float64 CDF and its guide table.
-    dtype = np.uint32 if n < 2**32 else np.int64
+    kept_ids, cdf = _kept_cdf(keep, labels, block_weight, scale)
+    m = len(cdf)
+    cdf *= m / cdf[-1]  # in units of guide buckets, see _guided_search
+    np.minimum(cdf, m, out=cdf)  # rounding may overshoot the total by an ulp
+    last = int(np.searchsorted(cdf, m))  # the first block to reach the total has positive mass
+    guide = _guide_table(cdf)
+
+    rng = np.random.default_rng(seed)
+    order = np.empty(n_samples, dtype=kept_ids.dtype)
+    for s in range(0, n_samples, _SLICE):
+        u = rng.random(min(_SLICE, n_samples - s))
+        u *= m
+        pick = _guided_search(cdf, guide, u)
+        # u can round up to the total itself, one past the end: then take the last block with mass.
+        np.minimum(pick, last, out=pick)
+        order[s : s + len(u)] = kept_ids[pick]
+    return order
+
+
+def _kept_cdf(
+    keep: np.ndarray, labels: np.ndarray, block_weight: np.ndarray, scale: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The kept blocks' ids (uint32 below 2³² blocks) and the float64 cumulative sum of their draw mass,
+    ``block_weight × scale[cluster]``. Over the kept blocks only (dropped ones have no mass): at 100M blocks
+    and a 50% drop that halves the rewrite's largest arrays, the CDF and its guide table."""
+    n = len(keep)
     m = int(np.count_nonzero(keep))
-    kept_ids = np.empty(m, dtype=dtype)
+    kept_ids = np.empty(m, dtype=np.uint32 if n < 2**32 else np.int64)
     cdf = np.empty(m)
     pos = 0
     for sl in block_slices(n):
@@ -166,35 +189,29 @@ def draw_order(
         out += cdf[pos - 1] if pos else 0.0
         kept_ids[pos : pos + len(ids)] = ids + sl.start
         pos += len(ids)
-    cdf *= m / cdf[-1]  # in units of guide buckets, see _guided_search
-    np.minimum(cdf, m, out=cdf)  # rounding may overshoot the total by an ulp
-    last = int(np.searchsorted(cdf, m))  # the first block to reach the total has positive mass
-    guide = _guide_table(cdf)
-
-    rng = np.random.default_rng(seed)
-    order = np.empty(n_samples, dtype=dtype)
-    for s in range(0, n_samples, _SLICE):
-        u = rng.random(min(_SLICE, n_samples - s))
-        u *= m
-        pick = _guided_search(cdf, guide, u)
-        # u can round up to the total itself, one past the end: then take the last block with mass.
-        np.minimum(pick, last, out=pick)
-        order[s : s + len(u)] = kept_ids[pick]
-    return order
+    return kept_ids, cdf
 
 
-def perplexity_weights(score: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Sampling weights ∝ perplexity^(1/T) = ``exp(score / T)`` (float32), scaled so the largest is 1.
+def perplexity_weights(
+    score: np.ndarray, temperature: float = 1.0, *, top: float | None = None, out: np.ndarray | None = None
+) -> np.ndarray:
+    """Sampling weights ∝ perplexity^(1/T) = ``exp(score / T)`` (float32), scaled so that a score of ``top``
+    (default: the largest) weighs 1.
 
     The scaling only avoids overflow (weights are relative). NaN scores give NaN weights: fill those
     before :func:`draw_order`. Large T flattens towards uniform, small T concentrates on the hardest.
+    ``out`` (float32, may be ``score`` itself) receives the weights in place: at 100M blocks a second
+    array is 400 MB at the rewrite's memory peak.
     """
     if not temperature > 0:
         raise UserError(f"sampling temperature {temperature} must be positive: use e.g. 1.0")
-    w = np.array(score, dtype=np.float32)
-    w -= np.nanmax(w)
-    w /= temperature
-    return np.exp(w, out=w)
+    if out is None:
+        out = np.array(score, dtype=np.float32)
+    elif out is not score:
+        out[...] = score
+    out -= np.float32(np.nanmax(out) if top is None else top)
+    out /= np.float32(temperature)
+    return np.exp(out, out=out)
 
 
 def block_slices(n: int) -> Iterator[slice]:

@@ -24,7 +24,7 @@ def test_file(tmp_path_factory):
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory, webmix_train, test_file):
     out = tmp_path_factory.mktemp("compare")
-    assert compare.main([*ARGS, "--out", str(out), "--test", str(test_file)]) == 0
+    assert compare.main([*ARGS, "--out", str(out), "--test", str(test_file), "--jobs", "1"]) == 0
     return out
 
 
@@ -55,9 +55,13 @@ def test_compare_writes_results_table_and_plot(smoke, test_file):
     assert (smoke / "heldout.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_the_same_comparison_gives_the_same_losses(smoke, tmp_path, test_file):
-    assert compare.main([*ARGS, "--out", str(tmp_path), "--test", str(test_file)]) == 0
+def test_the_same_comparison_gives_the_same_losses_one_run_at_a_time_or_two_side_by_side(smoke, tmp_path, test_file,
+                                                                                         capfd):
+    assert compare.main([*ARGS, "--out", str(tmp_path), "--test", str(test_file), "--jobs", "2"]) == 0
     assert _losses(tmp_path) == _losses(smoke)
+    # Both runs were under way at once: the second started before the first finished.
+    err = capfd.readouterr().err
+    assert err.index("] lfr-seed1: ") < err.index("] random-seed1: done")
 
 
 def test_rerun_reuses_or_refuses_never_mixes(smoke, run_cli, webmix_train, test_file, tmp_path):
@@ -105,6 +109,7 @@ def test_report_on_the_lfr_arm(smoke):
     (["--redundancy", "1"], "[0, 1)"), (["--redundancy", "-0.1"], "[0, 1)"),
     (["--budgets", "0.5,0.8"], "including 1.0"), (["--budgets", "0,1"], "(0, 1]"), (["--budgets", "1.0,1.5"], "(0, 1]"),
     (["--test", "nope.jsonl"], "nope.jsonl"), (["--train", "nope.jsonl"], "nope.jsonl"),
+    (["--jobs", "0"], "--jobs"), (["--threads", "0"], "--threads"),
     (["steps=5"], "set by lfr-compare"), (["eval.valid_blocks=5"], "set by lfr-compare"),
 ])
 def test_compare_bad_input(tmp_path, run_cli, argv, needle):

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from crafted import phase_manifest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -13,20 +14,20 @@ from lfr_ds.data.sample_index import read_sample_index, write_sample_index
 from lfr_ds.data.sampler import DataParallelSampler, shuffled_order
 from lfr_ds.errors import UserError
 
-MANIFEST = {"phase": "phase_000_random", "kind": "random", "seed": [1, 0], "dataset": "f" * 64, "num_blocks": 100}
+MANIFEST = phase_manifest()
 
 
 def test_round_trip_and_manifest(tmp_path):
     ids = np.arange(100)[::-1]
-    m = write_sample_index(tmp_path / "p.npy", ids, dict(MANIFEST))
+    m = write_sample_index(tmp_path / "p.npy", ids, MANIFEST)
     back, manifest = read_sample_index(tmp_path / "p.npy", dataset="f" * 64)
     assert np.array_equal(back, ids) and back.dtype == np.uint32
-    assert manifest == m and manifest["length"] == 100 and len(manifest["sha256"]) == 64
+    assert manifest == m and manifest.length == 100 and len(manifest.sha256) == 64
     assert json.loads((tmp_path / "p.json").read_text())["kind"] == "random"
 
 
 def test_corrupt_file_is_refused(tmp_path):
-    write_sample_index(tmp_path / "p.npy", np.arange(100), dict(MANIFEST))
+    write_sample_index(tmp_path / "p.npy", np.arange(100), MANIFEST)
     raw = bytearray((tmp_path / "p.npy").read_bytes())
     raw[-1] ^= 1
     (tmp_path / "p.npy").write_bytes(bytes(raw))
@@ -35,13 +36,13 @@ def test_corrupt_file_is_refused(tmp_path):
 
 
 def test_other_dataset_is_refused(tmp_path):
-    write_sample_index(tmp_path / "p.npy", np.arange(100), dict(MANIFEST))
+    write_sample_index(tmp_path / "p.npy", np.arange(100), MANIFEST)
     with pytest.raises(UserError, match="belongs to another dataset"):
         read_sample_index(tmp_path / "p.npy", dataset="0" * 64)
 
 
 def test_missing_manifest_is_refused(tmp_path):
-    write_sample_index(tmp_path / "p.npy", np.arange(100), dict(MANIFEST))
+    write_sample_index(tmp_path / "p.npy", np.arange(100), MANIFEST)
     (tmp_path / "p.json").unlink()
     with pytest.raises(UserError, match="missing"):
         read_sample_index(tmp_path / "p.npy")

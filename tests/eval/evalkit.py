@@ -96,11 +96,14 @@ def heldout_on_rank(
 
     from lfr_ds.config import load_config
     from lfr_ds.data.tokenizer import Tokenizer
-    from lfr_ds.engine import build_ds_config, build_engine, init_distributed
+    from lfr_ds.engine import build_ds_config, build_engine
     from lfr_ds.eval.perplexity import heldout_loss, load_heldout
+    from lfr_ds.launch import init_distributed
 
     torch.set_num_threads(1)
-    env = dict(RANK=rank, LOCAL_RANK=rank, WORLD_SIZE=world, MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+    # As a launcher sets them (one node): an inherited LOCAL_WORLD_SIZE=1 would not fit LOCAL_RANK=1.
+    env = dict(RANK=rank, LOCAL_RANK=rank, WORLD_SIZE=world, LOCAL_WORLD_SIZE=world, MASTER_ADDR="127.0.0.1",
+               MASTER_PORT=port)
     os.environ.update({k: str(v) for k, v in env.items()})
     init_distributed("gloo")
     tok = Tokenizer(tokenizer)

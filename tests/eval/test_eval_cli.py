@@ -11,6 +11,7 @@ import shutil
 
 import pytest
 from clitools import assert_one_line_error
+from crafted import state_json
 
 from lfr_ds.config import load_config
 from lfr_ds.data.dataset import open_dataset
@@ -32,7 +33,7 @@ def stand_in(tmp_path, small_dataset, webmix_tokenizer):
         tokenizer=tokenizer_digest(tok),
         dataset=dataset_digest(open_dataset(str(small_dataset))),
     )
-    (ckpt / "lfr" / "state.json").write_text(json.dumps({"step": 1, **state}))
+    (ckpt / "lfr" / "state.json").write_text(state_json(step=1, **state))
     (ckpt.parent / "latest").write_text(ckpt.name)
     return ckpt.parents[1]
 

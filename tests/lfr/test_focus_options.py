@@ -14,10 +14,11 @@ from lfr_ds.config import LFRConfig
 from lfr_ds.data.blocks import BlockView
 from lfr_ds.data.dataset import open_dataset
 from lfr_ds.errors import UserError
-from lfr_ds.lfr.focus import focus_order
+from lfr_ds.lfr import reporter
+from lfr_ds.lfr.focus import focus_selection
 from lfr_ds.lfr.loss_table import LossTable
 from lfr_ds.lfr.offline import load_checkpoint_state
-from lfr_ds.lfr.rewriter import build_order
+from lfr_ds.lfr.rewriter import Rewriter
 from lfr_ds.lfr.schedule import Phase
 
 
@@ -48,20 +49,26 @@ def test_learnable_weighting_draws_noise_no_more_than_its_share(auto_run, plante
     learnability weighting, from the same table and the same kept set, at or below it."""
     state, table = load_checkpoint_state(str(auto_run / "checkpoints" / "step_00000176"))
     dataset = open_dataset(planted_dataset)
-    block_source = BlockView(dataset, 64, state["config"]["data"]["seed"]).block_source
+    block_source = BlockView(dataset, 64, state.config["data"]["seed"]).block_source
     noise = dataset.sources.index("noise")
     data_share = float(np.mean(block_source == noise))
     focus = Phase(1, "focus", 176, 100, drop=0.5)  # 3,200 draws: shares to about +-0.01
     shares = {}
     for weighting in ("perplexity", "learnable"):
-        order, fields, _ = build_order(focus, num_blocks=table.num_blocks, global_batch=32, seed=1, table=table,
-                                       block_source=block_source, sources=dataset.sources,
-                                       options=LFRConfig(weighting=weighting))
-        shares[weighting] = float(np.mean(block_source[order] == noise))
+        rewriter = Rewriter(auto_run, LFRConfig(weighting=weighting), 1, dataset.fingerprint, dataset.sources, block_source,
+                            seq_length=64, global_batch=32)
+        built = rewriter.build(focus, table)
+        shares[weighting] = float(np.mean(block_source[built.order] == noise))
     with capsys.disabled():
-        print(f"\nnoise: {data_share:.3f} of the blocks, {shares} of Focus @0.5 draws; learnability {fields['cluster_learnability']}")
+        print(f"\nnoise: {data_share:.3f} of the blocks, {shares} of Focus @0.5 draws; learnability {built.manifest.cluster_learnability}")
     assert shares["perplexity"] > 2 * data_share
     assert shares["learnable"] <= data_share
+
+
+def _focus(table: LossTable, phase: Phase, options: LFRConfig) -> tuple[dict, np.ndarray]:
+    """The Focus manifest fields and the kept mask of ``phase`` over ``table``, every block from one source."""
+    sel = focus_selection(table, phase, global_batch=32, seed=[1, 1], options=options)
+    return reporter.focus_fields(sel, table.seen, np.zeros(table.num_blocks, dtype=int), ["all"], options, phase.drop), sel.keep
 
 
 def test_auto_drops_almost_nothing_before_anything_is_learned():
@@ -75,18 +82,15 @@ def test_auto_drops_almost_nothing_before_anything_is_learned():
     for step, batch in enumerate(np.split(rows[rng.permutation(4000)] + [0, -0.5, 0], 125)):
         table.update(batch, 125 + step)
     phase = Phase(1, "focus", 250, 10, auto_drop=True)
-    _, fields, keep = focus_order(table, phase, global_batch=32, seed=[1, 1], block_source=np.zeros(4000, dtype=int),
-                                  sources=["all"], options=LFRConfig())
+    fields, keep = _focus(table, phase, LFRConfig())
     assert fields["drop_fraction"] <= 0.01 and keep.mean() >= 0.99
     # The same table with a quarter of the blocks learned (a third of their batch's mean, at both visits).
     table.loss[:1000] = table.ref[:1000] / 3
     table.prev_relative[:1000] = -1.0
-    _, fields, keep = focus_order(table, phase, global_batch=32, seed=[1, 1],
-                                  block_source=np.zeros(4000, dtype=int), sources=["all"], options=LFRConfig())
+    fields, keep = _focus(table, phase, LFRConfig())
     # Only learned blocks go; the per-cluster cap (lfr.max_cluster_drop 0.95) may keep a few of them.
     assert keep[1000:].all() and keep[:1000].mean() <= 0.06 and fields["auto_drop"]["learned"] == 1000
-    _, fields, keep = focus_order(table, phase, global_batch=32, seed=[1, 1], block_source=np.zeros(4000, dtype=int),
-                                  sources=["all"], options=LFRConfig(auto_max_drop=0.1))
+    fields, keep = _focus(table, phase, LFRConfig(auto_max_drop=0.1))
     assert fields["drop_fraction"] == 0.1 and keep[1000:].all()  # the cap: only learned blocks, at most 10%
 
 

@@ -8,7 +8,7 @@ import numpy as np
 from corpora import SMALL_MODEL
 from launch import launch
 
-from lfr_ds.data.sample_index import read_sample_index
+from lfr_ds.data.sample_index import read_manifest, read_sample_index
 from lfr_ds.lfr import offline
 from lfr_ds.lfr.rewriter import read_kept_mask
 
@@ -47,10 +47,10 @@ def test_selection_is_not_decided_by_visit_order(equal_dataset, tmp_path, capsys
             "engine.micro_batch_size=32", "engine.global_batch_size=32", "steps=60", "lfr.schedule=learn:59,focus:*@0.5",
             "checkpoint.interval=59"], nproc=1, launcher="python")
     learn, manifest = read_sample_index(run / "index" / "phase_000_learn.npy")
-    n = manifest["num_blocks"]
-    relative = read_kept_mask(run / "index" / "phase_001_focus.npy", json.loads((run / "index" / "phase_001_focus.json").read_text()))
+    n = manifest.num_blocks
+    relative = read_kept_mask(run / "index" / "phase_001_focus.npy", read_manifest(run / "index" / "phase_001_focus.npy"))
     assert offline.main([str(run / "checkpoints" / "step_00000059"), "--out", str(tmp_path / "raw.npy"), "lfr.score=raw"]) == 0
-    raw = read_kept_mask(tmp_path / "raw.npy", json.loads((tmp_path / "raw.json").read_text()))
+    raw = read_kept_mask(tmp_path / "raw.npy", read_manifest(tmp_path / "raw.npy"))
     r_relative = _position_drop_correlation(learn, relative, n)
     r_raw = _position_drop_correlation(learn, raw, n)
     with capsys.disabled():

@@ -35,7 +35,7 @@ def test_kept_passes_resolve_at_the_boundary_and_survive_a_resume(planted_tiny, 
     assert focus["kept"] == 390 - 96 and focus["steps"] == kept_pass_steps(1.0, focus["kept"], G) == 10
     assert focus["length"] == 10 * G
     review_order, review = read_sample_index(run / "index" / "phase_002_review.npy")
-    assert (review["start_step"], review["steps"]) == (16, STEPS - 16)
+    assert (review.start_step, review.steps) == (16, STEPS - 16)
     state = json.loads((run / "checkpoints" / f"step_{STEPS:08d}" / "lfr" / "state.json").read_text())
     assert [(p["start"], p["steps"]) for p in state["schedule"]] == [(0, 6), (6, 10), (16, 8)]
 

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 
 import pytest
 from clitools import assert_one_line_error
 from corpora import SMALL_MODEL
 from launch import launch
 
+from lfr_ds import train
+from lfr_ds.eval import cli as eval_cli
 from lfr_ds.lfr import inspect_index, offline
+from lfr_ds.run_state import RunState
 
 
 @pytest.fixture(scope="module")
@@ -75,3 +80,40 @@ def test_inspect_bad_input(tmp_path, learned, run_cli):
     raw[-1] ^= 0xFF
     (corrupt / "phase_001_focus.npy").write_bytes(bytes(raw))
     assert_one_line_error(run_cli(inspect_index.main, [corrupt / "phase_001_focus.npy"]), "checksum does not match")
+
+
+# ---- a checkpoint whose lfr/state.json lacks a field: every command that reads it says so in one line --------
+
+STATE_FIELDS = [f.name for f in dataclasses.fields(RunState)]
+
+
+@pytest.fixture(scope="module")
+def damaged(learned, tmp_path_factory):
+    """A copy of ``learned``'s step-27 checkpoint (DeepSpeed's files too, so lfr-train gets as far as its state)."""
+    ckpt = tmp_path_factory.mktemp("damaged") / "step_00000027"
+    shutil.copytree(learned / "checkpoints" / "step_00000027", ckpt)
+    return ckpt
+
+
+def _resume_args(ckpt, run_dir, planted: str) -> list[str]:
+    return [f"data.path={planted}", f"run_dir={run_dir}", *SMALL_MODEL, "engine.micro_batch_size=32",
+            "engine.global_batch_size=32", "steps=31", "lfr.schedule=learn:27,focus:*@0.5", f"checkpoint.resume={ckpt}"]
+
+
+@pytest.mark.parametrize("name", STATE_FIELDS)
+def test_a_state_missing_a_field_is_one_line_in_every_command(name, learned, damaged, planted_small, tmp_path, run_cli):
+    """lfr-rewrite, a resuming lfr-train (before DeepSpeed starts) and lfr-eval, each in one line, exit 2."""
+    state = json.loads((learned / "checkpoints" / "step_00000027" / "lfr" / "state.json").read_text())
+    assert RunState.from_json(state, "intact")  # the real one reads
+    del state[name]
+    (damaged / "lfr" / "state.json").write_text(json.dumps(state))
+    needle = f"step_00000027/lfr/state.json: unreadable (no '{name}'); the checkpoint is damaged"
+    for main, argv in [
+        (offline.main, [damaged, "--out", tmp_path / "x.npy"]),
+        (train.main, _resume_args(damaged, tmp_path / "run", planted_small)),
+        (eval_cli.main, [damaged, "--mc", tmp_path / "mc.jsonl"]),
+    ]:
+        r = run_cli(main, argv)
+        assert r.code == 2
+        assert_one_line_error(r, needle)
+    assert not (tmp_path / "x.npy").exists() and not (tmp_path / "run").exists()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import pytest
@@ -58,12 +57,12 @@ def test_a_resolved_kp_phase_hands_its_difference_to_the_later_star_phase():
 def test_a_resumed_run_keeps_its_checkpoints_resolved_schedule():
     spec = "learn:1ep,focus:1kp@0.5,review:*"
     phases = _phases(spec, 200)
-    saved = [dataclasses.asdict(p) for p in resolve_length(phases, 1, 25)]
+    saved = resolve_length(phases, 1, 25)
     assert [p.steps for p in resumed_schedule(phases, saved)] == [40, 25, 135]
     with pytest.raises(UserError, match="not the schedule the checkpoint was trained with"):
         resumed_schedule(_phases("learn:1ep,focus:1kp@0.6,review:*", 200), saved)
     fixed = _phases("learn:1ep,focus:*@0.5", 200)  # no kp phase: the config's schedule, as before
-    assert resumed_schedule(fixed, [dataclasses.asdict(p) for p in phases]) == fixed
+    assert resumed_schedule(fixed, phases) == fixed
 
 
 @pytest.mark.parametrize(("spec", "needle"), [

@@ -129,7 +129,7 @@ def test_longer_run_on_another_micro_batch_continues_the_same_order(run6, job, s
     assert [t["step"] for t in trace] == list(range(1, 10))
     # The random phase's index is rebuilt 9 steps long: the same seeded epochs, so the same 6 steps first.
     order, manifest = read_sample_index(run / "index" / "phase_000_random.npy")
-    assert manifest["steps"] == 9 and np.array_equal(order[: STEPS * G], before)
+    assert manifest.steps == 9 and np.array_equal(order[: STEPS * G], before)
     blocks = BlockView(open_dataset(small_data), 64, 1234).num_blocks
     assert np.array_equal(np.concatenate([t["ids"] for t in trace]), shuffled_order(blocks, 9 * G, [1234, 0]))
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
-from clitools import assert_one_line_error
+from clitools import CliResult, assert_one_line_error
 
 from lfr_ds import train
 from lfr_ds.data.tokenizer import train_tokenizer
@@ -33,6 +37,8 @@ def test_unknown_key_in_config_file(run_cli, webmix_dataset, tmp_path):
 
 def test_batch_does_not_divide_across_ranks(run_cli, webmix_dataset, tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setenv("RANK", "0")  # as a launcher sets it beside WORLD_SIZE
+    monkeypatch.setenv("LOCAL_RANK", "0")
     r = run_cli(
         train.main,
         [
@@ -85,3 +91,23 @@ def test_bad_config_file(run_cli, tmp_path):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text("data: [unclosed\n")
     assert_one_line_error(run_cli(train.main, ["--config", cfg]), "bad.yaml", "not valid YAML")
+
+
+@pytest.mark.parametrize("unset", [("RANK", "LOCAL_RANK"), ("RANK",), ("LOCAL_RANK",)], ids="+".join)
+def test_world_size_left_in_the_shell_is_refused_before_deepspeed(webmix_dataset, tmp_path, unset):
+    """WORLD_SIZE=2 and one process launched without a launcher: the process cannot know its rank. Before
+    this check it started a one-rank group and DeepSpeed's batch assertion escaped as a traceback. A real
+    process (in-process runs inherit the one-process environment an earlier test's group set)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "LOCAL_SIZE")}
+    env.update(WORLD_SIZE="2", RANK="0", LOCAL_RANK="0", OMP_NUM_THREADS="1")
+    for name in unset:
+        del env[name]
+    run = tmp_path / "run"
+    proc = subprocess.run(
+        [sys.executable, "-m", "lfr_ds.train", f"data.path={webmix_dataset}", "model.preset=tiny", f"run_dir={run}"],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    r = CliResult(proc.returncode, proc.stdout, proc.stderr)
+    assert_one_line_error(r, "WORLD_SIZE=2 but ", f"{' and '.join(unset)} ", "unset WORLD_SIZE to run one process")
+    assert r.code == 2
+    assert not run.exists() and "DeepSpeed" not in proc.stdout + proc.stderr

@@ -1,0 +1,73 @@
+"""What a phase's order does, for its manifest: per-source shares, and for a Focus phase what it dropped,
+per source, per cluster and per difficulty decile.
+
+Selection (:mod:`lfr_ds.lfr.focus`) decides; this module only describes, from the decision and the
+blocks' sources. Its numbers go into :class:`~lfr_ds.run_state.PhaseManifest` and from there to the
+training log, TensorBoard, ``lfr-report`` and ``lfr-inspect-index``; nothing reads them back to select.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from lfr_ds.lfr.focus import FocusSelection
+
+if TYPE_CHECKING:
+    from lfr_ds.config import LFRConfig
+
+
+def source_share(order: np.ndarray, block_source: np.ndarray, sources: list[str]) -> dict[str, float]:
+    """Each source's share of the drawn order (rounded to 6 places)."""
+    counts = np.bincount(block_source[order], minlength=len(sources))
+    return {s: round(float(c) / max(1, len(order)), 6) for s, c in zip(sources, counts, strict=True)}
+
+
+def focus_fields(
+    sel: FocusSelection, seen: np.ndarray, block_source: np.ndarray, sources: list[str], options: LFRConfig, drop: float
+) -> dict:
+    """The Focus manifest fields (see :class:`~lfr_ds.run_state.PhaseManifest`): ``seen`` is the loss table's
+    visit counts, ``drop`` the phase's own drop fraction (an ``@auto`` phase reports the one it chose)."""
+    eligible = seen > 0
+    keep = sel.keep
+    n_eligible = int(eligible.sum())
+    dropped = np.maximum(sel.cluster_blocks - sel.cluster_kept, 0)  # never-seen blocks: not eligible, all kept
+    seen_by_source = np.bincount(block_source[eligible], minlength=len(sources))
+    dropped_by_source = np.bincount(block_source[eligible & ~keep], minlength=len(sources))
+    sample = sel.difficulty_sample
+    edges = np.quantile(sample, np.linspace(0, 1, 11))
+    decile = np.clip(np.searchsorted(edges, sample, side="right") - 1, 0, 9)
+    kept_sample = keep[eligible][:: sel.sample_stride].copy()
+    decile_dropped = np.bincount(decile, weights=~kept_sample, minlength=10) / np.maximum(np.bincount(decile, minlength=10), 1)
+    sizes, mean_difficulty = sel.cluster_blocks, sel.cluster_difficulty
+    fields = {
+        "steps": sel.steps,
+        "drop_fraction": round(int((eligible & ~keep).sum()) / n_eligible, 4) if sel.auto is not None else drop,
+        "kept": int(keep.sum()),
+        "dropped": int((~keep).sum()),
+        "eligible": n_eligible,
+        "score": options.score,
+        "selection": options.selection,
+        "max_cluster_drop": sel.cap,
+        "temperature": options.temperature,
+        "weighting": options.weighting,
+        "source_blocks": {s: int(n) for s, n in zip(sources, seen_by_source, strict=True)},
+        "source_drop_fraction": {
+            s: round(float(d) / max(1, int(n)), 4) for s, n, d in zip(sources, seen_by_source, dropped_by_source, strict=True)
+        },
+        "difficulty_deciles": [
+            {"from": round(float(edges[i]), 4), "to": round(float(edges[i + 1]), 4), "drop_fraction": round(float(decile_dropped[i]), 4)}
+            for i in range(10)
+        ],
+        "clusters": [
+            {"cluster": c, "blocks": int(sizes[c]), "dropped": int(dropped[c]), "drop_fraction": round(float(dropped[c]) / max(1, int(sizes[c])), 4),
+             "mean_difficulty": round(float(mean_difficulty[c]), 4) if sizes[c] else None}
+            for c in range(len(sizes))
+        ],
+    }
+    if sel.auto is not None:
+        fields["auto_drop"] = sel.auto
+    if sel.learnability is not None:
+        fields["cluster_learnability"] = [round(float(x), 4) for x in sel.learnability]
+    return fields
