@@ -26,7 +26,7 @@ import sys
 import time
 from collections import Counter, deque
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from tqdm import tqdm
@@ -107,6 +107,62 @@ def _encoded_chunks(
             yield pending.popleft().get()
 
 
+@dataclass
+class _Tally:
+    """What the documents written so far add up to: the per-document source codes and the counts that
+    go into ``meta.json``."""
+
+    inputs: list[str]
+    source_codes: dict[str, int] = field(default_factory=dict)
+    doc_source: list[np.ndarray] = field(default_factory=list)
+    doc_counts: Counter[str] = field(default_factory=Counter)
+    token_counts: Counter[str] = field(default_factory=Counter)
+    file_rows: Counter[str] = field(default_factory=Counter)
+    docs: int = 0
+    tokens: int = 0
+    empty: int = 0
+
+    def add(self, enc) -> None:
+        names = [s if s is not None else UNKNOWN_SOURCE for s in enc.sources]
+        self.doc_source.append(np.array([self.source_codes.setdefault(s, len(self.source_codes)) for s in names],
+                                        dtype=np.int32))
+        for s, n in zip(names, enc.lengths, strict=True):
+            self.doc_counts[s] += 1
+            self.token_counts[s] += int(n)
+        self.docs += len(enc.lengths)
+        self.tokens += int(enc.lengths.sum())
+        self.empty += enc.skipped_empty
+        self.file_rows[enc.path] += enc.rows
+
+    def save_sources(self, path: os.PathLike) -> None:
+        """``doc_source.npy``: one source code per document, int16 unless there are too many sources."""
+        codes = np.concatenate(self.doc_source)
+        code_dtype = np.int16 if len(self.source_codes) < np.iinfo(np.int16).max else np.int32
+        with open(path, "wb") as f:
+            np.save(f, codes.astype(code_dtype), allow_pickle=False)
+
+    def meta(self, opts: ReadOptions, tok: Tokenizer, dtype: np.dtype, idx: os.PathLike, bin_: os.PathLike) -> dict:
+        sources = sorted(self.source_codes, key=self.source_codes.get)
+        return {
+            "format": "lfr-ds-dataset/1",
+            "created_by": f"lfr-ds {__version__}",
+            "inputs": [
+                {"path": os.path.abspath(p), "bytes": os.path.getsize(p), "rows": self.file_rows[p]} for p in self.inputs
+            ],
+            "json_key": opts.json_key,
+            "tokenizer": tok.identity(),
+            "dtype": dtype.name,
+            "num_documents": self.docs,
+            "num_tokens": self.tokens,
+            "skipped_empty_documents": self.empty,
+            "sources": sources,
+            "source_documents": {s: self.doc_counts[s] for s in sources},
+            "source_tokens": {s: self.token_counts[s] for s in sources},
+            "idx_sha256": sha256_file(idx),
+            "bin_bytes": os.path.getsize(bin_),
+        }
+
+
 def preprocess(
     inputs: list[str],
     output_prefix: str,
@@ -136,22 +192,10 @@ def preprocess(
     # Temp files of a build that was killed (SIGKILL skips every cleanup) are ours to remove.
     atomic.remove_stale_temps([output_prefix + ext for ext in (".bin", ".idx", ".doc_source.npy", ".meta.json")])
     t0 = time.time()
-    source_codes: dict[str, int] = {}
-    doc_source: list[np.ndarray] = []
-    doc_counts: Counter[str] = Counter()
-    token_counts: Counter[str] = Counter()
-    file_rows: Counter[str] = Counter()
+    tally = _Tally(inputs)
     file_number = {p: i for i, p in enumerate(inputs, 1)}
-    n_docs = n_tokens = n_empty = 0
-    bar = tqdm(
-        total=sum(os.path.getsize(p) for p in inputs),
-        unit="B",
-        unit_scale=True,
-        desc="preprocess",
-        disable=not progress,
-        mininterval=1.0,
-        file=sys.stderr,
-    )
+    bar = tqdm(total=sum(os.path.getsize(p) for p in inputs), unit="B", unit_scale=True, desc="preprocess",
+               disable=not progress, mininterval=1.0, file=sys.stderr)
 
     with contextlib.ExitStack() as stack:
         # Entered first = renamed last: meta.json appears only once every other file is in place.
@@ -167,55 +211,22 @@ def preprocess(
                     builder.add_document(enc.tokens[offset : offset + n], [int(n)])
                     offset += n
                 crash_point("preprocess", chunk_index)
-                names = [s if s is not None else UNKNOWN_SOURCE for s in enc.sources]
-                codes = np.array(
-                    [source_codes.setdefault(s, len(source_codes)) for s in names], dtype=np.int32
-                )
-                doc_source.append(codes)
-                for s, n in zip(names, enc.lengths, strict=True):
-                    doc_counts[s] += 1
-                    token_counts[s] += int(n)
-                n_docs += len(enc.lengths)
-                n_tokens += int(enc.lengths.sum())
-                n_empty += enc.skipped_empty
-                file_rows[enc.path] += enc.rows
+                tally.add(enc)
                 bar.update(enc.disk_bytes)
                 elapsed = max(time.time() - t0, 1e-9)
                 bar.set_postfix_str(
-                    f"file {file_number[enc.path]}/{len(inputs)}, {file_rows.total():,} rows, "
-                    f"{n_tokens / elapsed:,.0f} tok/s",
+                    f"file {file_number[enc.path]}/{len(inputs)}, {tally.file_rows.total():,} rows, "
+                    f"{tally.tokens / elapsed:,.0f} tok/s",
                     refresh=False,
                 )
         finally:
             builder.data_file.close()
             bar.close()
-        if n_docs == 0:
+        if tally.docs == 0:
             raise UserError(f"{', '.join(inputs)}: no documents found (all empty); give the input some text")
         builder.finalize(str(idx_tmp))
-
-        codes = np.concatenate(doc_source)
-        code_dtype = np.int16 if len(source_codes) < np.iinfo(np.int16).max else np.int32
-        with open(src_tmp, "wb") as f:
-            np.save(f, codes.astype(code_dtype), allow_pickle=False)
-        sources = sorted(source_codes, key=source_codes.get)
-        meta = {
-            "format": "lfr-ds-dataset/1",
-            "created_by": f"lfr-ds {__version__}",
-            "inputs": [
-                {"path": os.path.abspath(p), "bytes": os.path.getsize(p), "rows": file_rows[p]} for p in inputs
-            ],
-            "json_key": opts.json_key,
-            "tokenizer": tok.identity(),
-            "dtype": dtype.name,
-            "num_documents": n_docs,
-            "num_tokens": n_tokens,
-            "skipped_empty_documents": n_empty,
-            "sources": sources,
-            "source_documents": {s: doc_counts[s] for s in sources},
-            "source_tokens": {s: token_counts[s] for s in sources},
-            "idx_sha256": sha256_file(idx_tmp),
-            "bin_bytes": os.path.getsize(bin_tmp),
-        }
+        tally.save_sources(src_tmp)
+        meta = tally.meta(opts, tok, dtype, idx_tmp, bin_tmp)
         meta_tmp.write_text(json.dumps(meta, indent=2) + "\n")
         # Everything on disk before the first rename, so a crash among the renames leaves files that are
         # each complete (and a stale or missing meta.json, which open_dataset detects).

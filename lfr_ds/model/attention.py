@@ -13,7 +13,6 @@ import math
 import torch
 import torch.nn.functional as F
 from megatron.core.packed_seq_params import PackedSeqParams
-from megatron.core.process_groups_config import ProcessGroupCollection
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.module import MegatronModule
 from megatron.core.transformer.transformer_config import TransformerConfig
@@ -36,9 +35,11 @@ class SDPAttention(MegatronModule):
         attention_type: str,
         attention_dropout: float | None = None,
         softmax_scale: float | None = None,
-        cp_comm_type: str | None = None,
-        pg_collection: ProcessGroupCollection | None = None,
+        **parallel: object,
     ) -> None:
+        # ``parallel``: the context-parallel communication type and process groups megatron passes every
+        # core attention (cp_comm_type, pg_collection); this one is checked to run at TP = CP = 1, where
+        # neither is used.
         super().__init__(config=config)
         if attn_mask_type != AttnMaskType.causal:
             raise ValueError(f"SDPAttention is causal-only, got attn_mask_type={attn_mask_type}")
