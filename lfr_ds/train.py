@@ -6,13 +6,14 @@
 
 Every optimizer step: look up this rank's micro-batches in the current phase's sample index, run
 forward/backward through the DeepSpeed engine (per-block losses come out of that same forward),
-all-gather the (block id, loss, tokens) records into the loss table, log, and checkpoint on schedule.
-At each phase boundary the rewriter writes the next phase's sample index from the loss table.
+all-gather the (block id, loss, tokens) records, let the guard (:mod:`lfr_ds.guard`) check them before the
+optimizer update, put them into the loss table, log, and checkpoint on schedule. At each phase boundary
+the rewriter writes the next phase's sample index from the loss table.
 
 :func:`train` hands its work, in order, to :func:`preflight` (every input checked, and where to start:
 a :class:`Plan`, before any process group), :func:`_enter_phase` (the rewriter, at a boundary),
-:func:`train_step` (one optimizer step), the :class:`Evaluator` and the :class:`Checkpointer` (each
-knowing when it is due).
+:func:`train_step` (one optimizer step, guarded), :func:`_skip_step` and :func:`_rewind` (rewind-and-skip
+after a loss spike), the :class:`Evaluator` and the :class:`Checkpointer` (each knowing when it is due).
 """
 
 from __future__ import annotations
