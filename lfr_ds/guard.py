@@ -185,7 +185,7 @@ class Guard:
         """After reloading a checkpoint whose run state holds ``saved`` (``None`` in one from before the
         guard): its spike statistics, and this run's skips and rewinds (which only grow)."""
         skipped, rewinds, spikes = self.skipped, self.rewinds, self.spikes
-        self.load(saved or Guard(self.cfg).state())
+        self.load(saved or GuardState(skipped=[], rewinds=0, spikes=0, phase=-1, losses=[]))  # a fresh window
         self.skipped, self.rewinds, self.spikes = skipped | self.skipped, rewinds, spikes
 
     def _stop_line(self, step: int, phase: tuple[int, str], what: str) -> str:
