@@ -305,7 +305,9 @@ class LogConfig:
     dense); on CPU and on other GPUs there is no trustworthy peak, and no MFU is reported unless this is
     set (the achieved TFLOP/s always is)."""
     trace_blocks: bool = False
-    """Append every step's gathered (block id, loss, tokens) to ``RUN_DIR/trace/steps.jsonl`` (rank 0).
+    """Append every step's gathered (block id, loss, tokens) to ``RUN_DIR/trace/steps.jsonl`` (rank 0); a
+    step flagged as a loss spike carries ``"spike": true``, a step skipped after a rewind is only
+    ``{"step", "phase", "skipped": true}``.
     Costs ~20 bytes per block per step: for tests and analysis, not for long runs."""
     progress_bar: bool = True
     """Show a progress bar with ETA on rank 0 (only when stderr is a terminal)."""
@@ -438,6 +440,50 @@ class EvalConfig:
 
 
 @dataclass
+class GuardConfig:
+    """Training hygiene in the step loop (:mod:`lfr_ds.guard`). A non-finite loss or gradient norm always
+    stops the run, before that step's optimizer update and before any checkpoint of it. A loss **spike**
+    is a step whose global-batch mean loss is both more than ``spike_sigmas`` standard deviations and
+    more than ``spike_ratio`` times above the mean of the last ``spike_window`` step losses of the same
+    LFR phase (statistics restart at every phase boundary, because a Focus phase on hard blocks raises
+    the loss level by design; a phase's first ``spike_warmup`` steps cannot fire). Spiking steps' losses
+    never enter those statistics or the loss table. Defaults measured by ``bench/spikes.py``: on the
+    small preset's random and LFR runs (260 steps each) no step fires; the largest z-score is 2.1 and the
+    largest loss / window-mean ratio 1.03. Issue 19's diverging run (lr 1.0, no clipping) fires at 6-9 sigmas."""
+
+    on_spike: str = "warn"
+    """What a spike does: ``warn`` (a console line and TensorBoard scalar; the step is trained on, its
+    losses are kept out of the loss table), ``stop`` (one line, exit non-zero, the step not applied), or
+    ``rewind`` (reload the last checkpoint before the spike and skip ``rewind_skip`` global batches)."""
+    spike_window: int = 50
+    """Steps of running statistics: the mean and standard deviation of the last this many (non-spiking)
+    step losses of the current phase."""
+    spike_warmup: int = 20
+    """Steps a phase must have recorded before a spike can fire (at most ``spike_window``)."""
+    spike_sigmas: float = 6.0
+    """A spike's loss exceeds the window mean by more than this many window standard deviations..."""
+    spike_ratio: float = 1.1
+    """...and is more than this many times the window mean (1.1 = 10 % above: 0.6 nats at a loss of 6),
+    so a window of nearly equal losses (a tiny deviation) does not fire on noise."""
+    rewind_skip: int = 100
+    """``rewind``: global batches skipped after a spike at step s: steps max(c + 1, s - rewind_skip + 1)
+    through s, c being the checkpoint rewound to (PaLM skipped the 200-500 batches before and during each
+    spike). A skipped step consumes its batch position, the schedule and the learning rate without an
+    optimizer update, so phases and data order are unchanged and the run ends at ``steps`` with fewer updates."""
+    max_rewinds: int = 5
+    """``rewind``: a run that spikes again after this many rewinds stops, with one line."""
+
+    def __post_init__(self) -> None:
+        check_choice("train.on_spike", self.on_spike, ("warn", "stop", "rewind"))
+        check_int("train.spike_window", self.spike_window, 2, 100_000)
+        check_int("train.spike_warmup", self.spike_warmup, 2, self.spike_window)
+        check_number("train.spike_sigmas", self.spike_sigmas, 0.0, 1e6, open_low=True)
+        check_number("train.spike_ratio", self.spike_ratio, 1.0, 1e6)
+        check_int("train.rewind_skip", self.rewind_skip, 1, MAX_COUNT)
+        check_int("train.max_rewinds", self.max_rewinds, 1, 10**6)
+
+
+@dataclass
 class TrainConfig:
     """One training run."""
 
@@ -463,6 +509,8 @@ class TrainConfig:
     """The data-selection schedule."""
     eval: EvalConfig = field(default_factory=EvalConfig)
     """Evaluation during training."""
+    train: GuardConfig = field(default_factory=GuardConfig)
+    """Training hygiene: non-finite and spiking losses, rewind-and-skip."""
 
     def __post_init__(self) -> None:
         check_path("run_dir", self.run_dir)
@@ -470,6 +518,11 @@ class TrainConfig:
         check_int("seed", self.seed, 0, MAX_SEED)
         if not self.data.path:
             raise UserError("data.path: required; set it to the dataset prefix written by lfr-preprocess")
+        if self.train.on_spike == "rewind" and not self.checkpoint.interval:
+            raise UserError(
+                "train.on_spike: rewind returns to the last checkpoint before a spike, and checkpoint.interval=0 saves "
+                "only at the end; set checkpoint.interval (e.g. 100) or use train.on_spike=warn or stop"
+            )
 
 
 # ---- loading ---------------------------------------------------------------------------------------

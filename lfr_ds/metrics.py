@@ -54,6 +54,9 @@ class StepStats:
     step_time: float  # seconds for this step
     batch_size: int  # blocks per optimizer step
     tokens_per_step: int
+    spikes: int = 0  # loss spikes so far (lfr_ds.guard)
+    rewinds: int = 0  # rewinds so far
+    skipped: int = 0  # global batches skipped by rewinds so far
 
 
 class Metrics:
@@ -83,7 +86,9 @@ class Metrics:
         self._summary_path = f"{run_dir}/metrics.json"
 
     def start(self, step: int) -> None:
+        """At the first step, and again after a rewind (the steps logged since are undone)."""
         self._run_from = None  # (step, time) at the end of the first step: warm-up (compiles, allocator) excluded
+        self._window = []
         if self.bar is not None:
             self.bar.n = step
             self.bar.refresh()
@@ -122,6 +127,9 @@ class Metrics:
             "throughput(tps)": tps,
             "tflops": tflops,
             "mem-max-allocated-bytes" if torch.cuda.is_available() else "mem-max-rss-bytes": mem,
+            "spikes": s.spikes,
+            "rewinds": s.rewinds,
+            "skipped-batches": s.skipped,
         }
         if self.peak is not None:
             scalars["mfu(%)"] = 100.0 * tflops / self.peak
@@ -138,6 +146,8 @@ class Metrics:
             f"lr {s.lr:.2e} | gnorm {s.grad_norm:.3f} | {tps:,.0f} tok/s | {tflops:.2f} TFLOP/s | {mfu}"
             f"{secs / len(w):.2f} s/it | {mem / 2**30:.1f} GiB"
         )
+        if s.spikes or s.rewinds:
+            line += f" | spikes {s.spikes} rewinds {s.rewinds} skipped {s.skipped}"
         self.log(line)
 
     @staticmethod

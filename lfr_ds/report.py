@@ -26,7 +26,7 @@ from lfr_ds.data.sample_index import read_manifest
 from lfr_ds.data.tokenizer import Tokenizer
 from lfr_ds.errors import ArgumentParser, UserError, cli
 from lfr_ds.lfr.offline import load_checkpoint_state
-from lfr_ds.run_state import phase_file
+from lfr_ds.run_state import GuardState, phase_file
 
 KINDS = ("learned", "forgotten", "unlearned", "retained")
 
@@ -83,14 +83,30 @@ def build_report(run_dir: Path, delta: float, examples: int) -> tuple[dict, dict
                  "loss": round(float(table.loss[b]), 3), "text": tok.render(view.tokens(int(b)))[:300] if tok else None} for b in ids]
 
     report = {"run_dir": str(run_dir), "step": state.step, "blocks": int(table.num_blocks), "sources": dataset.sources,
-              "phases": drops, "transitions": moves, "delta": delta,
+              "phases": drops, "transitions": moves, "delta": delta, "guard": _guard_summary(state.guard),
               "easiest": texts(order[:examples]), "hardest": texts(order[::-1][:examples])}
     arrays = {"snapshots": [(f"{ph.kind} {ph.index}", a) for ph, a in snaps], "source": src}
     return report, arrays
 
 
+def _guard_summary(guard: GuardState | None) -> dict:
+    """Loss spikes, rewinds and skipped batches (the training guard's run state; ``None`` in older runs)."""
+    skipped = guard.skipped if guard else []
+    ranges, start = [], None
+    for i, s in enumerate(skipped):  # consecutive steps as "a-b"
+        start = s if start is None else start
+        if i + 1 == len(skipped) or skipped[i + 1] != s + 1:
+            ranges.append(f"{start}-{s}" if s != start else str(s))
+            start = None
+    return {"spikes": guard.spikes if guard else 0, "rewinds": guard.rewinds if guard else 0,
+            "skipped_batches": len(skipped), "skipped_steps": ", ".join(ranges)}
+
+
 def markdown(r: dict) -> str:
+    g = r["guard"]
     out = [f"# LFR run report: {r['run_dir']}", "", f"Step {r['step']:,}, {r['blocks']:,} blocks.", "",
+           f"Loss spikes {g['spikes']}, rewinds {g['rewinds']}, skipped batches {g['skipped_batches']}"
+           + (f" (steps {g['skipped_steps']})" if g["skipped_steps"] else "") + ".", "",
            "## What each phase kept", "", "| phase | kind | drop | kept | " + " | ".join(f"{s} dropped" for s in r["sources"])
            + " | " + " | ".join(f"{s} share" for s in r["sources"]) + " |", "|---|---|---|---|" + "---|" * (2 * len(r["sources"]))]
     for p in r["phases"]:

@@ -53,6 +53,27 @@ _OPTIONAL = {"optional": True}
 
 
 @dataclass
+class GuardState:
+    """The training guard's part of a run state (:class:`~lfr_ds.guard.Guard`): what a resumed or rewound run
+    needs to skip the same batches and judge the next loss exactly as the saving run would have."""
+
+    skipped: list[int]
+    """1-based steps whose global batch a rewind skipped, ascending."""
+    rewinds: int
+    """Rewinds so far (``train.max_rewinds`` caps them)."""
+    spikes: int
+    """Loss spikes seen so far (warned or rewound)."""
+    phase: int
+    """The phase the spike statistics belong to; -1 before the first step."""
+    losses: list[float]
+    """The spike detector's window: the phase's last non-spiking step losses, oldest first."""
+
+    @classmethod
+    def from_json(cls, obj: object, where: str) -> GuardState:
+        return cls(**_checked(cls, obj, where))
+
+
+@dataclass
 class RunState:
     """A checkpoint's ``lfr/state.json``: where the run stood and what it was (for resume and the tools)."""
 
@@ -79,15 +100,22 @@ class RunState:
     """``{"path", "sha256"}`` of the run's tokenizer; ``None`` for a plain Megatron dataset."""
     dataset: str
     """The training dataset's fingerprint."""
+    guard: GuardState | None = field(default=None, metadata=_OPTIONAL)
+    """The training guard's skipped steps, rewinds and spike statistics; absent in checkpoints from before it."""
 
     def to_json(self) -> dict:
-        return {**dataclasses.asdict(self), "schedule": [dataclasses.asdict(p) for p in self.schedule]}
+        out = {**dataclasses.asdict(self), "schedule": [dataclasses.asdict(p) for p in self.schedule]}
+        if self.guard is None:
+            del out["guard"]
+        return out
 
     @classmethod
     def from_json(cls, obj: object, where: str) -> RunState:
         """``obj`` (parsed JSON) checked field by field; ``where`` names the file in the error."""
         fields = _checked(cls, obj, where)
         fields["schedule"] = [_phase(d, where) for d in fields["schedule"]]
+        if fields.get("guard") is not None:
+            fields["guard"] = GuardState.from_json(fields["guard"], f"{where} (its 'guard')")
         if not 0 <= fields["phase"] < max(1, len(fields["schedule"])):
             raise UserError(f"{where}: unreadable (phase {fields['phase']} is not in its schedule); {_DAMAGED}")
         return cls(**fields)

@@ -6,13 +6,14 @@
 
 Every optimizer step: look up this rank's micro-batches in the current phase's sample index, run
 forward/backward through the DeepSpeed engine (per-block losses come out of that same forward),
-all-gather the (block id, loss, tokens) records into the loss table, log, and checkpoint on schedule.
-At each phase boundary the rewriter writes the next phase's sample index from the loss table.
+all-gather the (block id, loss, tokens) records, let the guard (:mod:`lfr_ds.guard`) check them before the
+optimizer update, put them into the loss table, log, and checkpoint on schedule. At each phase boundary
+the rewriter writes the next phase's sample index from the loss table.
 
 :func:`train` hands its work, in order, to :func:`preflight` (every input checked, and where to start:
 a :class:`Plan`, before any process group), :func:`_enter_phase` (the rewriter, at a boundary),
-:func:`train_step` (one optimizer step), the :class:`Evaluator` and the :class:`Checkpointer` (each
-knowing when it is due).
+:func:`train_step` (one optimizer step, guarded), :func:`_skip_step` and :func:`_rewind` (rewind-and-skip
+after a loss spike), the :class:`Evaluator` and the :class:`Checkpointer` (each knowing when it is due).
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ from lfr_ds.data.tokenizer import Tokenizer
 from lfr_ds.engine import build_ds_config, build_engine, resolve_bf16
 from lfr_ds.errors import ArgumentParser, UserError, cli
 from lfr_ds.eval.periodic import PeriodicEval, check_eval_paths
-from lfr_ds.faults import crash_point
+from lfr_ds.faults import crash_point, loss_fault
+from lfr_ds.guard import Guard, Verdict
 from lfr_ds.identity import dataset_digest, record, run_identity, tokenizer_digest
 from lfr_ds.launch import Geometry, check_memory, init_distributed, launch_env
 from lfr_ds.lfr.loss_table import LossTable, gather_step, step_rows
@@ -116,8 +118,11 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
     # ---- the loss table, and where to start
     table = LossTable(blocks.num_blocks, len(plan.phases), plan.model.sketch_dim)
     step = 0
+    # The guard (non-finite and spiking losses, rewind-and-skip) carries its run state in every checkpoint.
+    guard = Guard(cfg.train, plan.resume_state.guard if plan.resume_state else None)
     if plan.resume is not None:
         step, table = _restore(engine, info, cfg, plan)
+        guard.saved(step, str(plan.resume))  # the checkpoint a spike would rewind to
     run_dir = Path(cfg.run_dir)
     if info.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -138,7 +143,7 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
                "or use engine.zero_stage=3")
     evaluator = Evaluator(periodic, metrics, G * seq, oom_fix,
                           _open_log(run_dir / "eval.jsonl", step) if periodic.enabled and info.rank == 0 else None)
-    checkpointer = Checkpointer(cfg, info)
+    checkpointer = Checkpointer(cfg, info, guard)
     phases, phase = plan.phases, None
     while step < cfg.steps:
         # ---- phase boundary: the rewriter writes (rank 0) and distributes this phase's sample index
@@ -146,26 +151,37 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
             phases, phase, sampler, manifest = _enter_phase(cfg, plan, info, rewriter, table, phases, step)
             metrics.phase_start(phase, manifest, table, step)
 
-        # ---- one optimizer step, and its (block id, loss, tokens) rows into the loss table
-        t0 = timer()
-        lr = engine.get_lr()[0]
-        batches = _micro_batches(sampler.micro_batches(step - phase.start), blocks, plan)
-        mine, rows = train_step(engine, batches, step, info.device, oom_fix)
-        table.update(rows, step)
-        step += 1
-        if step == phase.end:
-            table.end_phase(phase.index)
-        loss = float(rows[:, 1].mean())
-        metrics.step(StepStats(step=step, phase=phase.kind, loss=loss, lr=lr,
-                               grad_norm=float(engine.get_global_grad_norm() or 0.0), loss_scale=1.0,
-                               samples=step * G, tokens=step * G * seq, step_time=timer() - t0, batch_size=G,
-                               tokens_per_step=G * seq))
-        if step % cfg.log.interval == 0:
-            metrics.loss_table(table, step)
-        if trace is not None:
-            _write_line(trace, {"step": step, "phase": phase.index, "loss": loss,
-                                "ids": rows[:, 0].astype(int).tolist(), "losses": rows[:, 1].tolist()})
-        yield StepRecord(step, phase.kind, loss, mine[:, :3].cpu().numpy(), rows)
+        if guard.skips(step + 1):  # a batch a rewind skipped: its place in the order and its lr pass, no update
+            step = _skip_step(engine, table, phase, step, trace)
+        else:
+            # ---- one optimizer step, checked by the guard before its update; its rows into the loss table
+            t0 = timer()
+            lr = engine.get_lr()[0]
+            batches = _micro_batches(sampler.micro_batches(step - phase.start), blocks, plan)
+            mine, rows, verdict = train_step(engine, batches, step, info.device, oom_fix, guard, phase)
+            if verdict.rewind:  # back to the last checkpoint before the spike; the batches around it are skipped
+                plan, step, table = _rewind(engine, info, cfg, plan, guard, verdict, metrics)
+                trace, evaluator.log = _reopen(trace, step), _reopen(evaluator.log, step)
+                phases, phase = plan.phases, None
+                continue
+            if verdict.keep_rows:  # a spiking step's losses never rank a block
+                table.update(rows, step)
+            else:
+                metrics.log(verdict.warning)
+            step += 1
+            if step == phase.end:
+                table.end_phase(phase.index)
+            metrics.step(StepStats(step=step, phase=phase.kind, loss=verdict.loss, lr=lr, grad_norm=verdict.grad_norm,
+                                   loss_scale=1.0, samples=step * G, tokens=step * G * seq, step_time=timer() - t0,
+                                   batch_size=G, tokens_per_step=G * seq, spikes=guard.spikes, rewinds=guard.rewinds,
+                                   skipped=len(guard.skipped)))
+            if step % cfg.log.interval == 0:
+                metrics.loss_table(table, step)
+            if trace is not None:
+                _write_line(trace, {"step": step, "phase": phase.index, "loss": verdict.loss,
+                                    "ids": rows[:, 0].astype(int).tolist(), "losses": rows[:, 1].tolist(),
+                                    **({"spike": True} if verdict.spike else {})})
+            yield StepRecord(step, phase.kind, verdict.loss, mine[:, :3].cpu().numpy(), rows)
 
         if evaluator.due(step, cfg.steps):
             evaluator.run(engine, step, phase)
@@ -259,11 +275,12 @@ def _micro_batches(
 
 
 def train_step(engine, batches: Iterable[tuple[np.ndarray, np.ndarray]], step: int, device: torch.device,
-               oom_fix: str) -> tuple[torch.Tensor, np.ndarray]:
-    """One optimizer step: forward/backward per micro-batch (DeepSpeed accumulates the gradients and steps
-    the optimizer after the last), the per-block losses coming out of that same forward. Returns this
-    rank's rows (:func:`~lfr_ds.lfr.loss_table.step_rows`) and every rank's, all-gathered in global-batch
-    order."""
+               oom_fix: str, guard: Guard, phase: Phase) -> tuple[torch.Tensor, np.ndarray, Verdict]:
+    """One optimizer step: forward/backward per micro-batch (DeepSpeed accumulates the gradients), the
+    per-block losses coming out of that same forward; the guard checks the all-gathered losses, and only
+    then does the optimizer step (a non-finite step is never applied); then the guard checks the gradient
+    norm. Returns this rank's rows (:func:`~lfr_ds.lfr.loss_table.step_rows`), every rank's in global-batch
+    order, and the guard's verdict."""
     from lfr_ds.model.gpt import per_block_loss
 
     ids, losses, tokens, sketches = [], [], [], []
@@ -272,16 +289,58 @@ def train_step(engine, batches: Iterable[tuple[np.ndarray, np.ndarray]], step: i
             batch = torch.from_numpy(micro_tokens).to(device)
             inputs, labels = batch[:, :-1], batch[:, 1:]
             out = per_block_loss(engine, inputs, labels, torch.ones_like(labels, dtype=torch.float32))
+            out = loss_fault(out, step + 1)
             engine.backward(out.loss)
             crash_point("step", step + 1)
-            engine.step()
+            if not engine.is_gradient_accumulation_boundary():  # the boundary's update waits for the guard
+                engine.step()
         ids.append(micro_ids)
         losses.append(out.per_block)
         tokens.append(out.tokens)
         if out.sketch is not None:
             sketches.append(out.sketch)
     mine = step_rows(np.concatenate(ids), torch.cat(losses), torch.cat(tokens), torch.cat(sketches) if sketches else None)
-    return mine, gather_step(mine)
+    rows = gather_step(mine)
+    # Every rank holds the same gathered rows, so every rank reaches the same verdict with no collective.
+    verdict = guard.check_loss(step + 1, (phase.index, phase.kind), rows)  # stops on a non-finite loss
+    with out_of_memory("in a training step", oom_fix):
+        engine.step()  # the boundary: DeepSpeed's optimizer update (a rewound step's is undone by the reload)
+    verdict.grad_norm = float(engine.get_global_grad_norm() or 0.0)
+    if not verdict.rewind:  # DeepSpeed skipped a non-finite update: stop before any checkpoint of it
+        guard.check_grad_norm(step + 1, (phase.index, phase.kind), verdict.grad_norm)
+    return mine, rows, verdict
+
+
+def _skip_step(engine, table: LossTable, phase: Phase, step: int, trace: TextIO | None) -> int:
+    """Pass 0-based ``step``, whose global batch a rewind skipped: no forward, backward or update, but the
+    learning-rate schedule and the step count move on, so both stay a function of the step. Returns the
+    steps completed."""
+    engine.lr_scheduler.step()
+    step += 1
+    if step == phase.end:
+        table.end_phase(phase.index)
+    if trace is not None:
+        _write_line(trace, {"step": step, "phase": phase.index, "skipped": True})
+    return step
+
+
+def _rewind(engine, info: Geometry, cfg: TrainConfig, plan: Plan, guard: Guard, verdict: Verdict,
+            metrics: Metrics) -> tuple[Plan, int, LossTable]:
+    """After a spike at ``verdict.step`` under ``train.on_spike=rewind``: reload the last checkpoint before
+    it, exactly as a resume would, with the batches around the spike marked skipped. Returns the plan
+    resumed from that checkpoint, its step and its loss table."""
+    path, skip = guard.rewind(verdict.step)
+    metrics.log(f"rewind {guard.rewinds}/{cfg.train.max_rewinds}: loss spike at step {verdict.step} ({verdict.loss:.4f}, "
+                f"{verdict.zscore:.1f} sigmas); back to {path}, skipping steps {skip[0]}-{skip[-1]}")
+    state = RunState.read(path)
+    phases = resumed_schedule(plan.phases, state.schedule)
+    plan = dataclasses.replace(plan, phases=phases, resume=Path(path), resume_state=state,
+                               resumed_digest=_resumed_digest(state, phases, cfg.steps))
+    step, table = _restore(engine, info, cfg, plan)
+    crash_point("rewind", verdict.step)
+    guard.rewound(state.guard)  # its spike statistics; this run's skips and rewinds only grow
+    metrics.start(step)  # the steps logged since the checkpoint are undone
+    return plan, step, table
 
 
 @dataclass
@@ -315,12 +374,17 @@ class Checkpointer:
 
     cfg: TrainConfig
     info: Geometry
+    guard: Guard
+    """Its run state goes into every checkpoint, and it rewinds to the newest one."""
 
     def due(self, step: int) -> bool:
         return step == self.cfg.steps or bool(self.cfg.checkpoint.interval and step % self.cfg.checkpoint.interval == 0)
 
     def save(self, engine, step: int, state: RunState, table: LossTable) -> Path:
-        return save_checkpoint(engine, self.info, self.cfg, step, state, table.arrays())
+        state = dataclasses.replace(state, guard=self.guard.state())  # skipped steps, rewinds, spike statistics
+        path = save_checkpoint(engine, self.info, self.cfg, step, state, table.arrays())
+        self.guard.saved(step, str(path))
+        return path
 
 
 def _checkpoint_state(cfg: TrainConfig, plan: Plan, info: Geometry, step: int, phases: list[Phase], phase: Phase,
@@ -408,6 +472,14 @@ def _open_log(path: Path, step: int):
         keep = [line for line in path.read_text().split("\n") if _logged_step(line) <= step]
         atomic.write_bytes(path, "".join(line + "\n" for line in keep).encode())
     return open(path, "a")
+
+
+def _reopen(log: TextIO | None, step: int) -> TextIO | None:
+    """A rewound run's log (``None`` stays ``None``): closed, its lines past ``step`` dropped, reopened."""
+    if log is None:
+        return None
+    log.close()
+    return _open_log(Path(log.name), step)
 
 
 def _write_line(log: TextIO, record: dict) -> None:

@@ -17,7 +17,7 @@ from lfr_ds.errors import UserError
 from lfr_ds.lfr.loss_table import LossTable
 from lfr_ds.lfr.rewriter import Rewriter, declared_settings
 from lfr_ds.lfr.schedule import Phase
-from lfr_ds.run_state import PhaseManifest, RunState
+from lfr_ds.run_state import GuardState, PhaseManifest, RunState
 
 RECORDS = Path(__file__).resolve().parents[1] / "docs" / "experiments"
 MANIFESTS = sorted(RECORDS.glob("*/*/index/phase_*.json"))
@@ -108,7 +108,12 @@ def test_a_changed_setting_changes_the_digest_and_a_transport_setting_does_not()
     assert declared_settings(phase, LFRConfig(distribute="broadcast", length_scale=2.0)) == base
 
 
-STATE_FIELDS = [f.name for f in dataclasses.fields(RunState)]
+STATE_FIELDS = [f.name for f in dataclasses.fields(RunState) if not f.metadata.get("optional")]
+GUARD = GuardState(skipped=[7, 8], rewinds=1, spikes=2, phase=0, losses=[6.5, 6.25])
+
+
+def test_the_optional_state_fields_are_the_guards():
+    assert [f.name for f in dataclasses.fields(RunState) if f.metadata.get("optional")] == ["guard"]
 
 
 @pytest.mark.parametrize("name", STATE_FIELDS)
@@ -141,6 +146,42 @@ def test_an_older_state_without_later_phase_fields_reads():
     state = json.loads(state_json())
     state["schedule"] = [{"index": 0, "kind": "random", "start": 0, "steps": 1000, "drop": 0.0}]
     assert RunState.from_json(state, "x").schedule == [Phase(0, "random", 0, 1000)]
+
+
+def test_a_state_without_the_guard_reads_and_writes_back_without_it():
+    """Checkpoints from before the training guard have no 'guard': none is assumed, and none is written."""
+    state = RunState.from_json(json.loads(state_json()), "x")
+    assert state.guard is None and "guard" not in state.to_json()
+
+
+def test_the_guard_state_reads_back_what_was_written():
+    text = state_json(guard=GUARD)
+    state = RunState.from_json(json.loads(text), "x")
+    assert state.guard == GUARD and json.dumps(state.to_json()) == text
+
+
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(GuardState)])
+def test_a_guard_state_missing_a_field_is_refused_in_one_line(name):
+    state = json.loads(state_json(guard=GUARD))
+    del state["guard"][name]
+    with pytest.raises(UserError, match=rf"state.json \(its 'guard'\): unreadable \(no '{name}'\); the checkpoint is damaged"):
+        RunState.from_json(state, "ck/lfr/state.json")
+
+
+@pytest.mark.parametrize(("name", "value"), [("skipped", [7.5]), ("skipped", 7), ("rewinds", "1"), ("spikes", True),
+                                             ("phase", None), ("losses", ["6.5"])])
+def test_a_guard_state_with_a_wrong_field_is_refused_in_one_line(name, value):
+    state = json.loads(state_json(guard=GUARD))
+    state["guard"][name] = value
+    with pytest.raises(UserError, match=rf"\(its 'guard'\): unreadable \('{name}' is not of type .*\); the checkpoint"):
+        RunState.from_json(state, "ck/lfr/state.json")
+
+
+def test_a_guard_state_that_is_not_an_object_is_refused_in_one_line():
+    state = json.loads(state_json())
+    state["guard"] = [7, 8]
+    with pytest.raises(UserError, match=r"state.json: unreadable \('guard' is not of type"):
+        RunState.from_json(state, "ck/lfr/state.json")
 
 
 REQUIRED = [f.name for f in dataclasses.fields(PhaseManifest) if not f.metadata.get("optional")]

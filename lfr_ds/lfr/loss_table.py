@@ -68,7 +68,12 @@ class LossTable:
         return len(self.loss)
 
     def update(self, rows: np.ndarray, step: int) -> None:
-        """Record one step's gathered rows (see :func:`gather_step`)."""
+        """Record one step's gathered rows (see :func:`gather_step`). Rows with a non-finite loss are left
+        out (their blocks stay as they were, unseen if never seen): the training guard stops the run on
+        them before this, and the table keeps that invariant itself."""
+        rows = rows[np.isfinite(rows[:, 1])]
+        if not len(rows):
+            return
         ids = rows[:, 0].astype(np.int64)
         losses = rows[:, 1].astype(np.float32)
         batch_mean = np.float32(rows[:, 1].mean())
