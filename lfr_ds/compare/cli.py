@@ -152,7 +152,7 @@ def parse_args(argv: Sequence[str] | None):
         raise UserError(f"--redundancy {args.redundancy}: must be in [0, 1)")
     ceiling = [a for a in args.arms if a in ceilings.ARMS]
     if ceiling and args.redundancy == 0:
-        raise UserError(f"--arms {','.join(args.arms)}: {' and '.join(ceiling)} need the redundancy builder's copy labels, "
+        raise UserError(f"--arms {','.join(args.arms)}: the ceiling arms ({', '.join(ceiling)}) need the redundancy builder's copy labels, "
                         "and --redundancy 0 makes no copies; give --redundancy R > 0, or leave them out")
     args.jobs = args.jobs if args.jobs is not None else max(1, (os.cpu_count() or 1) // max(1, args.threads))
     for name in ("valid_blocks", "evals", "blimp_pairs", "vocab_size", "threads", "jobs"):
