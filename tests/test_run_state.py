@@ -14,8 +14,8 @@ from crafted import phase_manifest, state_json
 
 from lfr_ds.config import LFRConfig
 from lfr_ds.errors import UserError
-from lfr_ds.lfr.loss_table import LossTable
 from lfr_ds.lfr.drop_mask import write_drop_mask
+from lfr_ds.lfr.loss_table import LossTable
 from lfr_ds.lfr.rewriter import Rewriter, declared_settings
 from lfr_ds.lfr.schedule import Phase
 from lfr_ds.run_state import PhaseManifest, RunState

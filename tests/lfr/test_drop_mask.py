@@ -56,5 +56,5 @@ def test_a_mask_of_another_length_or_a_missing_one_is_refused(tmp_path):
     write_drop_mask(path, np.ones(20, dtype=bool))  # the same 3 bytes as 17 blocks'
     with pytest.raises(UserError, match="names blocks past this run's 17"):
         read_drop_mask(path, 17)
-    with pytest.raises(UserError, match="nope.npy: unreadable"):
+    with pytest.raises(UserError, match=r"nope\.npy: unreadable"):
         read_drop_mask(tmp_path / "nope.npy", 17)
