@@ -70,6 +70,11 @@ class Preset:
 
 #: The LFR arms' schedule in the small, pilot and demo regimes: the recipe's default (``lfr.schedule=recipe``).
 RECIPE = SCHEDULES["recipe"]
+#: The LFR arms' schedule in the many-pass regime: the recipe's cycle (a fresh pass, then one pass over the kept
+#: harder half) four times over the first half of the run, then Review to the end, so the learning rate anneals on
+#: all the data as in the recipe. The parser's worst case (every Focus keeping every block: 1 + 4 × 1 + 3 = 8 of
+#: 12 passes) leaves 4 passes for ``*``, at every budget of a sweep (tests/compare/test_ceilings.py).
+MULTIPASS = ",".join(["learn:1ep", *["focus:1kp@0.5", "review:1ep"] * 3, "focus:1kp@0.5", "review:*"])
 _COMMON = ("model.preset=tiny", "engine.micro_batch_size=16", "engine.global_batch_size=16", "optim.lr=2e-3",
            "optim.warmup_steps=20", "optim.min_lr_ratio=0.1", "checkpoint.interval=0", "log.interval=25")
 _SMALL_GPT = ("model.preset=null", "model.num_layers=2", "model.num_attention_heads=4", "model.seq_length=64",
@@ -78,7 +83,7 @@ PRESETS = {
     # The pilots' regime at a third of their size: 3 passes, so every block still teaches the model something.
     "small": Preset(350_000, 3, RECIPE, _COMMON, 7),
     # The paper's regime: many passes over little data, where blocks get learned and forgotten.
-    "multipass": Preset(100_000, 12, "learn:2ep,focus:2ep@0.5,review:1ep,focus:2ep@0.7,review:1ep,focus:*@0.7", _COMMON, 8),
+    "multipass": Preset(100_000, 12, MULTIPASS, _COMMON, 8),
     # The pilots' own size (about 25 min per arm here).
     "pilot": Preset(1_000_000, 3, RECIPE, _COMMON, 25),
     # The README's main job: the planted corpus (or DATA) whole, 6 passes of a small GPT, ~1 min an arm.

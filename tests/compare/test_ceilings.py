@@ -15,6 +15,7 @@ from lfr_ds.data.blocks import BlockView
 from lfr_ds.data.dataset import open_dataset
 from lfr_ds.data.sample_index import read_manifest
 from lfr_ds.lfr.rewriter import read_kept_mask
+from lfr_ds.lfr.schedule import parse_schedule
 from lfr_ds.run_state import INDEX_DIR
 
 ARGS = ["--preset", "smoke", "--seeds", "1", "--arms", "random,dedup,oracle", "--redundancy", "0.5", "--blimp", "",
@@ -80,3 +81,16 @@ def test_with_budgets_every_arm_random_included_runs_at_every_budget():
     args = compare.parse_args(["--out", "x", "--arms", "random,lfr", "--seeds", "1,2", "--budgets", "1.0,0.5"])
     assert [r.name for r in compare.plan(args)] == ["random-b0.5-seed1", "random-seed1", "lfr-b0.5-seed1", "lfr-seed1",
                                                     "random-b0.5-seed2", "random-seed2", "lfr-b0.5-seed2", "lfr-seed2"]
+
+
+def test_the_multipass_preset_has_a_kp_schedule_the_parser_takes_at_every_budget():
+    preset = compare.PRESETS["multipass"]
+    assert "kp" in preset.schedule and preset.schedule.startswith(compare.RECIPE.rsplit(",", 1)[0])
+    seq, batch = 256, 16  # the tiny model's blocks, the common global batch
+    blocks = preset.unique_tokens // seq
+    steps = round(preset.passes * blocks / batch)
+    for budget in (0.5, 0.65, 0.8, 1.0):
+        phases = parse_schedule(preset.schedule, total_steps=round(budget * steps), tokens_per_step=seq * batch,
+                                review_steps=-(-blocks // batch), scale=budget)
+        assert sum(p.steps for p in phases) == round(budget * steps)
+        assert [p.kind for p in phases].count("focus") == 4 and phases[-1].kind == "review"
