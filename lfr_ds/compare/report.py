@@ -14,10 +14,10 @@ def _pm(x: dict, digits: int = 4) -> str:
 
 
 def _ratio(r: dict) -> str:
-    if r["mean"] is None:
-        return f"never ({r['kind']})"
-    std = f" ± {r['std']:.2f}" if r["std"] is not None else ""
     baseline = f" vs {r['baseline']}" if "baseline" in r else ""  # results made before random had a sweep: no baseline named
+    if r["mean"] is None:
+        return f"never ({r['kind']}{baseline})"
+    std = f" ± {r['std']:.2f}" if r["std"] is not None else ""
     return f"{r['mean']:.2f}{std} ({r['kind']}{baseline}; {r['reached']}/{len(r['per_seed'])} seeds reached)"
 
 
