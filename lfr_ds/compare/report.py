@@ -22,6 +22,8 @@ def _ratio(r: dict) -> str:
 
 
 def markdown(results: dict) -> str:
+    # Random first, as summarised: a results.json read back has its keys sorted (lfr_ds.atomic.write_json).
+    results = {**results, "arms": {"random": results["arms"]["random"], **results["arms"]}}
     arms = results["arms"]
     sources = list(arms["random"]["mean"]["per_source"])
     c = results["corpus"]

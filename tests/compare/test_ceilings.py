@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from lfr_ds.compare import ceilings
+from lfr_ds.compare import ceilings, report
 from lfr_ds.compare import cli as compare
 from lfr_ds.compare.corpus import prepare
 from lfr_ds.data.blocks import BlockView
@@ -94,3 +94,9 @@ def test_the_multipass_preset_has_a_kp_schedule_the_parser_takes_at_every_budget
                                 review_steps=-(-blocks // batch), scale=budget)
         assert sum(p.steps for p in phases) == round(budget * steps)
         assert [p.kind for p in phases].count("focus") == 4 and phases[-1].kind == "review"
+
+
+def test_a_results_json_read_back_renders_again(ceiling_runs):
+    """results.json is written with sorted keys (dedup, oracle, random): its tables render from the file as
+    they did from the summary."""
+    assert report.markdown(json.loads((ceiling_runs / "results.json").read_text())) == (ceiling_runs / "results.md").read_text()
