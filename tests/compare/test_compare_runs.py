@@ -76,6 +76,16 @@ def test_rerun_reuses_or_refuses_never_mixes(smoke, run_cli, webmix_train, test_
     assert_one_line_error(run_cli(compare.main, [*ARGS, "--out", smoke, "--train", other]), "train.path", "new --out")
 
 
+def test_a_run_recorded_before_a_setting_that_defaults_to_off_existed_is_reused(smoke, run_cli, test_file):
+    """Records made before lfr.drop_mask (default None, off) lack it: they are the same settings."""
+    path = smoke / "lfr-seed1" / "compare_run.json"
+    rec = json.loads(path.read_text())
+    assert rec["config"]["lfr"].pop("drop_mask") is None
+    path.write_text(json.dumps(rec))
+    again = run_cli(compare.main, [*ARGS, "--out", smoke, "--test", test_file])
+    assert again.code == 0 and again.err.count("already done, reusing") == 2
+
+
 def test_random_runs_copied_into_a_comparison_of_other_lfr_settings_are_reused(smoke, run_cli, tmp_path):
     # The random arm ignores lfr.* settings, and paths are taken relative to --out: a study of LFR
     # variants pays for each random run once.
