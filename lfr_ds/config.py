@@ -332,6 +332,9 @@ IN_FOCUS_DIGEST_IF_CHANGED = {"digest": "focus-if-changed"}
 #: In the digest of an ``@auto`` or ``kp`` Focus phase (``None`` unless ``@auto``), after the phase's
 #: ``auto_drop`` and ``kept_passes``; likewise only where they matter, for the same reason.
 IN_AUTO_DIGEST = {"digest": "auto"}
+#: A file's SHA-256 in every Focus phase's digest, only when the setting is set (its path never enters: the
+#: run may move). oracle (issue 21)
+FILE_IN_FOCUS_DIGEST_IF_SET = {"digest": "focus-file-if-set"}
 
 
 def not_in_digest(why: str) -> dict:
@@ -383,6 +386,10 @@ class LFRConfig:
     in a single corpus times its corpus's weight per kept block, so a corpus harder than the others
     gains share (LFR as an online mixture); the manifest and TensorBoard record each corpus's share
     against its weight. No effect on a single dataset."""
+    drop_mask: str | None = field(default=None, metadata=FILE_IN_FOCUS_DIGEST_IF_SET)
+    """An experiment hook, not a selection mode: a packed bool mask over block ids (:mod:`lfr_ds.lfr.drop_mask`)
+    that, when set, replaces every Focus phase's drop decision: it drops exactly the masked blocks and draws
+    from the rest as usual. ``lfr-compare``'s ``oracle`` arm sets it to the builder's copy blocks. ``None`` = off."""
     length_scale: float = field(default=1.0, metadata=not_in_digest("it sets the phases' lengths, which the digest holds"))
     """Multiplies every absolute phase length of ``schedule`` (steps, tokens, passes, kept passes, the default Review).
     For budget sweeps: the same schedule at a fraction of the tokens (``steps`` scaled alike), so a
@@ -406,6 +413,7 @@ class LFRConfig:
             raise UserError(f"lfr.temperature: {self.temperature!r} must be positive")
         check_choice("lfr.blend", self.blend, ("keep", "free"))
         check_number("lfr.length_scale", self.length_scale, 0.0, 1e6, open_low=True)
+        check_path("lfr.drop_mask", self.drop_mask, optional=True)
 
 
 @dataclass

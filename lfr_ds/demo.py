@@ -3,12 +3,14 @@
     make demo                       # the built-in planted-difficulty corpus
     make demo DATA=my_corpus.jsonl  # your own documents ({"text": ..., "source": ...} per line)
 
-Steps: write the corpus (or split DATA 95/5 into train and held-out documents) → train a tokenizer and
-preprocess to ``.bin/.idx`` → train a small GPT with random sampling, and with LFR at 50%, 65%, 80%
-and 100% of random's tokens (each budget its own full schedule: the budget sweep that gives the token
-ratio), evaluating held-out loss as they go → print the comparison, write the LFR run's report.
-Five training runs of about a minute each on 2 CPU cores (13.5 min in all, measured while two other
-trainings shared the cores).
+Steps: write the corpus (or split DATA 95/5 into train and held-out documents) → for the corpus as it
+is, and again with web-shaped copies making up a quarter of its tokens (:data:`COPIES`, the
+redundancy builder :mod:`lfr_ds.redundant`): train a tokenizer and preprocess to ``.bin/.idx`` → train
+a small GPT with random sampling and with LFR (the shipped default, ``lfr.schedule=recipe``), each at
+65%, 80% and 100% of the full budget (each budget its own full schedule: the budget sweep that gives the
+token ratio against random's best budget), evaluating held-out loss as they go → print, for each
+corpus, LFR's difference from random and the token ratio; write the LFR run's report. Twelve training
+runs of up to a minute each, two side by side on 2 CPU cores (``lfr-compare --jobs``).
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from lfr_ds.compare import cli as compare
 from lfr_ds.data.reader import ReadOptions, check_inputs, iter_documents
 from lfr_ds.errors import ArgumentParser, UserError, cli
 
-#: LFR's token budgets, as fractions of random's: the budget sweep that gives the token ratio.
-BUDGETS = ("0.5", "0.65", "0.8", "1.0")
+#: Token budgets, as fractions of the full one, for both arms: the budget sweep that gives the token ratio.
+BUDGETS = ("0.65", "0.8", "1.0")
+#: The second run's share of copies (R): web-shaped duplication (lfr_ds/redundant.py), where LFR has something to skip.
+COPIES = 0.25
 
 
 def verdict(results: dict) -> str:
@@ -35,11 +39,13 @@ def verdict(results: dict) -> str:
     lfr, rand = results["arms"]["lfr"], results["arms"]["random"]
     paired, ratio = lfr["paired"], lfr["token_ratio"]
     source, worst = max(paired["per_source_relative"].items(), key=lambda kv: kv[1])
+    target = "the held-out loss of random's best budget" if ratio.get("baseline") == "random's best budget" else \
+        "random's final held-out loss"
     if ratio["reached"]:
-        saving = (f"token ratio {ratio['mean']:.2f}: LFR with {ratio['mean']:.0%} of random's tokens (its own full "
-                  "schedule) reaches random's final held-out loss")
+        saving = (f"token ratio {ratio['mean']:.2f}: LFR (each budget its own full schedule) reaches {target} "
+                  f"with {ratio['mean']:.0%} of the tokens random needed for it")
     else:
-        saving = "token ratio: never (no LFR budget, the full one included, reached random's final held-out loss)"
+        saving = f"token ratio: never (no LFR budget, the full one included, reached {target})"
     return (f"LFR vs random, same tokens: held-out loss {lfr['mean']['valid_loss']:.4f} vs {rand['mean']['valid_loss']:.4f} "
             f"({paired['relative']:+.2%})\n{saving}\nleast helped source: {source} {worst:+.2%} against random")
 
@@ -81,17 +87,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         synthetic.write_jsonl(train, synthetic.generate(150, seed=0))
         synthetic.write_jsonl(valid, synthetic.generate(30, seed=1))
         vocab = 512
-    runs = out / "compare"
-    _step(f"training random sampling on the full budget and LFR on {', '.join(BUDGETS)} of it, each budget with its "
-          "own full schedule (a minute or so a run)")
-    compare.main(["--preset", "demo", "--seeds", "1", "--arms", "random,lfr", "--budgets", ",".join(BUDGETS), "--out", str(runs),
-                  "--train", str(train), "--valid", str(valid), "--blimp", "", "--vocab-size", str(vocab), "--valid-blocks", "256"])
+    comparisons = {"as it is": (out / "compare", 0.0), f"with {COPIES:.0%} copies": (out / f"compare-r{COPIES:g}", COPIES)}
+    for name, (runs, share) in comparisons.items():
+        _step(f"the corpus {name}: training random sampling and LFR at {', '.join(BUDGETS)} of the full budget, each "
+              "budget with its own full schedule (up to a minute a run, two side by side)")
+        compare.main(["--preset", "demo", "--seeds", "1", "--arms", "random,lfr", "--budgets", ",".join(BUDGETS),
+                      "--redundancy", str(share), "--out", str(runs), "--train", str(train), "--valid", str(valid),
+                      "--blimp", "", "--vocab-size", str(vocab), "--valid-blocks", "256"])
+    runs = comparisons["as it is"][0]
     report.main([str(runs / "lfr-seed1")])
     _step(f"done in {time.time() - t0:.0f}s")
-    print("\n" + verdict(json.loads((runs / "results.json").read_text())))
+    for name, (where, _) in comparisons.items():
+        print(f"\nThe corpus {name} ({where / 'results.md'}):\n" + verdict(json.loads((where / "results.json").read_text())))
     print(f"\nheld-out loss vs tokens: {runs / 'heldout.png'}\nresults: {runs / 'results.json'}, {runs / 'results.md'}\n"
           f"what LFR kept and dropped: {runs / 'lfr-seed1' / 'report' / 'report.md'}\n"
-          f"TensorBoard: .venv/bin/tensorboard --logdir {runs}")
+          f"TensorBoard: .venv/bin/tensorboard --logdir {out}")
     return 0
 
 

@@ -466,6 +466,13 @@ def test_compare_checks_the_arms_config_before_writing_anything(run_cli, tmp_pat
     assert result.code == 2 and not (tmp_path / "cmp").exists()
 
 
+@pytest.mark.parametrize("arms", ["random,oracle", "random,lfr,dedup"])
+def test_compare_refuses_a_ceiling_without_copy_labels(run_cli, tmp_path, arms):
+    result = run_cli(compare.main, ["--out", tmp_path / "cmp", "--preset", "smoke", "--arms", arms, "--redundancy", "0"])
+    assert_one_line_error(result, f"--arms {arms}: ", "need the redundancy builder's copy labels", "--redundancy R > 0")
+    assert result.code == 2 and not (tmp_path / "cmp").exists()
+
+
 @pytest.mark.parametrize("read_only", ["run_dir", "data.path"])
 def test_read_only_directories_are_named_before_any_process_starts(
     read_only, run_cli, tmp_path, monkeypatch, webmix_dataset, webmix_tokenizer, webmix_train

@@ -14,6 +14,7 @@ from crafted import phase_manifest, state_json
 
 from lfr_ds.config import LFRConfig
 from lfr_ds.errors import UserError
+from lfr_ds.lfr.drop_mask import write_drop_mask
 from lfr_ds.lfr.loss_table import LossTable
 from lfr_ds.lfr.rewriter import Rewriter, declared_settings
 from lfr_ds.lfr.schedule import Phase
@@ -93,19 +94,35 @@ def test_every_lfr_setting_declares_whether_it_changes_the_order():
     for f in dataclasses.fields(LFRConfig):
         assert "digest" in f.metadata, f"LFRConfig.{f.name}: declare it IN_*_DIGEST or not_in_digest(why)"
         role = f.metadata["digest"]
-        assert role in ("focus", "focus-if-changed", "auto") or (role is None and f.metadata["why"]), f.name
+        assert role in ("focus", "focus-if-changed", "auto", "focus-file-if-set") or (role is None and f.metadata["why"]), f.name
 
 
-def test_a_changed_setting_changes_the_digest_and_a_transport_setting_does_not():
+def test_a_changed_setting_changes_the_digest_and_a_transport_setting_does_not(tmp_path):
     phase = Phase(1, "focus", 10, 20, 0.5, auto_drop=True)
     base = declared_settings(phase, LFRConfig())
+    mask = tmp_path / "drop.npy"
+    write_drop_mask(mask, np.arange(20) % 3 == 0)
     for f in dataclasses.fields(LFRConfig):
         if f.metadata["digest"] is None:
             continue
         other = {"score": "raw", "selection": "paper", "max_cluster_drop": 0.9, "clusters": 8, "centroids": 32,
-                 "temperature": 3.0, "weighting": "learnable", "auto_max_drop": 0.5, "blend": "free"}[f.name]
+                 "temperature": 3.0, "weighting": "learnable", "auto_max_drop": 0.5, "blend": "free",
+                 "drop_mask": str(mask)}[f.name]
         assert declared_settings(phase, LFRConfig(**{f.name: other})) != base, f.name
     assert declared_settings(phase, LFRConfig(distribute="broadcast", length_scale=2.0)) == base
+
+
+def test_a_drop_mask_enters_the_digest_by_its_content_not_its_path(tmp_path):
+    phase = Phase(1, "focus", 10, 20, 0.5)
+    a, b = tmp_path / "a.npy", tmp_path / "moved" / "b.npy"
+    b.parent.mkdir()
+    write_drop_mask(a, np.arange(20) % 3 == 0)
+    b.write_bytes(a.read_bytes())
+    assert declared_settings(phase, LFRConfig(drop_mask=str(a))) == declared_settings(phase, LFRConfig(drop_mask=str(b)))
+    write_drop_mask(b, np.arange(20) % 3 == 1)
+    assert declared_settings(phase, LFRConfig(drop_mask=str(a))) != declared_settings(phase, LFRConfig(drop_mask=str(b)))
+    # Unset, it adds nothing: the digests of runs made before the hook existed stay the same.
+    assert len(declared_settings(phase, LFRConfig(drop_mask=str(a)))) == len(declared_settings(phase, LFRConfig())) + 1
 
 
 STATE_FIELDS = [f.name for f in dataclasses.fields(RunState) if not f.metadata.get("optional")]

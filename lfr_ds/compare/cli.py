@@ -3,11 +3,14 @@
     lfr-compare --preset small --out runs/small                         # 3 seeds x 3 arms, ~7 min a run on 2 cores
     lfr-compare --preset small --redundancy 0.5 --arms random,lfr --budgets 0.5,0.65,0.8,1.0 --out runs/r50
 
-Arms (one ``lfr-train`` run per seed, and per budget for the LFR arms):
+Arms (one ``lfr-train`` run per seed and per budget):
 
 - ``random``: a fresh seeded shuffle of all blocks every pass: the baseline.
 - ``lfr``: the recipe's default LFR.
 - ``lfr_raw``: paper-faithful LFR: raw recorded losses, whole easiest clusters dropped.
+- ``dedup`` and ``oracle`` (``--redundancy`` > 0 only): the ceilings, experiment-only
+  (:mod:`lfr_ds.compare.ceilings`): random sampling over the originals alone, and LFR's schedule whose
+  every Focus drops exactly the copy blocks.
 
 The protocol (each part documented where it lives):
 
@@ -17,7 +20,8 @@ The protocol (each part documented where it lives):
 - Seeds vary only the initialisation and the data order. Every run reuses by digest and refuses to mix
   settings (:mod:`lfr_ds.compare.runs`).
 - Results are paired per seed (arm − random), with the mean and standard error; the token ratio comes
-  from a budget sweep (``--budgets``), or an in-run proxy without one (:mod:`lfr_ds.compare.stats`).
+  from a budget sweep (``--budgets``: every arm, random included, at every budget; the baseline is
+  random's best budget), or an in-run proxy without one (:mod:`lfr_ds.compare.stats`).
 - ``--test FILE...``: extra held-out sets evaluated once at the end of each run, reported alongside and
   never used for any choice.
 
@@ -36,7 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lfr_ds import atomic
-from lfr_ds.compare import report, runs, stats
+from lfr_ds.compare import ceilings, report, runs, stats
 from lfr_ds.compare.corpus import CorpusSpec, prepare
 from lfr_ds.config import load_config
 from lfr_ds.data.dataset import open_dataset
@@ -66,6 +70,11 @@ class Preset:
 
 #: The LFR arms' schedule in the small, pilot and demo regimes: the recipe's default (``lfr.schedule=recipe``).
 RECIPE = SCHEDULES["recipe"]
+#: The LFR arms' schedule in the many-pass regime: the recipe's cycle (a fresh pass, then one pass over the kept
+#: harder half) four times over the first half of the run, then Review to the end, so the learning rate anneals on
+#: all the data as in the recipe. The parser's worst case (every Focus keeping every block: 1 + 4 × 1 + 3 = 8 of
+#: 12 passes) leaves 4 passes for ``*``, at every budget of a sweep (tests/compare/test_ceilings.py).
+MULTIPASS = ",".join(["learn:1ep", *["focus:1kp@0.5", "review:1ep"] * 3, "focus:1kp@0.5", "review:*"])
 _COMMON = ("model.preset=tiny", "engine.micro_batch_size=16", "engine.global_batch_size=16", "optim.lr=2e-3",
            "optim.warmup_steps=20", "optim.min_lr_ratio=0.1", "checkpoint.interval=0", "log.interval=25")
 _SMALL_GPT = ("model.preset=null", "model.num_layers=2", "model.num_attention_heads=4", "model.seq_length=64",
@@ -74,7 +83,7 @@ PRESETS = {
     # The pilots' regime at a third of their size: 3 passes, so every block still teaches the model something.
     "small": Preset(350_000, 3, RECIPE, _COMMON, 7),
     # The paper's regime: many passes over little data, where blocks get learned and forgotten.
-    "multipass": Preset(100_000, 12, "learn:2ep,focus:2ep@0.5,review:1ep,focus:2ep@0.7,review:1ep,focus:*@0.7", _COMMON, 8),
+    "multipass": Preset(100_000, 12, MULTIPASS, _COMMON, 8),
     # The pilots' own size (about 25 min per arm here).
     "pilot": Preset(1_000_000, 3, RECIPE, _COMMON, 25),
     # The README's main job: the planted corpus (or DATA) whole, 6 passes of a small GPT, ~1 min an arm.
@@ -122,8 +131,8 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--redundancy", type=float, default=0.0,
                    help="share R in [0, 1) of the training tokens that are copies of other training documents (default 0)")
     p.add_argument("--budgets", default="1.0",
-                   help="LFR arms' token budgets as fractions of random's, each with its own full schedule; must include 1.0 "
-                        "(e.g. 0.5,0.65,0.8,1.0: gives the budget-sweep token ratio)")
+                   help="token budgets as fractions of the full one, each with its own full schedule, for every arm (random "
+                        "too); must include 1.0 (e.g. 0.5,0.65,0.8,1.0: gives the budget-sweep token ratio against random's best budget)")
     p.add_argument("--blimp", default=str(SHARED / "eval" / "blimp"), help="BLiMP directory ('' for none)")
     p.add_argument("--blimp-pairs", type=int, default=10, help="pairs per BLiMP file at each evaluation (default 10)")
     p.add_argument("--valid-blocks", type=int, default=512, help="fixed held-out blocks (default 512)")
@@ -148,6 +157,10 @@ def parse_args(argv: Sequence[str] | None):
         raise UserError(f"--budgets {','.join(map(str, args.budgets))}: fractions in (0, 1], including 1.0 (the full budget)")
     if not 0 <= args.redundancy < 1:
         raise UserError(f"--redundancy {args.redundancy}: must be in [0, 1)")
+    ceiling = [a for a in args.arms if a in ceilings.ARMS]
+    if ceiling and args.redundancy == 0:
+        raise UserError(f"--arms {','.join(args.arms)}: the ceiling arms ({', '.join(ceiling)}) need the redundancy builder's copy labels, "
+                        "and --redundancy 0 makes no copies; give --redundancy R > 0, or leave them out")
     args.jobs = args.jobs if args.jobs is not None else max(1, (os.cpu_count() or 1) // max(1, args.threads))
     for name in ("valid_blocks", "evals", "blimp_pairs", "vocab_size", "threads", "jobs"):
         if getattr(args, name) < 1:
@@ -180,9 +193,8 @@ def command_line(args) -> str:
 
 
 def plan(args) -> list[runs.Run]:
-    """Seed by seed (so paired results accumulate), random first, then each LFR arm at each budget."""
-    return [runs.Run(arm, seed, b) for seed in args.seeds for arm in args.arms
-            for b in ([1.0] if arm == "random" else args.budgets)]
+    """Seed by seed (so paired results accumulate), random first, each arm at each budget."""
+    return [runs.Run(arm, seed, b) for seed in args.seeds for arm in args.arms for b in args.budgets]
 
 
 @cli
@@ -196,6 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seq, G = shared.model.seq_length, shared.engine.global_batch_size
     corpus = prepare(CorpusSpec(args.train, args.valid, args.redundancy, args.subset_seed, args.vocab_size,
                                 preset.unique_tokens, seq, args.valid_blocks, args.split), out)
+    ceilings.prepare(corpus, args.arms, args.seeds, seq)
     ds = open_dataset(corpus.prefix)
     blocks = (ds.num_tokens - 1) // seq
     steps = max(1, round(preset.passes * blocks / G))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from lfr_ds import atomic
 
-COLORS = {"random": "C0", "lfr": "C1", "lfr_raw": "C2"}
+COLORS = {"random": "C0", "lfr": "C1", "lfr_raw": "C2", "dedup": "C3", "oracle": "C4"}
 
 
 def _pm(x: dict, digits: int = 4) -> str:
@@ -14,13 +14,16 @@ def _pm(x: dict, digits: int = 4) -> str:
 
 
 def _ratio(r: dict) -> str:
+    baseline = f" vs {r['baseline']}" if "baseline" in r else ""  # results made before random had a sweep: no baseline named
     if r["mean"] is None:
-        return f"never ({r['kind']})"
+        return f"never ({r['kind']}{baseline})"
     std = f" ± {r['std']:.2f}" if r["std"] is not None else ""
-    return f"{r['mean']:.2f}{std} ({r['kind']}; {r['reached']}/{len(r['per_seed'])} seeds reached)"
+    return f"{r['mean']:.2f}{std} ({r['kind']}{baseline}; {r['reached']}/{len(r['per_seed'])} seeds reached)"
 
 
 def markdown(results: dict) -> str:
+    # Random first, as summarised: a results.json read back has its keys sorted (lfr_ds.atomic.write_json).
+    results = {**results, "arms": {"random": results["arms"]["random"], **results["arms"]}}
     arms = results["arms"]
     sources = list(arms["random"]["mean"]["per_source"])
     c = results["corpus"]
@@ -30,7 +33,7 @@ def markdown(results: dict) -> str:
              f"{round(c['train_tokens'] * (1 - c['repeat_token_share'])):,} unique), {results['steps']} steps; "
              f"held-out: {results['heldout_blocks']} fixed blocks of the dev split ({results['valid']}).", "",
              "## Held-out loss at the full budget (mean over seeds)", "",
-             "| arm | held-out loss | paired Δ vs random (± s.e.) | Δ % | " + " | ".join(sources)
+             "| arm | held-out loss | paired Δ vs random at 1.0 (± s.e.) | Δ % | " + " | ".join(sources)
              + " | BLiMP | unique blocks | repeat tokens trained | token ratio |",
              "|---|---|---|---|" + "---|" * len(sources) + "---|---|---|---|"]
     for name, a in arms.items():
@@ -91,13 +94,19 @@ def _budget_table(results: dict) -> list[str]:
         return []
     lines = ["", "## Budget sweep: final held-out loss (mean ± std over seeds), each budget its own full schedule", "",
              "| arm | " + " | ".join(f"{b:g}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
-    r = results["arms"]["random"]["spread"]
-    lines.append("| random (1.0 only) | " + " | ".join("" for _ in budgets[:-1]) + f" | {r['mean']:.4f} |")
+    if "budgets" not in results["arms"]["random"]:  # random ran at the full budget alone (results before its sweep)
+        r = results["arms"]["random"]["spread"]
+        lines.append("| random (1.0 only) | " + " | ".join("" for _ in budgets[:-1]) + f" | {r['mean']:.4f} |")
     for name, a in results["arms"].items():
         if "budgets" in a:
             cells = [a["budgets"][str(b)] for b in budgets]
             lines.append(f"| {name} | " + " | ".join(
                 f"{c['mean']:.4f}" + (f" ± {c['std']:.4f}" if c["std"] is not None else "") for c in cells) + " |")
+    best = results["arms"]["random"].get("best_budget")
+    if best and "budgets" in results["arms"]["random"]:
+        lines += ["", "Token ratios are against random's best budget on each seed (the lowest final held-out loss: "
+                      + ", ".join(f"{b:g} ({loss:.4f})" for b, loss in zip(best["budget"], best["valid_loss"], strict=True))
+                      + "); the paired Δ is against random at the full budget."]
     return lines
 
 

@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 
 from lfr_ds import atomic
+from lfr_ds.compare import ceilings
+from lfr_ds.compare.ceilings import REPEAT_BLOCK
 from lfr_ds.compare.corpus import Corpus, differences
 from lfr_ds.config import load_config
 from lfr_ds.data.blocks import BlockView
@@ -43,13 +45,14 @@ ARMS = {
     "random": ("lfr.schedule=random",),
     "lfr": (),
     "lfr_raw": ("lfr.score=raw", "lfr.selection=paper"),
+    # The ceilings (lfr_ds.compare.ceilings): random over the originals alone, and LFR whose Focus drops the copies.
+    "dedup": ("lfr.schedule=random",),
+    "oracle": (),
 }
 #: Settings lfr-compare owns: an override of one of these would silently break the comparison.
 OWNED = ("run_dir", "steps", "seed", "data.", "eval.", "lfr.length_scale", "log.progress_bar")
 #: Seed of the held-out block cut: the same blocks for every seed and arm.
 HELDOUT_SEED = 0
-#: A block is a repeat block when more than this share of its tokens were copied by the builder.
-REPEAT_BLOCK = 0.5
 
 
 @dataclass(frozen=True)
@@ -93,12 +96,14 @@ def check_overrides(overrides: list[str]) -> None:
 def overrides(run: Run, setup: Setup) -> list[str]:
     steps = max(1, round(run.budget * setup.steps))
     out = [*setup.preset_overrides, f"lfr.schedule={setup.schedule}", *setup.user_overrides, *ARMS[run.arm],
-           f"data.path={setup.corpus.prefix}", f"data.tokenizer={setup.corpus.tokenizer}", f"run_dir={setup.out / run.name}",
+           f"data.path={ceilings.dedup_prefix(setup.corpus) if run.arm == 'dedup' else setup.corpus.prefix}", f"data.tokenizer={setup.corpus.tokenizer}", f"run_dir={setup.out / run.name}",
            f"steps={steps}", f"seed={run.seed}", f"data.seed={run.seed}", f"lfr.length_scale={run.budget}",
            f"eval.valid_path={setup.corpus.heldout}", f"eval.valid_blocks={setup.heldout_blocks}",
            f"eval.valid_seed={HELDOUT_SEED}", f"eval.interval={-(-steps // setup.evals)}", "log.progress_bar=false"]
     if setup.blimp:
         out += [f"eval.blimp={setup.blimp}", f"eval.blimp_pairs={setup.blimp_pairs}"]
+    if run.arm == "oracle":
+        out.append(f"lfr.drop_mask={ceilings.mask_path(setup.corpus, run.seed)}")
     return out
 
 
@@ -137,10 +142,11 @@ def check_reusable(run: Run, setup: Setup) -> None:
     if path.parent.exists() and not path.is_file():
         raise UserError(f"{path.parent}: not made by this lfr-compare (no {path.name}); use a new --out")
     if path.is_file():
-        have, wanted = identity(json.loads(path.read_text())), identity(record(run, setup))
-        if have != wanted:
-            diff = "; ".join(differences(have, wanted)[:6])
-            raise UserError(f"{path.parent}: this run was made with other settings ({diff}); use a new --out")
+        # A setting added since the run was made, whose default is None (off: lfr.drop_mask), is absent from
+        # its record: differences() reads absent as None, so such a run is still reused.
+        diff = differences(identity(json.loads(path.read_text())), identity(record(run, setup)))
+        if diff:
+            raise UserError(f"{path.parent}: this run was made with other settings ({'; '.join(diff[:6])}); use a new --out")
 
 
 def launch(run: Run, setup: Setup, test_files: list[str], log) -> tuple[Path, float | None]:
@@ -212,8 +218,10 @@ def result(run_dir: Path, corpus: Corpus, test_files: list[str]) -> dict:
 
 
 def _blocks_trained(run_dir: Path, corpus: Corpus, cfg: dict) -> dict:
-    view = BlockView(open_dataset(corpus.prefix), cfg["model"]["seq_length"], cfg["data"]["seed"])
-    repeat_share = view.token_share(corpus.repeats())
+    # The dataset the run trained on: the comparison's, or for the dedup arm the originals alone.
+    prefix = ceilings.run_prefix(corpus, cfg["data"]["path"])
+    view = BlockView(open_dataset(prefix), cfg["model"]["seq_length"], cfg["data"]["seed"])
+    repeat_share = view.token_share(ceilings.copy_labels(corpus, prefix))
     repeat_block = repeat_share > REPEAT_BLOCK
     trained, focus = [], []
     for p in sorted((run_dir / INDEX_DIR).glob("phase_*.json")):

@@ -8,17 +8,21 @@ pinned by unit tests on hand-made curves.
   standard error (sample standard deviation / sqrt(n)); a mean smaller than about two standard
   errors is no difference.
 - **Budget-sweep token ratio** (``--budgets``): each budget b is its own run, with its own full
-  warmup-and-cosine schedule on a fraction b of random's tokens. The ratio is the smallest b such
-  that *every* budget >= b ends at or below random's final loss, interpolated linearly between the
-  last budget above the target and the next one. Comparing whole runs avoids the bias of reading a
-  point inside a run, whose learning rate has not been annealed (Kaddour et al. 2023, "No Train No
-  Gain").
+  warmup-and-cosine schedule on a fraction b of the full tokens, for every arm, random included. The
+  baseline is random's **best budget** b* on the same seed: the one with the lowest final held-out loss
+  L* (so a random run that overfits by its last pass does not flatter the arm; b* = 1 where it does not).
+  The arm's ratio is the smallest b such that *every* budget >= b ends at or below L*, interpolated
+  linearly between the last budget above the target and the next one, over b*: the arm's tokens over
+  the tokens random needed for L* (above 1 when the arm needs more). Comparing whole runs avoids the
+  bias of reading a point inside a run, whose learning rate has not been annealed (Kaddour et al. 2023,
+  "No Train No Gain"). Results made before random had a sweep hold random at 1.0 alone: b* = 1.
 - **In-run proxy** (no ``--budgets``): the tokens from which the arm's held-out curve *stays* at or
   below random's final loss, over random's tokens. A curve that dips under once and comes back up
   does not count until it stays under. It favours neither arm's annealing only when both arms share
   the schedule, so it is labelled a proxy.
 
-Either is ``None`` when never reached; summaries count such a seed as 1.0 (no saving).
+Either is ``None`` when never reached; summaries count such a seed as 1.0 (no saving). The paired
+difference is always against random at the full budget, and each summary names its baseline.
 """
 
 from __future__ import annotations
@@ -86,17 +90,20 @@ def summarise(results: dict[tuple[str, int, float], dict], arms: list[str], seed
     differences from random and the token ratio. ``results`` maps (arm, seed, budget) to
     :func:`lfr_ds.compare.runs.result`."""
     base = [results["random", s, 1.0] for s in seeds]
+    best = random_best(results, seeds, budgets)
     out = {}
     for arm in arms:
         runs = [results[arm, s, 1.0] for s in seeds]
         entry = {"seeds": runs, "mean": _means(runs)}
         if arm == "random":
             entry["spread"] = spread([r["valid_loss"] for r in runs])
+            entry["best_budget"] = {"budget": [b for b, _ in best], "valid_loss": [loss for _, loss in best]}
         else:
             entry["paired"] = _paired(runs, base)
-            entry["token_ratio"] = _token_ratio(arm, results, seeds, budgets, base)
-            if len(budgets) > 1:
-                entry["budgets"] = {str(b): spread([results[arm, s, b]["valid_loss"] for s in seeds]) for b in budgets}
+            entry["token_ratio"] = _token_ratio(arm, results, seeds, budgets, best)
+        ran = [b for b in budgets if all((arm, s, b) in results for s in seeds)]
+        if len(ran) > 1:
+            entry["budgets"] = {str(b): spread([results[arm, s, b]["valid_loss"] for s in seeds]) for b in ran}
         out[arm] = entry
     return out
 
@@ -141,13 +148,29 @@ def _paired(runs: list[dict], base: list[dict]) -> dict:
     return out
 
 
-def _token_ratio(arm: str, results: dict, seeds: list[int], budgets: list[float], base: list[dict]) -> dict:
+def random_best(results: dict, seeds: list[int], budgets: list[float]) -> list[tuple[float, float]]:
+    """Per seed, random's best budget and its final held-out loss: the lowest over the budgets random ran
+    (the smaller budget on a tie); 1.0 alone in results made before random had a sweep."""
+    out = []
+    for s in seeds:
+        ran = [b for b in budgets if ("random", s, b) in results]
+        b = min(ran, key=lambda b: results["random", s, b]["valid_loss"])
+        out.append((b, results["random", s, b]["valid_loss"]))
+    return out
+
+
+def _token_ratio(arm: str, results: dict, seeds: list[int], budgets: list[float], best: list[tuple[float, float]]) -> dict:
     if len(budgets) > 1:
-        per_seed = [budget_ratio({b: results[arm, s, b]["valid_loss"] for b in budgets}, r["valid_loss"])
-                    for s, r in zip(seeds, base, strict=True)]
-        return ratio_summary(per_seed, "budget sweep")
+        per_seed = []
+        for s, (b_best, loss) in zip(seeds, best, strict=True):
+            reached = budget_ratio({b: results[arm, s, b]["valid_loss"] for b in budgets}, loss)
+            per_seed.append(None if reached is None else reached / b_best)
+        swept = any(("random", s, b) in results for s in seeds for b in budgets if b != 1.0)
+        baseline = "random's best budget" if swept else "random at 1.0 (random ran no sweep)"
+        return {**ratio_summary(per_seed, "budget sweep"), "baseline": baseline, "random_budget": [b for b, _ in best]}
     per_seed = []
-    for s, r in zip(seeds, base, strict=True):
-        reached = stays_below_from(results[arm, s, 1.0]["curve"], r["valid_loss"])
-        per_seed.append(None if reached is None else reached / r["tokens"])
-    return ratio_summary(per_seed, "in-run proxy (not annealed: prefer --budgets)")
+    for s, (_, loss) in zip(seeds, best, strict=True):
+        reached = stays_below_from(results[arm, s, 1.0]["curve"], loss)
+        per_seed.append(None if reached is None else reached / results["random", s, 1.0]["tokens"])
+    return {**ratio_summary(per_seed, "in-run proxy (not annealed: prefer --budgets)"), "baseline": "random at 1.0",
+            "random_budget": [1.0] * len(seeds)}

@@ -28,6 +28,9 @@ corpus's blend weight of the positions (megatron-core's blending interleave) fro
 ``free`` draws once over all clusters, each weighted as above times its corpus's weight per kept block,
 so equally hard corpora keep their weights and a harder one gains share.
 
+``lfr.drop_mask`` (an experiment hook, :mod:`lfr_ds.lfr.drop_mask`) replaces step 4: the masked blocks
+are dropped, every other block kept.
+
 ``@auto`` phases choose their drop fraction: only blocks :func:`learned` says the model has learned are
 dropped, at most ``auto_max_drop`` of the seen blocks (and the per-cluster cap still holds).
 """
@@ -41,6 +44,7 @@ import numpy as np
 
 from lfr_ds.errors import UserError
 from lfr_ds.lfr.cluster import hierarchical_clusters
+from lfr_ds.lfr.drop_mask import read_drop_mask
 from lfr_ds.lfr.loss_table import LossTable
 from lfr_ds.lfr.schedule import Phase, kept_pass_steps
 from lfr_ds.lfr.select import block_slices, cluster_sums, draw_order, focus_keep_mask, perplexity_weights
@@ -238,6 +242,8 @@ def _keep(
     """The kept mask, the per-cluster cap applied and (``@auto``) how the drop fraction was chosen.
     ``rank_score`` is consumed. Over a blend each corpus drops its own share."""
     drop, auto, is_learned = phase.drop, None, None
+    if options.drop_mask is not None:  # oracle (issue 21): the experiment hook decides the drop (lfr_ds.lfr.drop_mask)
+        return ~read_drop_mask(options.drop_mask, table.num_blocks), options.max_cluster_drop, None
     if phase.auto_drop:
         is_learned = learned(table)
         is_learned &= eligible

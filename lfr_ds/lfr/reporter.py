@@ -45,7 +45,9 @@ def focus_fields(
     sizes, mean_difficulty = sel.cluster_blocks, sel.cluster_difficulty
     fields = {
         "steps": sel.steps,
-        "drop_fraction": round(int((eligible & ~keep).sum()) / n_eligible, 4) if sel.auto is not None else drop,
+        # oracle (issue 21): a drop mask, like @auto, decides the fraction itself
+        "drop_fraction": round(int((eligible & ~keep).sum()) / n_eligible, 4)
+        if sel.auto is not None or options.drop_mask is not None else drop,
         "kept": int(keep.sum()),
         "dropped": int((~keep).sum()),
         "eligible": n_eligible,

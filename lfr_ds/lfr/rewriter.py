@@ -33,6 +33,7 @@ import torch.distributed as dist
 from lfr_ds import atomic
 from lfr_ds.config import LFRConfig, TrainConfig
 from lfr_ds.data.blend import Blend, BlendView, Corpora, blended_order
+from lfr_ds.data.dataset import sha256_file
 from lfr_ds.data.sample_index import read_manifest, read_sample_index, write_sample_index
 from lfr_ds.errors import UserError
 from lfr_ds.lfr import reporter
@@ -61,7 +62,16 @@ def declared_settings(phase: Phase, options: LFRConfig) -> list:
         settings += [phase.auto_drop, phase.kept_passes]
         settings += [getattr(options, f.name) if phase.auto_drop else None for f in declared("auto")]
     settings += [getattr(options, f.name) for f in declared("focus-if-changed") if getattr(options, f.name) != f.default]
+    # oracle (issue 21): a file setting enters by its content, and only when set, so other runs' digests stay the same.
+    settings += [_file_sha256(f.name, getattr(options, f.name)) for f in declared("focus-file-if-set") if getattr(options, f.name)]
     return settings
+
+
+def _file_sha256(name: str, path: str) -> str:
+    try:
+        return sha256_file(path)
+    except OSError as e:
+        raise UserError(f"lfr.{name} {path}: unreadable ({e.strerror}); give an existing file or unset lfr.{name}") from None
 
 
 @dataclass(frozen=True)

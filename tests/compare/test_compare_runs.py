@@ -76,6 +76,16 @@ def test_rerun_reuses_or_refuses_never_mixes(smoke, run_cli, webmix_train, test_
     assert_one_line_error(run_cli(compare.main, [*ARGS, "--out", smoke, "--train", other]), "train.path", "new --out")
 
 
+def test_a_run_recorded_before_a_setting_that_defaults_to_off_existed_is_reused(smoke, run_cli, test_file):
+    """Records made before lfr.drop_mask (default None, off) lack it: they are the same settings."""
+    path = smoke / "lfr-seed1" / "compare_run.json"
+    rec = json.loads(path.read_text())
+    assert rec["config"]["lfr"].pop("drop_mask") is None
+    path.write_text(json.dumps(rec))
+    again = run_cli(compare.main, [*ARGS, "--out", smoke, "--test", test_file])
+    assert again.code == 0 and again.err.count("already done, reusing") == 2
+
+
 def test_random_runs_copied_into_a_comparison_of_other_lfr_settings_are_reused(smoke, run_cli, tmp_path):
     # The random arm ignores lfr.* settings, and paths are taken relative to --out: a study of LFR
     # variants pays for each random run once.
@@ -146,3 +156,33 @@ def test_demo_verdict_names_the_ratio_and_the_least_helped_source():
     text = demo.verdict(results(1))
     assert "0.9000 vs 1.0000 (-10.00%)" in text and "token ratio 0.70" in text and "least helped source: b +1.00%" in text
     assert "token ratio: never" in demo.verdict(results(0))
+    swept = results(1)
+    swept["arms"]["lfr"]["token_ratio"]["baseline"] = "random's best budget"
+    assert "reaches the held-out loss of random's best budget with 70%" in demo.verdict(swept)
+
+
+def test_demo_compares_the_corpus_as_it_is_and_with_copies(tmp_path, monkeypatch, capsys):
+    """The demo's plan, without training: lfr-compare twice on the same files, at R = 0 and R = COPIES, random
+    and LFR at every budget; a verdict printed for each."""
+    calls = []
+
+    def fake_compare(argv):
+        calls.append(argv)
+        out = tmp_path / argv[argv.index("--out") + 1]
+        out.mkdir(parents=True)
+        r = float(argv[argv.index("--redundancy") + 1])
+        lfr = {"mean": {"valid_loss": 1.0 - r}, "paired": {"relative": 0.005 - r, "per_source_relative": {"a": 0.0}},
+               "token_ratio": {"reached": 0, "mean": None}}
+        (out / "results.json").write_text(json.dumps({"arms": {"lfr": lfr, "random": {"mean": {"valid_loss": 1.0}}}}))
+        return 0
+
+    monkeypatch.setattr(demo.compare, "main", fake_compare)
+    monkeypatch.setattr(demo.report, "main", lambda argv: 0)
+    assert demo.main(["--out", str(tmp_path / "d")]) == 0
+    assert [c[c.index("--redundancy") + 1] for c in calls] == ["0.0", str(demo.COPIES)]
+    for c in calls:
+        assert c[c.index("--arms") + 1] == "random,lfr" and c[c.index("--budgets") + 1] == ",".join(demo.BUDGETS)
+        assert c[c.index("--train") + 1] == calls[0][calls[0].index("--train") + 1]
+    printed = capsys.readouterr().out
+    assert "The corpus as it is" in printed and "(+0.50%)" in printed
+    assert f"The corpus with {demo.COPIES:.0%} copies" in printed and f"({0.005 - demo.COPIES:+.2%})" in printed

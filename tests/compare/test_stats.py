@@ -55,3 +55,32 @@ def test_summarise_pairs_each_seed_with_its_own_random_run():
     assert arms["random"]["spread"]["std"] == pytest.approx(math.sqrt(0.08))
     # In-run proxy per seed: seed 1 reaches 4.0 between 200 and 300 tokens, seed 2 reaches 4.4 at 250.
     assert arms["lfr"]["token_ratio"]["per_seed"] == pytest.approx([(200 + 100 * 0.4 / 0.5) / 300, 250 / 300])
+
+
+def test_the_budget_sweep_ratio_is_against_random_s_best_budget():
+    # Random overfits on seed 1 (its 0.8 budget ends lowest) and not on seed 2 (its full budget does).
+    random = {1: {0.5: 4.30, 0.8: 4.00, 1.0: 4.10}, 2: {0.5: 4.60, 0.8: 4.45, 1.0: 4.40}}
+    lfr = {1: {0.5: 4.20, 0.8: 3.95, 1.0: 3.90}, 2: {0.5: 4.50, 0.8: 4.42, 1.0: 4.35}}
+    results = {(arm, s, b): _run(loss, [5.0, 4.8, loss], loss) for arm, table in (("random", random), ("lfr", lfr))
+               for s, finals in table.items() for b, loss in finals.items()}
+    arms = stats.summarise(results, ["random", "lfr"], [1, 2], [0.5, 0.8, 1.0])
+    best = arms["random"]["best_budget"]
+    assert best["budget"] == [0.8, 1.0] and best["valid_loss"] == [random[1][0.8], random[2][1.0]]
+    ratio = arms["lfr"]["token_ratio"]
+    # Per seed: the smallest LFR budget reaching random's best loss, over random's best budget.
+    expected = [stats.budget_ratio(lfr[1], random[1][0.8]) / 0.8, stats.budget_ratio(lfr[2], random[2][1.0]) / 1.0]
+    assert ratio["per_seed"] == pytest.approx(expected) and ratio["baseline"] == "random's best budget"
+    assert ratio["random_budget"] == [0.8, 1.0]
+    # Against random's full budget instead, seed 1 would look cheaper: the overfit random run flatters LFR.
+    assert stats.budget_ratio(lfr[1], random[1][1.0]) < expected[0]
+    # The paired difference stays against random at the full budget; random's own sweep is tabled.
+    assert arms["lfr"]["paired"]["valid_loss"]["values"] == pytest.approx([3.90 - 4.10, 4.35 - 4.40])
+    assert arms["random"]["budgets"]["0.8"]["values"] == [4.00, 4.45]
+
+
+def test_results_without_a_random_sweep_keep_random_at_the_full_budget_as_the_baseline():
+    lfr = {0.5: 4.3, 1.0: 3.9}
+    results = {("random", 1, 1.0): _run(4.0, [5.0, 4.5, 4.0], 4.0),
+               **{("lfr", 1, b): _run(loss, [5.0, 4.5, loss], loss) for b, loss in lfr.items()}}
+    ratio = stats.summarise(results, ["random", "lfr"], [1], [0.5, 1.0])["lfr"]["token_ratio"]
+    assert ratio["per_seed"] == pytest.approx([stats.budget_ratio(lfr, 4.0)]) and ratio["baseline"].startswith("random at 1.0")

@@ -1,0 +1,110 @@
+"""The two experiment-only ceilings of a comparison on a corpus with copies: what each needs, built as data.
+
+Neither is a training option; both need the redundancy builder's labels (:meth:`Corpus.repeats`), so
+``lfr-compare`` refuses them at ``--redundancy 0``.
+
+- ``dedup``: random sampling over the originals alone, for the same steps as random: what deduplicating
+  before training gives, the ceiling of any removal of copies. Its data is a second dataset beside the
+  comparison's training prefix, ``OUT/data/dedup.{bin,idx,...}``: the training corpus' documents that the
+  builder did not make as copies, in the same order and tokenized by the same tokenizer (so token for
+  token the originals), with ``dedup.train_doc.npy`` (written last: it marks the build complete) giving
+  each of its documents' index in the training dataset.
+- ``oracle``: LFR's own schedule, but every Focus drops exactly the copy blocks and keeps every other
+  block, through the training hook ``lfr.drop_mask`` (:mod:`lfr_ds.lfr.drop_mask`). A **copy block** is a
+  block more than :data:`REPEAT_BLOCK` of whose label tokens come from documents the builder made as
+  copies: the same labels the results score every arm's drops against ("dropped that were repeats"), so
+  the oracle's drops are those labels exactly (precision and recall 1). Block ids depend on the seed
+  (the document shuffle of the block view), so each seed has its own mask,
+  ``OUT/data/oracle/seed<N>.drop.npy``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from lfr_ds import atomic
+from lfr_ds.compare.corpus import Corpus
+from lfr_ds.data.blocks import BlockView
+from lfr_ds.data.dataset import open_dataset
+from lfr_ds.data.preprocess import preprocess
+from lfr_ds.errors import UserError
+from lfr_ds.lfr.drop_mask import write_drop_mask
+
+#: Arms that need the builder's copy labels.
+ARMS = ("dedup", "oracle")
+#: A block is a repeat (copy) block when more than this share of its tokens were copied by the builder.
+REPEAT_BLOCK = 0.5
+
+
+def prepare(corpus: Corpus, arms: list[str], seeds: list[int], seq_length: int) -> None:
+    """Build what ``arms``' ceilings need (once per comparison; reused after): the dedup dataset, each
+    seed's oracle mask. Refuses a ceiling on a corpus whose builder made no copies: nothing to remove."""
+    wanted = [a for a in arms if a in ARMS]
+    if wanted and not corpus.repeats().any():
+        raise UserError(f"--arms {','.join(wanted)}: this corpus has no copies to remove (its builder made none); "
+                        "give --redundancy R > 0 with a training set large enough to copy from")
+    if "dedup" in arms:
+        _build_dedup(corpus)
+    if "oracle" in arms:
+        for seed in seeds:
+            _write_oracle_mask(corpus, seq_length, seed)
+
+
+def dedup_prefix(corpus: Corpus) -> str:
+    """The originals-only dataset's prefix (see the module docstring)."""
+    return str(Path(corpus.prefix).with_name("dedup"))
+
+
+def _build_dedup(corpus: Corpus) -> None:
+    prefix = dedup_prefix(corpus)
+    if Path(prefix + ".train_doc.npy").is_file():
+        return
+    docs = [json.loads(line) for line in Path(corpus.prefix).with_suffix(".jsonl").read_text().splitlines() if line]
+    originals = [i for i, d in enumerate(docs) if d["repeat_of"] is None]
+    if not np.array_equal(originals, np.flatnonzero(~corpus.repeats())):
+        raise AssertionError(f"{corpus.prefix}.jsonl and its repeat labels disagree")
+    subset = Path(prefix + ".jsonl")
+    atomic.write_bytes(subset, "".join(json.dumps(docs[i]) + "\n" for i in originals).encode())
+    meta = preprocess([str(subset)], prefix, corpus.tokenizer, progress=False)
+    if meta["num_documents"] != len(originals):
+        raise AssertionError("preprocess dropped documents; the dedup dataset would not line up")
+    atomic.save_npy(prefix + ".train_doc.npy", np.array(originals, dtype=np.int64))
+
+
+def run_prefix(corpus: Corpus, data_path: str) -> str:
+    """Where the dataset a run recorded as ``data.path`` is now: the dedup one or the comparison's (the
+    comparison may have moved since the run was made)."""
+    return dedup_prefix(corpus) if Path(data_path).name == Path(dedup_prefix(corpus)).name else corpus.prefix
+
+
+def train_docs(corpus: Corpus, prefix: str) -> np.ndarray | None:
+    """For a run on ``prefix``: each of its documents' index in the training dataset (``None``: it is the
+    training dataset itself)."""
+    if prefix != dedup_prefix(corpus):
+        return None
+    return np.load(prefix + ".train_doc.npy", allow_pickle=False)
+
+
+def copy_labels(corpus: Corpus, prefix: str) -> np.ndarray:
+    """Per document of the dataset at ``prefix`` (the training one or the dedup one): whether the builder
+    made it as a copy."""
+    repeats = corpus.repeats()
+    docs = train_docs(corpus, prefix)
+    return repeats if docs is None else repeats[docs]
+
+
+def mask_path(corpus: Corpus, seed: int) -> Path:
+    return Path(corpus.prefix).parent / "oracle" / f"seed{seed}.drop.npy"
+
+
+def _write_oracle_mask(corpus: Corpus, seq_length: int, seed: int) -> Path:
+    """Seed ``seed``'s oracle mask: the copy blocks of the training dataset as a run of that seed cuts it."""
+    path = mask_path(corpus, seed)
+    if not path.is_file():
+        share = BlockView(open_dataset(corpus.prefix), seq_length, seed).token_share(corpus.repeats())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_drop_mask(path, share > REPEAT_BLOCK)
+    return path
