@@ -370,6 +370,20 @@ class LFRConfig:
     auto_max_drop: float = field(default=0.7, metadata=IN_AUTO_DIGEST)
     """``focus:...@auto`` only: the largest fraction of the seen blocks it may drop (it drops only blocks
     the loss table says are learned, see docs/lfr.md)."""
+    # ---- probes (issue 21): the model's loss on text it never trains on, scored inside every step
+    probe_path: str | None = field(default=None, metadata=not_in_digest("its records are in the loss table, which the digest hashes"))
+    """A dataset prefix of documents from the training corpus that no run trains on and that is not the dev split
+    (``lfr-preprocess --probe-fraction`` writes one; ``lfr-compare`` makes one). ``None`` = no probes. Its
+    blocks (at least 64, at most half the training blocks) are scored forward-only inside each training step,
+    with the weights that score that step's blocks, and recorded relative to the step's batch mean loss;
+    they calibrate ``@auto`` (see ``absorbed_alpha`` and docs/lfr.md). They never change the training."""
+    probe_blocks: int = field(default=8, metadata=not_in_digest("its records are in the loss table, which the digest hashes"))
+    """Probe blocks scored per step (rounded up to a multiple of the data-parallel size: each rank scores
+    its share, one forward of that many blocks, no backward). A deterministic draw of (data.seed, step)."""
+    absorbed_alpha: float = field(default=0.1, metadata=IN_FOCUS_DIGEST_IF_CHANGED)
+    """``@auto`` with probes: a seen block is absorbed (and may be dropped) when its relative loss is below
+    the α-quantile of the probes' relative losses around its visit, at both visits where it had two. On
+    unseen text the test flags about α of the blocks; in (0, 0.5]."""
     length_scale: float = field(default=1.0, metadata=not_in_digest("it sets the phases' lengths, which the digest holds"))
     """Multiplies every absolute phase length of ``schedule`` (steps, tokens, passes, kept passes, the default Review).
     For budget sweeps: the same schedule at a fraction of the tokens (``steps`` scaled alike), so a
@@ -392,6 +406,9 @@ class LFRConfig:
         if isinstance(self.temperature, bool) or not isinstance(self.temperature, int | float) or not self.temperature > 0:
             raise UserError(f"lfr.temperature: {self.temperature!r} must be positive")
         check_number("lfr.length_scale", self.length_scale, 0.0, 1e6, open_low=True)
+        check_path("lfr.probe_path", self.probe_path, optional=True)
+        check_int("lfr.probe_blocks", self.probe_blocks, 1, 4096)
+        check_number("lfr.absorbed_alpha", self.absorbed_alpha, 0.0, 0.5, open_low=True)
 
 
 @dataclass

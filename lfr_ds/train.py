@@ -47,6 +47,7 @@ from lfr_ds.faults import crash_point
 from lfr_ds.identity import dataset_digest, record, run_identity, tokenizer_digest
 from lfr_ds.launch import Geometry, check_memory, init_distributed, launch_env
 from lfr_ds.lfr.loss_table import LossTable, gather_step, step_rows
+from lfr_ds.lfr.probes import Probes, check_probe_set, split_probe_rows
 from lfr_ds.lfr.rewriter import Rewriter
 from lfr_ds.lfr.schedule import Phase, parse_schedule, phase_at, resolve_length, resumed_schedule
 from lfr_ds.metrics import Metrics, StepStats, timer
@@ -111,9 +112,10 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
     periodic = PeriodicEval(cfg.eval, tokenizer=plan.tokenizer, seq_length=seq, seed=valid_seed, micro_batch_size=micro,
                             rank=info.rank, barrier=dist.barrier)
     model, engine = _build(cfg, plan)
+    probes = Probes.for_run(cfg, seq, info.rank, info.world_size, dist.barrier)  # probes (issue 21)
 
     # ---- the loss table, and where to start
-    table = LossTable(blocks.num_blocks, len(plan.phases), plan.model.sketch_dim)
+    table = LossTable(blocks.num_blocks, len(plan.phases), plan.model.sketch_dim, probes=probes is not None)
     step = 0
     if plan.resume is not None:
         step, table = _restore(engine, info, cfg, plan)
@@ -149,8 +151,8 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
         t0 = timer()
         lr = engine.get_lr()[0]
         batches = _micro_batches(sampler.micro_batches(step - phase.start), blocks, plan)
-        mine, rows = train_step(engine, batches, step, info.device, oom_fix)
-        table.update(rows, step)
+        mine, rows, probe_rows = train_step(engine, batches, step, info.device, oom_fix, probes)
+        table.update(rows, step, probe_rows)
         step += 1
         if step == phase.end:
             table.end_phase(phase.index)
@@ -211,6 +213,8 @@ def preflight(cfg: TrainConfig) -> Plan:
         phases = resumed_schedule(phases, found[1].schedule)  # kp lengths as their boundaries resolved them
         resumed_digest = _resumed_digest(found[1], phases, cfg.steps)
     check_eval_paths(cfg.eval)
+    if cfg.lfr.probe_path is not None:  # probes (issue 21)
+        check_probe_set(cfg.lfr.probe_path, seq, num_blocks)
     bf16 = resolve_bf16(cfg.engine.precision)
     ds_config = build_ds_config(cfg, env.world_size, bf16)
     check_memory(model_cfg, cfg.engine.zero_stage, env, bf16)
@@ -263,13 +267,16 @@ def _micro_batches(
 
 
 def train_step(engine, batches: Iterable[tuple[np.ndarray, np.ndarray]], step: int, device: torch.device,
-               oom_fix: str) -> tuple[torch.Tensor, np.ndarray]:
+               oom_fix: str, probes: Probes | None = None) -> tuple[torch.Tensor, np.ndarray, np.ndarray | None]:
     """One optimizer step: forward/backward per micro-batch (DeepSpeed accumulates the gradients and steps
     the optimizer after the last), the per-block losses coming out of that same forward. Returns this
     rank's rows (:func:`~lfr_ds.lfr.loss_table.step_rows`) and every rank's, all-gathered in global-batch
-    order."""
+    order, and, with ``probes``, every rank's probe rows, scored before the optimizer moves."""
     from lfr_ds.model.gpt import per_block_loss
 
+    # probes (issue 21): forward-only, first, so the weights are the ones the step's blocks are scored with
+    # and the training forwards overwrite anything the probe forward leaves behind (the sketch hook).
+    probe = probes.score(engine, step, device) if probes is not None else None
     ids, losses, tokens, sketches = [], [], [], []
     for micro_ids, micro_tokens in batches:
         with out_of_memory("in a training step", oom_fix):
@@ -285,7 +292,10 @@ def train_step(engine, batches: Iterable[tuple[np.ndarray, np.ndarray]], step: i
         if out.sketch is not None:
             sketches.append(out.sketch)
     mine = step_rows(np.concatenate(ids), torch.cat(losses), torch.cat(tokens), torch.cat(sketches) if sketches else None)
-    return mine, gather_step(mine)
+    if probe is None:
+        return mine, gather_step(mine), None
+    rows, probe_rows = split_probe_rows(gather_step(torch.cat([mine, probe])))  # probes (issue 21): one gather
+    return mine, rows, probe_rows
 
 
 @dataclass

@@ -1,0 +1,93 @@
+"""Probe blocks (issue 21): scored inside the step, recorded beside the loss table, never changing training."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from corpora import SMALL_MODEL
+from launch import launch
+
+from lfr_ds import synthetic
+from lfr_ds.checkpoint import ARRAYS_FILE
+from lfr_ds.data.preprocess import preprocess
+from lfr_ds.lfr.loss_table import LossTable
+from lfr_ds.lfr.probes import probe_ids, split_probe_rows
+from lfr_ds.safe_load import load_arrays
+
+
+@pytest.fixture(scope="module")
+def probe_set(planted_small, tmp_path_factory) -> str:
+    """Planted documents of another seed, tokenized with the training set's tokenizer: never trained on."""
+    d = tmp_path_factory.mktemp("probe")
+    synthetic.write_jsonl(d / "probe.jsonl", synthetic.generate(12, seed=7))
+    preprocess([str(d / "probe.jsonl")], str(d / "probe"), str(Path(planted_small).parent / "tok.model"), progress=False)
+    return str(d / "probe")
+
+
+def _run(dataset: str, run: Path, *extra: str) -> None:
+    launch([f"data.path={dataset}", f"run_dir={run}", *SMALL_MODEL, "engine.micro_batch_size=8",
+            "engine.global_batch_size=16", "steps=8", "checkpoint.interval=4", "lfr.schedule=random", *extra],
+           nproc=1, launcher="python")
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    (states,) = (run / "checkpoints" / "step_00000008").rglob("*model_states.pt")
+    return torch.load(states, map_location="cpu", weights_only=False)["module"]
+
+
+def test_probes_never_change_training_and_resume_exactly(planted_small, probe_set, tmp_path):
+    plain, probed = tmp_path / "plain", tmp_path / "probed"
+    _run(planted_small, plain)
+    _run(planted_small, probed, f"lfr.probe_path={probe_set}", "lfr.probe_blocks=6")
+    a, b = _weights(plain), _weights(probed)
+    assert a.keys() == b.keys()
+    tensors = [name for name in a if isinstance(a[name], torch.Tensor)]
+    assert len(tensors) > 10
+    for name in tensors:  # bit for bit: CPU fp32, no gradient, no RNG draw, no optimizer state from the probes
+        assert torch.equal(a[name], b[name]), name
+
+    arrays = load_arrays(probed / "checkpoints" / "step_00000008" / ARRAYS_FILE)
+    table = LossTable.from_arrays(arrays)
+    assert table.has_probes and len(table.probe_step) == 8 * 6
+    assert np.array_equal(np.unique(table.probe_step), np.arange(8))
+    # The step's probes are a function of (seed, step): the recorded ids are the ones the draw names.
+    for step in (0, 5):
+        assert np.array_equal(np.sort(table.probe_id[table.probe_step == step]), probe_ids(1234, step, _blocks(probe_set), 6))
+    assert np.isfinite(table.probe_relative).all() and table.probe_relative.std() > 0
+
+    # Resumed at step 4, the run scores the same probes and records the same relative losses, bit for bit.
+    resumed = tmp_path / "resumed"
+    import shutil
+
+    shutil.copytree(probed, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "step_00000008")
+    (resumed / "checkpoints" / "latest").write_text("step_00000004")
+    _run(planted_small, resumed, f"lfr.probe_path={probe_set}", "lfr.probe_blocks=6")
+    again = load_arrays(resumed / "checkpoints" / "step_00000008" / ARRAYS_FILE)
+    for name in ("probe_step", "probe_id", "probe_relative", "prev_step", "loss"):
+        assert np.array_equal(again[name], arrays[name], equal_nan=True), name
+
+
+def _blocks(prefix: str) -> int:
+    from lfr_ds.lfr.probes import probe_set_blocks
+
+    return probe_set_blocks(prefix, 64)
+
+
+def test_probe_rows_are_split_from_the_gather_and_recorded_relative_to_the_batch():
+    table = LossTable(10, 1, probes=True)
+    rows = np.array([[3, 2.0, 64], [-1, 3.0, 64], [5, 4.0, 64], [-8, 1.5, 64]], dtype=np.float64)
+    train_rows, probe_rows = split_probe_rows(rows)
+    assert train_rows[:, 0].tolist() == [3, 5]
+    table.update(train_rows, 7, probe_rows)
+    assert table.ref[3] == 3.0  # the batch mean is the training blocks' alone
+    assert table.probe_id.tolist() == [0, 7] and table.probe_step.tolist() == [7, 7]
+    assert table.probe_relative.tolist() == [0.0, -1.5]
+    table.update(train_rows[:1], 9)
+    assert table.prev_step[3] == 7 and table.last_step[3] == 9
+    back = LossTable.from_arrays(table.arrays())
+    assert back.probe_relative.tolist() == [0.0, -1.5] and back.prev_step[3] == 7
+    assert LossTable(10, 1).arrays().keys() == {"loss", "ref", "prev_relative", "seen", "last_step", "phase_loss"}
