@@ -22,7 +22,8 @@
    (:func:`~lfr_ds.lfr.schedule.kept_pass_steps`).
 
 ``@auto`` phases choose their drop fraction: only blocks :func:`learned` says the model has learned are
-dropped, at most ``auto_max_drop`` of the seen blocks (and the per-cluster cap still holds).
+dropped, at most ``auto_max_drop`` of the seen blocks (and the per-cluster cap still holds). With probe
+records in the table (``lfr.probe_path``), :func:`lfr_ds.lfr.absorbed.absorbed` decides instead.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lfr_ds.errors import UserError
+from lfr_ds.lfr.absorbed import absorbed
 from lfr_ds.lfr.cluster import hierarchical_clusters
 from lfr_ds.lfr.loss_table import LossTable
 from lfr_ds.lfr.schedule import Phase, kept_pass_steps
@@ -220,7 +222,9 @@ def _keep(
     ``rank_score`` is consumed."""
     drop, auto = phase.drop, None
     if phase.auto_drop:
-        is_learned = learned(table)
+        # probes (issue 21): with probe records, the calibrated absorbed test replaces the fixed level
+        test = absorbed(table, options.absorbed_alpha) if table.has_probes else None
+        is_learned = test.mask if test is not None else learned(table)
         is_learned &= eligible
         n_learned, n_eligible = int(is_learned.sum()), int(eligible.sum())
         drop = min(n_learned / n_eligible, options.auto_max_drop)
@@ -228,6 +232,8 @@ def _keep(
         auto = {"criterion": f"loss <= {LEARNED_RATIO} x batch mean, and below the batch mean at the previous visit",
                 "learned": n_learned, "learned_seen_twice": int((is_learned & np.isfinite(table.prev_relative)).sum()),
                 "eligible": n_eligible, "max_drop": options.auto_max_drop, "target_fraction": round(drop, 4)}
+        if test is not None:  # probes (issue 21)
+            auto.update(test.fields(options.absorbed_alpha))
     cap = max(options.max_cluster_drop, drop)
     keep = focus_keep_mask(rank_score, labels, drop, eligible=eligible, policy=options.selection, max_cluster_drop=cap)
     if auto is not None:

@@ -91,3 +91,33 @@ def test_probe_rows_are_split_from_the_gather_and_recorded_relative_to_the_batch
     back = LossTable.from_arrays(table.arrays())
     assert back.probe_relative.tolist() == [0.0, -1.5] and back.prev_step[3] == 7
     assert LossTable(10, 1).arrays().keys() == {"loss", "ref", "prev_relative", "seen", "last_step", "phase_loss"}
+
+
+def test_auto_with_probes_drops_absorbed_blocks_and_replays_offline(planted_small, probe_set, tmp_path):
+    """``@auto`` after a one-pass Learn, calibrated by the probes: it drops what the absorbed test flags, the
+    manifest says how many and at which quantile, and lfr-rewrite replays the same kept set from the checkpoint."""
+    import json
+
+    from lfr_ds.data.dataset import open_dataset
+    from lfr_ds.data.sample_index import read_manifest
+    from lfr_ds.lfr import offline
+    from lfr_ds.lfr.rewriter import read_kept_mask
+
+    learn = -(-((open_dataset(planted_small).num_tokens - 1) // 64) // 16)  # 1ep = ceil(blocks / global batch)
+    run = tmp_path / "run"
+    launch([f"data.path={planted_small}", f"run_dir={run}", *SMALL_MODEL, "engine.micro_batch_size=16",
+            "engine.global_batch_size=16", f"steps={2 * learn + 4}", "lfr.schedule=learn:1ep,focus:1kp@auto,review:*",
+            f"lfr.probe_path={probe_set}", "lfr.absorbed_alpha=0.2", f"checkpoint.interval={learn}"], nproc=1, launcher="python")
+    focus = run / "index" / "phase_001_focus.npy"
+    manifest = json.loads(focus.with_suffix(".json").read_text())
+    assert manifest["start_step"] == learn
+    assert manifest["dropped"] > 0 and manifest["absorbed_one_visit"] > 0
+    assert manifest["dropped"] <= manifest["absorbed_one_visit"] + manifest["absorbed_two_visits"]
+    assert manifest["auto_drop"]["alpha"] == 0.2 and np.isfinite(manifest["probe_quantile"])
+    # One visit each, unseen text at that visit: about alpha of the blocks.
+    assert 0.05 < manifest["absorbed_one_visit"] / manifest["eligible"] < 0.6
+
+    # A pure function of the saved table: lfr-rewrite writes the same kept set from the boundary's checkpoint.
+    assert offline.main([str(run / "checkpoints" / f"step_{learn:08d}"), "--out", str(tmp_path / "replay.npy")]) == 0
+    replay = read_kept_mask(tmp_path / "replay.npy", read_manifest(tmp_path / "replay.npy"))
+    assert np.array_equal(replay, read_kept_mask(focus, read_manifest(focus)))
