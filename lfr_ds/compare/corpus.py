@@ -12,6 +12,12 @@
   once: in a seeded order, each source takes documents until its share of the valid file's tokens
   (at least one document) of ``heldout_blocks`` blocks is covered, so every source is present.
   Every run scores its first ``heldout_blocks`` blocks, cut with one fixed seed.
+- ``probe.{bin,idx,meta.json}`` (``--probe-fraction`` F > 0, issue 21): the probe set every arm scores
+  (``lfr.probe_path``) and none trains on: whole original documents taken from the shuffled pool before
+  the training subset, so before the redundancy builder makes copies (no copy's twin is a probe), at
+  least F × ``unique_tokens`` tokens and :data:`~lfr_ds.lfr.probes.SPLIT_MIN_BLOCKS` blocks. The
+  training subset is then the pool's next documents: a corpus with probes is a new corpus (its own
+  digest, its own ``--out``); one without keeps the digest it had.
 - ``corpus.json``: the inputs (with the checksums of the source files), their digest and what the
   builder made; written last, it marks the build complete.
 
@@ -35,6 +41,7 @@ from lfr_ds.data.preprocess import preprocess
 from lfr_ds.data.reader import DEFAULT_READ, iter_documents
 from lfr_ds.data.tokenizer import Tokenizer, train_tokenizer
 from lfr_ds.errors import UserError
+from lfr_ds.lfr.probes import SPLIT_MIN_BLOCKS
 
 #: Bumped whenever the build itself changes, so corpora built by older code are not taken for new ones.
 BUILDER_VERSION = 2
@@ -54,11 +61,16 @@ class CorpusSpec:
     unique_tokens: int
     seq_length: int
     heldout_blocks: int
+    probe_fraction: float = 0.0
+    """Split off a probe set of this share of ``unique_tokens`` (at least 512 blocks); 0 = none."""
 
     def inputs(self) -> dict:
         """Everything the build depends on, files by checksum."""
-        return {**asdict(self), "train": {"path": self.train, "sha256": sha256_file(self.train)},
-                "valid": {"path": self.valid, "sha256": sha256_file(self.valid)}, "builder": BUILDER_VERSION}
+        out = {**asdict(self), "train": {"path": self.train, "sha256": sha256_file(self.train)},
+               "valid": {"path": self.valid, "sha256": sha256_file(self.valid)}, "builder": BUILDER_VERSION}
+        if not self.probe_fraction:  # probes (issue 21): a corpus without them keeps the digest it had
+            del out["probe_fraction"]
+        return out
 
 
 @dataclass(frozen=True)
@@ -70,6 +82,8 @@ class Corpus:
     heldout: str
     digest: str
     info: dict
+    probe: str | None = None
+    """The probe set's prefix (``--probe-fraction``), or ``None``."""
 
     def repeats(self) -> np.ndarray:
         """Per document of the training dataset: whether the builder copied it."""
@@ -107,7 +121,8 @@ def prepare(spec: CorpusSpec, out: Path) -> Corpus:
         record = {"inputs": inputs, "digest": digest(inputs), **_build(spec, data)}
         atomic.write_json(record_path, record)
     return Corpus(str(data / "train"), str(data / "tokenizer.model"), str(data / "heldout.jsonl"), record["digest"],
-                  {k: v for k, v in record.items() if k not in ("inputs", "digest")})
+                  {k: v for k, v in record.items() if k not in ("inputs", "digest")},
+                  str(data / "probe") if "probe_documents" in record else None)
 
 
 def _build(spec: CorpusSpec, data: Path) -> dict:
@@ -116,6 +131,8 @@ def _build(spec: CorpusSpec, data: Path) -> dict:
     everything = _read(spec.train)
     pool = [d for d in everything if d["text"] not in held_texts]
     random.Random(spec.subset_seed).shuffle(pool)
+    probes = _prefix(pool, _probe_chars(spec)) if spec.probe_fraction else []  # probes (issue 21): originals only
+    pool = pool[len(probes):]
     subset, prefix, tok = data / "train.jsonl", str(data / "train"), str(data / "tokenizer.model")
     # The unique part: whole documents until (1 - R) of the tokens. The tokenizer is trained on it alone,
     # so the copies are measured in tokens of the same tokenizer and fill R of the total exactly (a
@@ -138,12 +155,26 @@ def _build(spec: CorpusSpec, data: Path) -> dict:
     dataset = open_dataset(prefix)  # held: its mmap must outlive the lengths read from it
     share = float(dataset.indexed.sequence_lengths[repeats].sum()) / meta["num_tokens"]
     atomic.save_npy(prefix + ".repeat.npy", repeats.astype(np.uint8))
+    probe_info = _write_probes(probes, data, tok) if probes else {}
     heldout = _heldout(valid, Tokenizer(tok), spec)
     atomic.write_bytes(data / "heldout.jsonl", "".join(json.dumps(d) + "\n" for d in heldout).encode())
     return {"train_documents": len(docs), "train_tokens": meta["num_tokens"], "repeat_token_share": share,
             "left_out_as_heldout": len(everything) - len(pool),
             "heldout_documents": len(heldout), "heldout_sources": sorted({d["source"] for d in heldout}),
-            "builder": stats.as_dict()}
+            "builder": stats.as_dict(), **probe_info}
+
+
+def _probe_chars(spec: CorpusSpec) -> float:
+    """Characters of pool text for the probe set: its tokens at ~4 characters a token, with a fifth to spare
+    (the tokenizer is trained after the split, on the training subset)."""
+    return 1.2 * 4.0 * max(spec.probe_fraction * spec.unique_tokens, SPLIT_MIN_BLOCKS * spec.seq_length + 1)
+
+
+def _write_probes(probes: list[dict], data: Path, tok: str) -> dict:
+    """``data/probe.*``, tokenized with the training subset's tokenizer."""
+    atomic.write_bytes(data / "probe.jsonl", "".join(json.dumps(d) + "\n" for d in probes).encode())
+    meta = preprocess([str(data / "probe.jsonl")], str(data / "probe"), tok, progress=False)
+    return {"probe_documents": meta["num_documents"], "probe_tokens": meta["num_tokens"]}
 
 
 def _prefix(pool: list[dict], chars: float) -> list[dict]:
