@@ -377,9 +377,11 @@ class LFRConfig:
     blocks (at least 64, at most half the training blocks) are scored forward-only inside each training step,
     with the weights that score that step's blocks, and recorded relative to the step's batch mean loss;
     they calibrate ``@auto`` (see ``absorbed_alpha`` and docs/lfr.md). They never change the training."""
-    probe_blocks: int = field(default=8, metadata=not_in_digest("its records are in the loss table, which the digest hashes"))
+    probe_blocks: int = field(default=1, metadata=not_in_digest("its records are in the loss table, which the digest hashes"))
     """Probe blocks scored per step (rounded up to a multiple of the data-parallel size: each rank scores
-    its share, one forward of that many blocks, no backward). A deterministic draw of (data.seed, step)."""
+    its share, one forward of that many blocks, no backward). A deterministic draw of (data.seed, step). A
+    forward costs ~1/3 of a trained block, so p probes add ~p / (3 × global batch) to a step: 1 (one per
+    rank) keeps it at 2.1% at global batch 16 (``bench/probes.py``) and 0.5% for GPT-2 1.5B at 512 on 8 GPUs."""
     absorbed_alpha: float = field(default=0.1, metadata=IN_FOCUS_DIGEST_IF_CHANGED)
     """``@auto`` with probes: a seen block is absorbed (and may be dropped) when its relative loss is below
     the α-quantile of the probes' relative losses around its visit, at both visits where it had two. On

@@ -15,10 +15,9 @@ weights bit for bit on CPU fp32).
 
 **Cost.** A forward is about 1/3 of a training step's FLOPs per block (forward 2N, backward 4N FLOPs
 per token for N parameters). With ``p`` probe blocks per step and a global batch of ``G``, the extra
-compute is p / (3G) of the step. GPT-2 1.5B, G = 512, p = 8 (one per rank on 8 GPUs): 8 / 1536 = 0.52%,
-~0.5 s per 100 s step-equivalents; the gather grows by p rows of 24 B. At the small preset (G = 16, p = 8)
-the arithmetic says 17%, but a tiny model's step is dominated by fixed per-call overheads (the optimizer,
-DeepSpeed's bookkeeping), not per-block compute: ``bench/probes.py`` measures it.
+compute is p / (3G) of the step. GPT-2 1.5B, G = 512, p = 8 (one per rank on 8 GPUs): 8 / 1536 = 0.52%
+(a one-block forward per rank, ~8 ms at 400 TFLOP/s, in a step of ~4 s); the gather grows by p rows of
+24 B. At the small preset (G = 16, one rank) p = 1 costs 1/48 = 2.1%: ``bench/probes.py`` measures it.
 """
 
 from __future__ import annotations
