@@ -15,7 +15,7 @@
 - ``probe.{bin,idx,meta.json}`` (``--probe-fraction`` F > 0, issue 21): the probe set every arm scores
   (``lfr.probe_path``) and none trains on: whole original documents taken from the shuffled pool before
   the training subset, so before the redundancy builder makes copies (no copy's twin is a probe), at
-  least F × ``unique_tokens`` tokens and :data:`~lfr_ds.lfr.probes.SPLIT_MIN_BLOCKS` blocks. The
+  least F × ``unique_tokens`` tokens and :data:`~lfr_ds.data.probe_split.SPLIT_MIN_BLOCKS` blocks. The
   training subset is then the pool's next documents: a corpus with probes is a new corpus (its own
   digest, its own ``--out``); one without keeps the digest it had.
 - ``corpus.json``: the inputs (with the checksums of the source files), their digest and what the
@@ -38,10 +38,10 @@ import numpy as np
 from lfr_ds import atomic, redundant
 from lfr_ds.data.dataset import open_dataset, sha256_file
 from lfr_ds.data.preprocess import preprocess
+from lfr_ds.data.probe_split import SPLIT_MIN_BLOCKS
 from lfr_ds.data.reader import DEFAULT_READ, iter_documents
 from lfr_ds.data.tokenizer import Tokenizer, train_tokenizer
 from lfr_ds.errors import UserError
-from lfr_ds.lfr.probes import SPLIT_MIN_BLOCKS
 
 #: Bumped whenever the build itself changes, so corpora built by older code are not taken for new ones.
 BUILDER_VERSION = 2

@@ -37,10 +37,6 @@ from lfr_ds.lfr.loss_table import step_rows
 #: The fewest blocks a probe set may hold: a quantile window needs a spread of unseen text to draw from.
 MIN_PROBE_BLOCKS = 64
 
-#: The fewest blocks (of GPT-2's 1,024 + 1 tokens in lfr-preprocess, of the model's in lfr-compare) a
-#: probe split aims for: at 8 probes a step, a 128-record window draws from 512 blocks.
-SPLIT_MIN_BLOCKS = 512
-
 #: Keeps the probes' draw apart from every other seeded stream of the run.
 _PROBE_STREAM = 0x9B0B
 

@@ -121,3 +121,31 @@ def test_auto_with_probes_drops_absorbed_blocks_and_replays_offline(planted_smal
     assert offline.main([str(run / "checkpoints" / f"step_{learn:08d}"), "--out", str(tmp_path / "replay.npy")]) == 0
     replay = read_kept_mask(tmp_path / "replay.npy", read_manifest(tmp_path / "replay.npy"))
     assert np.array_equal(replay, read_kept_mask(focus, read_manifest(focus)))
+
+
+def test_preprocess_splits_off_a_probe_set_of_whole_documents(webmix_dataset, tmp_path):
+    """lfr-preprocess --probe-fraction: the probe documents leave the dataset whole, both halves are complete
+    datasets, and a split that would take more than half the tokens is refused."""
+    import shutil
+
+    from lfr_ds.data.dataset import open_dataset
+    from lfr_ds.data.probe_split import probe_documents, split_probe_set
+    from lfr_ds.errors import UserError
+
+    prefix = str(tmp_path / "train")
+    for ext in (".bin", ".idx", ".meta.json", ".doc_source.npy"):
+        shutil.copy(f"{webmix_dataset}{ext}", prefix + ext)
+    before = open_dataset(prefix)
+    docs = {bytes(np.asarray(before.indexed[i]).tobytes()) for i in range(before.num_documents)}
+    split = split_probe_set(prefix, 0.01, seed=3)
+    train, probe = open_dataset(prefix), open_dataset(split["probe_prefix"])  # checksums and sidecars verified
+    assert train.num_documents + probe.num_documents == before.num_documents
+    assert train.num_tokens + probe.num_tokens == before.num_tokens
+    assert 512 * 1025 <= probe.num_tokens < 0.1 * before.num_tokens
+    train_docs = {bytes(np.asarray(train.indexed[i]).tobytes()) for i in range(train.num_documents)}
+    probe_docs = {bytes(np.asarray(probe.indexed[i]).tobytes()) for i in range(probe.num_documents)}
+    # Whole documents: a text in both halves is one the corpus itself holds twice (web text repeats).
+    assert train_docs | probe_docs == docs and len(train_docs & probe_docs) <= before.num_documents - len(docs)
+    assert probe.meta["probe_split"] == {"role": "probe", "fraction": 0.01, "seed": 3}
+    with pytest.raises(UserError, match="more than half"):
+        probe_documents(np.full(100, 10_000), 0.01, 0)
