@@ -109,6 +109,10 @@ class LossTable:
 
     def _record_probes(self, probe_rows: np.ndarray, step: int, batch_mean: np.float32) -> None:
         """Append one step's probe records (growing arrays: a few per step, ~12 bytes each)."""
+        if self.probe_step is None:  # probes switched on at a resume: earlier visits' steps are unknown (-1)
+            self.prev_step = np.full(self.num_blocks, -1, dtype=np.int32)
+            self.probe_step, self.probe_id = np.zeros(0, dtype=np.int32), np.zeros(0, dtype=np.int32)
+            self.probe_relative = np.zeros(0, dtype=np.float32)
         n = len(probe_rows)
         self.probe_step = np.concatenate([self.probe_step, np.full(n, step, dtype=np.int32)])
         self.probe_id = np.concatenate([self.probe_id, (-probe_rows[:, 0] - 1).astype(np.int32)])

@@ -149,3 +149,9 @@ def test_preprocess_splits_off_a_probe_set_of_whole_documents(webmix_dataset, tm
     assert probe.meta["probe_split"] == {"role": "probe", "fraction": 0.01, "seed": 3}
     with pytest.raises(UserError, match="more than half"):
         probe_documents(np.full(100, 10_000), 0.01, 0)
+
+
+def test_probes_switched_on_at_a_resume_start_their_records_there():
+    table = LossTable.from_arrays(LossTable(4, 1).arrays())
+    table.update(np.array([[1, 2.0, 64]]), 3, np.array([[-2, 2.5, 64]]))
+    assert table.has_probes and table.probe_id.tolist() == [1] and table.prev_step.tolist() == [-1, -1, -1, -1]
