@@ -159,7 +159,7 @@ def _build(spec: CorpusSpec, data: Path) -> dict:
     heldout = _heldout(valid, Tokenizer(tok), spec)
     atomic.write_bytes(data / "heldout.jsonl", "".join(json.dumps(d) + "\n" for d in heldout).encode())
     return {"train_documents": len(docs), "train_tokens": meta["num_tokens"], "repeat_token_share": share,
-            "left_out_as_heldout": len(everything) - len(pool),
+            "left_out_as_heldout": len(everything) - len(pool) - len(probes),
             "heldout_documents": len(heldout), "heldout_sources": sorted({d["source"] for d in heldout}),
             "builder": stats.as_dict(), **probe_info}
 

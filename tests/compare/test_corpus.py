@@ -107,7 +107,7 @@ def test_probes_are_originals_that_no_arm_trains_on(tmp_path, webmix_train, vali
                 for p in probe_texts if len(p.split(" ")) == len(t.split(" ")))]
     assert not near
     assert (open_dataset(corpus.probe).num_tokens - 1) // 64 >= 512
-    assert corpus.info["probe_documents"] == len(probe_texts)
+    assert corpus.info["probe_documents"] == len(probe_texts) and corpus.info["left_out_as_heldout"] == 2
     from lfr_ds.compare import runs
 
     setup = runs.Setup(tmp_path, corpus, (), "random", (), 10, 64, 1, "", 1, 1)
