@@ -130,9 +130,11 @@ def _build(spec: CorpusSpec, data: Path) -> dict:
     held_texts = {d["text"] for d in valid}
     everything = _read(spec.train)
     pool = [d for d in everything if d["text"] not in held_texts]
+    left_out = len(everything) - len(pool)
     random.Random(spec.subset_seed).shuffle(pool)
     probes = _prefix(pool, _probe_chars(spec)) if spec.probe_fraction else []  # probes (issue 21): originals only
-    pool = pool[len(probes):]
+    probe_texts = {d["text"] for d in probes}  # web text repeats: a probe's exact twin must not train either
+    pool = [d for d in pool[len(probes):] if d["text"] not in probe_texts]
     subset, prefix, tok = data / "train.jsonl", str(data / "train"), str(data / "tokenizer.model")
     # The unique part: whole documents until (1 - R) of the tokens. The tokenizer is trained on it alone,
     # so the copies are measured in tokens of the same tokenizer and fill R of the total exactly (a
@@ -159,7 +161,7 @@ def _build(spec: CorpusSpec, data: Path) -> dict:
     heldout = _heldout(valid, Tokenizer(tok), spec)
     atomic.write_bytes(data / "heldout.jsonl", "".join(json.dumps(d) + "\n" for d in heldout).encode())
     return {"train_documents": len(docs), "train_tokens": meta["num_tokens"], "repeat_token_share": share,
-            "left_out_as_heldout": len(everything) - len(pool) - len(probes),
+            "left_out_as_heldout": left_out,
             "heldout_documents": len(heldout), "heldout_sources": sorted({d["source"] for d in heldout}),
             "builder": stats.as_dict(), **probe_info}
 

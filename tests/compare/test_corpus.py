@@ -99,7 +99,7 @@ def test_probes_are_originals_that_no_arm_trains_on(tmp_path, webmix_train, vali
     corpus = prepare(probed, tmp_path)
     probe_texts = [json.loads(line)["text"] for line in (tmp_path / "data" / "probe.jsonl").read_text().splitlines()]
     train_texts = {json.loads(line)["text"] for line in (tmp_path / "data" / "train.jsonl").read_text().splitlines()}
-    assert probe_texts and not train_texts & set(probe_texts)
+    assert probe_texts and not train_texts & set(probe_texts)  # not even a text the input holds twice
     # No copy's twin is a probe: no training document is a near copy of one (same length in words, few edits).
     words = {len(t.split(" ")) for t in probe_texts}
     near = [t for t in train_texts if len(t.split(" ")) in words and
