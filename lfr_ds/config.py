@@ -390,6 +390,22 @@ class LFRConfig:
     """An experiment hook, not a selection mode: a packed bool mask over block ids (:mod:`lfr_ds.lfr.drop_mask`)
     that, when set, replaces every Focus phase's drop decision: it drops exactly the masked blocks and draws
     from the rest as usual. ``lfr-compare``'s ``oracle`` arm sets it to the builder's copy blocks. ``None`` = off."""
+    # ---- probes (issue 21): the model's loss on text it never trains on, scored inside every step
+    probe_path: str | None = field(default=None, metadata=not_in_digest("its records are in the loss table, which the digest hashes"))
+    """A dataset prefix of documents from the training corpus that no run trains on and that is not the dev split
+    (``lfr-preprocess --probe-fraction`` writes one; ``lfr-compare`` makes one). ``None`` = no probes. Its
+    blocks (at least 64, at most half the training blocks) are scored forward-only inside each training step,
+    with the weights that score that step's blocks, and recorded relative to the step's batch mean loss;
+    they calibrate ``@auto`` (see ``absorbed_alpha`` and docs/lfr.md). They never change the training."""
+    probe_blocks: int = field(default=1, metadata=not_in_digest("its records are in the loss table, which the digest hashes"))
+    """Probe blocks scored per step (rounded up to a multiple of the data-parallel size: each rank scores
+    its share, one forward of that many blocks, no backward). A deterministic draw of (data.seed, step). A
+    forward costs ~1/3 of a trained block, so p probes add ~p / (3 × global batch) to a step: 1 (one per
+    rank) keeps it at 2.1% at global batch 16 (``bench/probes.py``) and 0.5% for GPT-2 1.5B at 512 on 8 GPUs."""
+    absorbed_alpha: float = field(default=0.1, metadata=IN_FOCUS_DIGEST_IF_CHANGED)
+    """``@auto`` with probes: a seen block is absorbed (and may be dropped) when its relative loss is below
+    the α-quantile of the probes' relative losses around its visit, at both visits where it had two. On
+    unseen text the test flags about α of the blocks; in (0, 0.5]."""
     length_scale: float = field(default=1.0, metadata=not_in_digest("it sets the phases' lengths, which the digest holds"))
     """Multiplies every absolute phase length of ``schedule`` (steps, tokens, passes, kept passes, the default Review).
     For budget sweeps: the same schedule at a fraction of the tokens (``steps`` scaled alike), so a
@@ -414,6 +430,9 @@ class LFRConfig:
         check_choice("lfr.blend", self.blend, ("keep", "free"))
         check_number("lfr.length_scale", self.length_scale, 0.0, 1e6, open_low=True)
         check_path("lfr.drop_mask", self.drop_mask, optional=True)
+        check_path("lfr.probe_path", self.probe_path, optional=True)
+        check_int("lfr.probe_blocks", self.probe_blocks, 1, 4096)
+        check_number("lfr.absorbed_alpha", self.absorbed_alpha, 0.0, 0.5, open_low=True)
 
 
 @dataclass

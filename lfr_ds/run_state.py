@@ -195,6 +195,12 @@ class PhaseManifest:
     """A ``kp`` phase: its length before the boundary resolved it."""
     auto_drop: dict | None = field(default=None, metadata=_OPTIONAL)
     """An ``@auto`` phase: how it chose its drop fraction."""
+    probe_quantile: float | None = field(default=None, metadata=_OPTIONAL)
+    """An ``@auto`` phase with probes (issue 21): the α-quantile of the probes' relative losses."""
+    absorbed_one_visit: int | None = field(default=None, metadata=_OPTIONAL)
+    """An ``@auto`` phase with probes: blocks the absorbed test flagged on their one visit."""
+    absorbed_two_visits: int | None = field(default=None, metadata=_OPTIONAL)
+    """An ``@auto`` phase with probes: blocks the absorbed test flagged at both of their last two visits."""
     cluster_learnability: list[float] | None = field(default=None, metadata=_OPTIONAL)
     """``weighting=learnable``: each cluster's learnability."""
     kept_mask: str | None = field(default=None, metadata=_OPTIONAL)

@@ -49,6 +49,7 @@ from lfr_ds.guard import Guard, Verdict
 from lfr_ds.identity import dataset_digest, record, run_identity, tokenizer_digest
 from lfr_ds.launch import Geometry, check_memory, init_distributed, launch_env
 from lfr_ds.lfr.loss_table import LossTable, gather_step, step_rows
+from lfr_ds.lfr.probes import Probes, check_probe_set, split_probe_rows
 from lfr_ds.lfr.rewriter import Rewriter
 from lfr_ds.lfr.schedule import Phase, parse_schedule, phase_at, resolve_length, resumed_schedule
 from lfr_ds.metrics import Metrics, StepStats, timer
@@ -114,9 +115,10 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
     periodic = PeriodicEval(cfg.eval, tokenizer=plan.tokenizer, seq_length=seq, seed=valid_seed, micro_batch_size=micro,
                             rank=info.rank, barrier=dist.barrier)
     model, engine = _build(cfg, plan)
+    probes = Probes.for_run(cfg, seq, info.rank, info.world_size, dist.barrier)  # probes (issue 21)
 
     # ---- the loss table, and where to start
-    table = LossTable(blocks.num_blocks, len(plan.phases), plan.model.sketch_dim)
+    table = LossTable(blocks.num_blocks, len(plan.phases), plan.model.sketch_dim, probes=probes is not None)
     step = 0
     # The guard (non-finite and spiking losses, rewind-and-skip) carries its run state in every checkpoint.
     guard = Guard(cfg.train, plan.resume_state.guard if plan.resume_state else None)
@@ -144,6 +146,7 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
     evaluator = Evaluator(periodic, metrics, G * seq, oom_fix,
                           _open_log(run_dir / "eval.jsonl", step) if periodic.enabled and info.rank == 0 else None)
     checkpointer = Checkpointer(cfg, info, guard)
+    stepper = Stepper(engine, info.device, oom_fix, guard, probes)
     phases, phase = plan.phases, None
     while step < cfg.steps:
         # ---- phase boundary: the rewriter writes (rank 0) and distributes this phase's sample index
@@ -158,14 +161,14 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
             t0 = timer()
             lr = engine.get_lr()[0]
             batches = _micro_batches(sampler.micro_batches(step - phase.start), blocks, plan)
-            mine, rows, verdict = train_step(engine, batches, step, info.device, oom_fix, guard, phase)
+            mine, rows, probe_rows, verdict = train_step(stepper, batches, step, phase)
             if verdict.rewind:  # back to the last checkpoint before the spike; the batches around it are skipped
                 plan, step, table = _rewind(engine, info, cfg, plan, guard, verdict, metrics)
                 trace, evaluator.log = _reopen(trace, step), _reopen(evaluator.log, step)
                 phases, phase = plan.phases, None
                 continue
             if verdict.keep_rows:  # a spiking step's losses never rank a block
-                table.update(rows, step)
+                table.update(rows, step, probe_rows)
             else:
                 metrics.log(verdict.warning)
             step += 1
@@ -223,6 +226,8 @@ def preflight(cfg: TrainConfig) -> Plan:
         phases = resumed_schedule(phases, found[1].schedule)  # kp lengths as their boundaries resolved them
         resumed_digest = _resumed_digest(found[1], phases, cfg.steps)
     check_eval_paths(cfg.eval)
+    if cfg.lfr.probe_path is not None:  # probes (issue 21)
+        check_probe_set(cfg.lfr.probe_path, seq, num_blocks)
     bf16 = resolve_bf16(cfg.engine.precision)
     ds_config = build_ds_config(cfg, env.world_size, bf16)
     check_memory(model_cfg, cfg.engine.zero_stage, env, bf16)
@@ -274,15 +279,35 @@ def _micro_batches(
         yield ids, tokens
 
 
-def train_step(engine, batches: Iterable[tuple[np.ndarray, np.ndarray]], step: int, device: torch.device,
-               oom_fix: str, guard: Guard, phase: Phase) -> tuple[torch.Tensor, np.ndarray, Verdict]:
+@dataclass
+class Stepper:
+    """What every optimizer step of a run works with."""
+
+    engine: object
+    """The DeepSpeed engine."""
+    device: torch.device
+    oom_fix: str
+    """The advice when a step runs out of memory."""
+    guard: Guard
+    """Checks a step's losses before its update, and its gradient norm after (issue 19)."""
+    probes: Probes | None = None
+    """Scored forward-only inside the step, before the update (issue 21); ``None``: no probes."""
+
+
+def train_step(run: Stepper, batches: Iterable[tuple[np.ndarray, np.ndarray]], step: int,
+               phase: Phase) -> tuple[torch.Tensor, np.ndarray, np.ndarray | None, Verdict]:
     """One optimizer step: forward/backward per micro-batch (DeepSpeed accumulates the gradients), the
     per-block losses coming out of that same forward; the guard checks the all-gathered losses, and only
     then does the optimizer step (a non-finite step is never applied); then the guard checks the gradient
     norm. Returns this rank's rows (:func:`~lfr_ds.lfr.loss_table.step_rows`), every rank's in global-batch
-    order, and the guard's verdict."""
+    order, every rank's probe rows (scored before the optimizer moves; ``None`` without probes) and the
+    guard's verdict."""
     from lfr_ds.model.gpt import per_block_loss
 
+    engine, device, oom_fix, guard = run.engine, run.device, run.oom_fix, run.guard
+    # probes (issue 21): forward-only, first, so the weights are the ones the step's blocks are scored with
+    # and the training forwards overwrite anything the probe forward leaves behind (the sketch hook).
+    probe = run.probes.score(engine, step, device) if run.probes is not None else None
     ids, losses, tokens, sketches = [], [], [], []
     for micro_ids, micro_tokens in batches:
         with out_of_memory("in a training step", oom_fix):
@@ -300,7 +325,10 @@ def train_step(engine, batches: Iterable[tuple[np.ndarray, np.ndarray]], step: i
         if out.sketch is not None:
             sketches.append(out.sketch)
     mine = step_rows(np.concatenate(ids), torch.cat(losses), torch.cat(tokens), torch.cat(sketches) if sketches else None)
-    rows = gather_step(mine)
+    if probe is None:
+        rows, probe_rows = gather_step(mine), None
+    else:  # probes (issue 21): gathered with the step's rows, one collective
+        rows, probe_rows = split_probe_rows(gather_step(torch.cat([mine, probe])))
     # Every rank holds the same gathered rows, so every rank reaches the same verdict with no collective.
     verdict = guard.check_loss(step + 1, (phase.index, phase.kind), rows)  # stops on a non-finite loss
     with out_of_memory("in a training step", oom_fix):
@@ -308,7 +336,7 @@ def train_step(engine, batches: Iterable[tuple[np.ndarray, np.ndarray]], step: i
     verdict.grad_norm = float(engine.get_global_grad_norm() or 0.0)
     if not verdict.rewind:  # DeepSpeed skipped a non-finite update: stop before any checkpoint of it
         guard.check_grad_norm(step + 1, (phase.index, phase.kind), verdict.grad_norm)
-    return mine, rows, verdict
+    return mine, rows, probe_rows, verdict
 
 
 def _skip_step(engine, table: LossTable, phase: Phase, step: int, trace: TextIO | None) -> int:

@@ -456,6 +456,13 @@ CASES += [
     # ---- resources (a full disk and allocation failures: tests/test_edges.py)
     ("memory-model-cannot-fit", "lfr-train", lambda c: c.train_args(*_HUGE_MODEL),
      ["GiB of host memory per rank", "use a smaller model.preset or model.*, engine.zero_stage=3, or more ranks"]),
+    # ---- probes (issue 21)
+    ("probe-set-too-small", "lfr-train", lambda c: c.train_args(f"lfr.probe_path={_tiny_dataset(c)}"),
+     ["lfr.probe_path: ", "holds 0 blocks of 257 tokens, fewer than 64", "lfr-preprocess --probe-fraction"]),
+    ("probe-set-too-large", "lfr-train", lambda c: c.train_args(f"lfr.probe_path={c.data}"),
+     ["lfr.probe_path: ", "more than half the training data's", "split off a smaller fraction"]),
+    ("absorbed-alpha-out-of-range", "lfr-train", lambda c: c.train_args("lfr.absorbed_alpha=0.7"),
+     ["lfr.absorbed_alpha: must be a finite number in (0.0, 0.5], got 0.7"]),
 ]
 # fmt: on
 

@@ -107,9 +107,9 @@ def test_a_changed_setting_changes_the_digest_and_a_transport_setting_does_not(t
             continue
         other = {"score": "raw", "selection": "paper", "max_cluster_drop": 0.9, "clusters": 8, "centroids": 32,
                  "temperature": 3.0, "weighting": "learnable", "auto_max_drop": 0.5, "blend": "free",
-                 "drop_mask": str(mask)}[f.name]
+                 "drop_mask": str(mask), "absorbed_alpha": 0.2}[f.name]
         assert declared_settings(phase, LFRConfig(**{f.name: other})) != base, f.name
-    assert declared_settings(phase, LFRConfig(distribute="broadcast", length_scale=2.0)) == base
+    assert declared_settings(phase, LFRConfig(distribute="broadcast", length_scale=2.0, probe_path="p", probe_blocks=4)) == base
 
 
 def test_a_drop_mask_enters_the_digest_by_its_content_not_its_path(tmp_path):

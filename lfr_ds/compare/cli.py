@@ -139,6 +139,9 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--evals", type=int, default=4,
                    help="evaluations per run, the last at the end (default 4: at 512 blocks, under 20%% of a small run)")
     p.add_argument("--vocab-size", type=int, default=4096, help="tokenizer vocabulary (default 4096)")
+    p.add_argument("--probe-fraction", type=float, default=0.0,
+                   help="split off this share of the unique tokens (at least 512 blocks) as a probe set every arm scores "
+                        "and none trains on (lfr.probe_path; issue 21); default 0 = none")
     p.add_argument("--subset-seed", type=int, default=0, help="seed of the training subset and the held-out choice (default 0)")
     p.add_argument("--schedule", help="the LFR arms' schedule, instead of the preset's")
     p.add_argument("--threads", type=int, default=1,
@@ -161,6 +164,8 @@ def parse_args(argv: Sequence[str] | None):
     if ceiling and args.redundancy == 0:
         raise UserError(f"--arms {','.join(args.arms)}: the ceiling arms ({', '.join(ceiling)}) need the redundancy builder's copy labels, "
                         "and --redundancy 0 makes no copies; give --redundancy R > 0, or leave them out")
+    if not 0 <= args.probe_fraction <= 0.5:  # probes (issue 21)
+        raise UserError(f"--probe-fraction {args.probe_fraction}: must be in [0, 0.5] (0 = no probes)")
     args.jobs = args.jobs if args.jobs is not None else max(1, (os.cpu_count() or 1) // max(1, args.threads))
     for name in ("valid_blocks", "evals", "blimp_pairs", "vocab_size", "threads", "jobs"):
         if getattr(args, name) < 1:
@@ -187,6 +192,8 @@ def command_line(args) -> str:
         parts += ["--split", args.split]
     if args.schedule:
         parts += ["--schedule", args.schedule]
+    if args.probe_fraction:  # probes (issue 21)
+        parts += ["--probe-fraction", str(args.probe_fraction)]
     if args.test:
         parts += ["--test", *args.test]
     return " ".join(shlex.quote(p) for p in [*parts, *args.overrides])
@@ -207,7 +214,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     seq, G = shared.model.seq_length, shared.engine.global_batch_size
     corpus = prepare(CorpusSpec(args.train, args.valid, args.redundancy, args.subset_seed, args.vocab_size,
-                                preset.unique_tokens, seq, args.valid_blocks, args.split), out)
+                                preset.unique_tokens, seq, args.valid_blocks, args.split, args.probe_fraction), out)
     ceilings.prepare(corpus, args.arms, args.seeds, seq)
     ds = open_dataset(corpus.prefix)
     blocks = (ds.num_tokens - 1) // seq

@@ -12,6 +12,12 @@
   once: in a seeded order, each source takes documents until its share of the valid file's tokens
   (at least one document) of ``heldout_blocks`` blocks is covered, so every source is present.
   Every run scores its first ``heldout_blocks`` blocks, cut with one fixed seed.
+- ``probe.{bin,idx,meta.json}`` (``--probe-fraction`` F > 0, issue 21): the probe set every arm scores
+  (``lfr.probe_path``) and none trains on: whole original documents taken from the shuffled pool before
+  the training subset, so before the redundancy builder makes copies (no copy's twin is a probe), at
+  least F × ``unique_tokens`` tokens and :data:`~lfr_ds.data.probe_split.SPLIT_MIN_BLOCKS` blocks. The
+  training subset is then the pool's next documents: a corpus with probes is a new corpus (its own
+  digest, its own ``--out``); one without keeps the digest it had.
 - ``corpus.json``: the inputs (with the checksums of the source files), their digest and what the
   builder made; written last, it marks the build complete.
 
@@ -32,6 +38,7 @@ import numpy as np
 from lfr_ds import atomic, redundant
 from lfr_ds.data.dataset import open_dataset, sha256_file
 from lfr_ds.data.preprocess import preprocess
+from lfr_ds.data.probe_split import SPLIT_MIN_BLOCKS
 from lfr_ds.data.reader import DEFAULT_READ, check_inputs, iter_documents
 from lfr_ds.data.tokenizer import Tokenizer, train_tokenizer
 from lfr_ds.errors import UserError
@@ -56,11 +63,14 @@ class CorpusSpec:
     heldout_blocks: int
     split: str | None = None
     """The split of ``train`` (a directory or glob holding several) to train on, as ``lfr-preprocess --split``."""
+    probe_fraction: float = 0.0
+    """Split off a probe set of this share of ``unique_tokens`` (at least 512 blocks); 0 = none."""
 
     def inputs(self) -> dict:
-        """Everything the build depends on, files by checksum (``split`` only when set: the digests of
-        corpora built before it existed stay the same)."""
-        fields = {k: v for k, v in asdict(self).items() if k != "split" or v is not None}
+        """Everything the build depends on, files by checksum (``split`` and ``probe_fraction`` only when
+        set: the digests of corpora built before they existed stay the same)."""
+        fields = {k: v for k, v in asdict(self).items()
+                  if not (k == "split" and v is None) and not (k == "probe_fraction" and not v)}
         return {**fields, "train": {"path": self.train, "sha256": _sha256(self.train, self.split)},
                 "valid": {"path": self.valid, "sha256": _sha256(self.valid, None)}, "builder": BUILDER_VERSION}
 
@@ -82,6 +92,8 @@ class Corpus:
     heldout: str
     digest: str
     info: dict
+    probe: str | None = None
+    """The probe set's prefix (``--probe-fraction``), or ``None``."""
 
     def repeats(self) -> np.ndarray:
         """Per document of the training dataset: whether the builder copied it."""
@@ -119,7 +131,8 @@ def prepare(spec: CorpusSpec, out: Path) -> Corpus:
         record = {"inputs": inputs, "digest": digest(inputs), **_build(spec, data)}
         atomic.write_json(record_path, record)
     return Corpus(str(data / "train"), str(data / "tokenizer.model"), str(data / "heldout.jsonl"), record["digest"],
-                  {k: v for k, v in record.items() if k not in ("inputs", "digest")})
+                  {k: v for k, v in record.items() if k not in ("inputs", "digest")},
+                  str(data / "probe") if "probe_documents" in record else None)
 
 
 def _build(spec: CorpusSpec, data: Path) -> dict:
@@ -127,7 +140,11 @@ def _build(spec: CorpusSpec, data: Path) -> dict:
     held_texts = {d["text"] for d in valid}
     everything = _read(spec.train, spec.split)
     pool = [d for d in everything if d["text"] not in held_texts]
+    left_out = len(everything) - len(pool)
     random.Random(spec.subset_seed).shuffle(pool)
+    probes = _prefix(pool, _probe_chars(spec)) if spec.probe_fraction else []  # probes (issue 21): originals only
+    probe_texts = {d["text"] for d in probes}  # web text repeats: a probe's exact twin must not train either
+    pool = [d for d in pool[len(probes):] if d["text"] not in probe_texts]
     subset, prefix, tok = data / "train.jsonl", str(data / "train"), str(data / "tokenizer.model")
     # The unique part: whole documents until (1 - R) of the tokens. The tokenizer is trained on it alone,
     # so the copies are measured in tokens of the same tokenizer and fill R of the total exactly (a
@@ -150,12 +167,26 @@ def _build(spec: CorpusSpec, data: Path) -> dict:
     dataset = open_dataset(prefix)  # held: its mmap must outlive the lengths read from it
     share = float(dataset.indexed.sequence_lengths[repeats].sum()) / meta["num_tokens"]
     atomic.save_npy(prefix + ".repeat.npy", repeats.astype(np.uint8))
+    probe_info = _write_probes(probes, data, tok) if probes else {}
     heldout = _heldout(valid, Tokenizer(tok), spec)
     atomic.write_bytes(data / "heldout.jsonl", "".join(json.dumps(d) + "\n" for d in heldout).encode())
     return {"train_documents": len(docs), "train_tokens": meta["num_tokens"], "repeat_token_share": share,
-            "left_out_as_heldout": len(everything) - len(pool),
+            "left_out_as_heldout": left_out,
             "heldout_documents": len(heldout), "heldout_sources": sorted({d["source"] for d in heldout}),
-            "builder": stats.as_dict()}
+            "builder": stats.as_dict(), **probe_info}
+
+
+def _probe_chars(spec: CorpusSpec) -> float:
+    """Characters of pool text for the probe set: its tokens at ~4 characters a token, with a fifth to spare
+    (the tokenizer is trained after the split, on the training subset)."""
+    return 1.2 * 4.0 * max(spec.probe_fraction * spec.unique_tokens, SPLIT_MIN_BLOCKS * spec.seq_length + 1)
+
+
+def _write_probes(probes: list[dict], data: Path, tok: str) -> dict:
+    """``data/probe.*``, tokenized with the training subset's tokenizer."""
+    atomic.write_bytes(data / "probe.jsonl", "".join(json.dumps(d) + "\n" for d in probes).encode())
+    meta = preprocess([str(data / "probe.jsonl")], str(data / "probe"), tok, progress=False)
+    return {"probe_documents": meta["num_documents"], "probe_tokens": meta["num_tokens"]}
 
 
 def _prefix(pool: list[dict], chars: float) -> list[dict]:

@@ -50,7 +50,7 @@ ARMS = {
     "oracle": (),
 }
 #: Settings lfr-compare owns: an override of one of these would silently break the comparison.
-OWNED = ("run_dir", "steps", "seed", "data.", "eval.", "lfr.length_scale", "log.progress_bar")
+OWNED = ("run_dir", "steps", "seed", "data.", "eval.", "lfr.length_scale", "log.progress_bar", "lfr.probe_path")
 #: Seed of the held-out block cut: the same blocks for every seed and arm.
 HELDOUT_SEED = 0
 
@@ -100,6 +100,8 @@ def overrides(run: Run, setup: Setup) -> list[str]:
            f"steps={steps}", f"seed={run.seed}", f"data.seed={run.seed}", f"lfr.length_scale={run.budget}",
            f"eval.valid_path={setup.corpus.heldout}", f"eval.valid_blocks={setup.heldout_blocks}",
            f"eval.valid_seed={HELDOUT_SEED}", f"eval.interval={-(-steps // setup.evals)}", "log.progress_bar=false"]
+    if setup.corpus.probe is not None:  # probes (issue 21): every arm scores the same probe set
+        out.append(f"lfr.probe_path={setup.corpus.probe}")
     if setup.blimp:
         out += [f"eval.blimp={setup.blimp}", f"eval.blimp_pairs={setup.blimp_pairs}"]
     if run.arm == "oracle":

@@ -259,7 +259,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="tokenizer processes (default: all cores)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--probe-fraction", type=float, default=0.0,
+                   help="also split off this share of the documents' tokens (at least 512 blocks of 1,025 tokens) as "
+                        "PREFIX_probe, a probe set no run trains on (lfr.probe_path; docs/lfr.md); default 0 = none")
+    p.add_argument("--probe-seed", type=int, default=0, help="seed of the probe documents' draw (default 0)")
     args = p.parse_args(argv)
+    if not 0 <= args.probe_fraction <= 0.5:
+        raise UserError(f"--probe-fraction {args.probe_fraction}: must be in [0, 0.5] (0 = no probe set)")
     meta = preprocess(
         args.inputs,
         args.output_prefix,
@@ -269,6 +275,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         progress=not args.no_progress,
         split=args.split,
     )
+    if args.probe_fraction:  # probes (issue 21)
+        from lfr_ds.data.probe_split import split_probe_set
+
+        split = split_probe_set(args.output_prefix, args.probe_fraction, args.probe_seed)
+        print(f"split off {split['probe_prefix']}: {split['probe_documents']:,} documents, {split['probe_tokens']:,} tokens "
+              "(lfr.probe_path)", file=sys.stderr)
     secs = meta["seconds"]
     print(
         f"wrote {args.output_prefix}.{{bin,idx}}: {meta['num_documents']:,} documents, {meta['num_tokens']:,} tokens "

@@ -32,7 +32,8 @@ so equally hard corpora keep their weights and a harder one gains share.
 are dropped, every other block kept.
 
 ``@auto`` phases choose their drop fraction: only blocks :func:`learned` says the model has learned are
-dropped, at most ``auto_max_drop`` of the seen blocks (and the per-cluster cap still holds).
+dropped, at most ``auto_max_drop`` of the seen blocks (and the per-cluster cap still holds). With probe
+records in the table (``lfr.probe_path``), :func:`lfr_ds.lfr.absorbed.absorbed` decides instead.
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from lfr_ds.errors import UserError
+from lfr_ds.lfr.absorbed import absorbed
 from lfr_ds.lfr.cluster import hierarchical_clusters
 from lfr_ds.lfr.drop_mask import read_drop_mask
 from lfr_ds.lfr.loss_table import LossTable
@@ -245,7 +247,9 @@ def _keep(
     if options.drop_mask is not None:  # oracle (issue 21): the experiment hook decides the drop (lfr_ds.lfr.drop_mask)
         return ~read_drop_mask(options.drop_mask, table.num_blocks), options.max_cluster_drop, None
     if phase.auto_drop:
-        is_learned = learned(table)
+        # probes (issue 21): with probe records, the calibrated absorbed test replaces the fixed level
+        test = absorbed(table, options.absorbed_alpha) if table.has_probes else None
+        is_learned = test.mask if test is not None else learned(table)
         is_learned &= eligible
         n_learned, n_eligible = int(is_learned.sum()), int(eligible.sum())
         drop = min(n_learned / n_eligible, options.auto_max_drop)
@@ -253,6 +257,8 @@ def _keep(
         auto = {"criterion": f"loss <= {LEARNED_RATIO} x batch mean, and below the batch mean at the previous visit",
                 "learned": n_learned, "learned_seen_twice": int((is_learned & np.isfinite(table.prev_relative)).sum()),
                 "eligible": n_eligible, "max_drop": options.auto_max_drop, "target_fraction": round(drop, 4)}
+        if test is not None:  # probes (issue 21)
+            auto.update(test.fields(options.absorbed_alpha))
     cap = max(options.max_cluster_drop, drop)
     if corpora is None:
         keep = focus_keep_mask(rank_score, labels, drop, eligible=eligible, policy=options.selection, max_cluster_drop=cap)

@@ -72,6 +72,9 @@ def focus_fields(
     }
     if sel.auto is not None:
         fields["auto_drop"] = sel.auto
+        for key in ("probe_quantile", "absorbed_one_visit", "absorbed_two_visits"):  # probes (issue 21)
+            if key in sel.auto:
+                fields[key] = sel.auto[key]
     if sel.learnability is not None:
         fields["cluster_learnability"] = [round(float(x), 4) for x in sel.learnability]
     return fields

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 
@@ -86,3 +87,28 @@ def test_a_changed_corpus_is_refused_not_reused(tmp_path, webmix_train, valid_wi
         assert needle in str(e.value)
     assert np.array_equal(prepare(_spec(webmix_train, valid, 0.0, unique_tokens=30_000), tmp_path).repeats(), np.zeros(
         open_dataset(str(tmp_path / "data" / "train")).num_documents, bool))
+
+
+def test_probes_are_originals_that_no_arm_trains_on(tmp_path, webmix_train, valid_with_leak):
+    """--probe-fraction (issue 21): whole original documents, split off before the copies are made, in no
+    arm's training data; a corpus without probes keeps the digest it had."""
+    valid, _ = valid_with_leak
+    spec = _spec(webmix_train, valid, 0.5, unique_tokens=60_000)
+    probed = dataclasses.replace(spec, probe_fraction=0.01)
+    assert "probe_fraction" not in spec.inputs() and probed.inputs()["probe_fraction"] == 0.01
+    corpus = prepare(probed, tmp_path)
+    probe_texts = [json.loads(line)["text"] for line in (tmp_path / "data" / "probe.jsonl").read_text().splitlines()]
+    train_texts = {json.loads(line)["text"] for line in (tmp_path / "data" / "train.jsonl").read_text().splitlines()}
+    assert probe_texts and not train_texts & set(probe_texts)  # not even a text the input holds twice
+    # No copy's twin is a probe: no training document is a near copy of one (same length in words, few edits).
+    words = {len(t.split(" ")) for t in probe_texts}
+    near = [t for t in train_texts if len(t.split(" ")) in words and
+            any(sum(a != b for a, b in zip(t.split(" "), p.split(" "), strict=True)) <= max(1, round(0.03 * len(p.split(" "))))
+                for p in probe_texts if len(p.split(" ")) == len(t.split(" ")))]
+    assert not near
+    assert (open_dataset(corpus.probe).num_tokens - 1) // 64 >= 512
+    assert corpus.info["probe_documents"] == len(probe_texts) and corpus.info["left_out_as_heldout"] == 2
+    from lfr_ds.compare import runs
+
+    setup = runs.Setup(tmp_path, corpus, (), "random", (), 10, 64, 1, "", 1, 1)
+    assert f"lfr.probe_path={corpus.probe}" in runs.overrides(runs.Run("random", 1, 1.0), setup)
