@@ -14,6 +14,7 @@ test: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(BIN)/ruff check lfr_ds tools bench tests
+	$(BIN)/ruff format --check lfr_ds tools bench tests
 
 $(VENV)/.installed: pyproject.toml constraints-cpu.txt
 	$(PYTHON) -m venv $(VENV)

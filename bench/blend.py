@@ -76,16 +76,23 @@ def measure(spec: str, seq_length: int) -> dict:
     stages["learn_order"] = time.perf_counter() - t
     share = view.corpora.counts(order) / len(order)
     assert len(source) == view.num_blocks and np.abs(share - view.corpora.weights).max() < 1e-6
-    return {"blocks": view.num_blocks, "stages": {k: round(v, 2) for k, v in stages.items()},
-            "seconds": round(sum(stages.values()), 2), "import_seconds": round(imported, 2), "learn_shares": [round(float(s), 6) for s in share],
-            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 3)}
+    return {
+        "blocks": view.num_blocks,
+        "stages": {k: round(v, 2) for k, v in stages.items()},
+        "seconds": round(sum(stages.values()), 2),
+        "import_seconds": round(imported, 2),
+        "learn_shares": [round(float(s), 6) for s in share],
+        "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9, 3),
+    }
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--blocks", type=float, default=1e7, help="blocks per corpus (default 1e7)")
     p.add_argument("--corpora", type=int, default=3, choices=(1, 2, 3))
-    p.add_argument("--seq-length", type=int, default=8, help="model.seq_length (default 8: short blocks keep the files small)")
+    p.add_argument(
+        "--seq-length", type=int, default=8, help="model.seq_length (default 8: short blocks keep the files small)"
+    )
     p.add_argument("--workdir", help="keep the synthetic datasets here (default: a temp dir, removed)")
     p.add_argument("--measure", help=argparse.SUPPRESS)  # the child: the blend spec to build
     args = p.parse_args()
@@ -106,8 +113,13 @@ def main() -> int:
             prefixes.append(prefix)
         weights = WEIGHTS[: args.corpora]
         spec = " ".join(f"{w} {p}" for w, p in zip(weights, prefixes, strict=True))
-        child = subprocess.run([sys.executable, __file__, "--measure", spec, "--seq-length", str(args.seq_length)],
-                               capture_output=True, text=True, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        child = subprocess.run(
+            [sys.executable, __file__, "--measure", spec, "--seq-length", str(args.seq_length)],
+            capture_output=True,
+            text=True,
+            check=True,
+            env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        )
         result = json.loads(child.stdout.strip().splitlines()[-1])
     finally:
         if not args.workdir:

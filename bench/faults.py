@@ -116,12 +116,11 @@ def main() -> None:
     drive([*pre, ref_prefix], [], env=env, logs=work / "logs" / "preprocess_ref", started=None)
     reference = preprocess_outputs(ref_prefix)
     n_pre = max(4, args.kills // 6)
-    pkills = plan_preprocess_kills(
-        rng, n_pre, chunks=FILES, timers=n_pre // 2, max_delay=time.monotonic() - t0
-    )
+    pkills = plan_preprocess_kills(rng, n_pre, chunks=FILES, timers=n_pre // 2, max_delay=time.monotonic() - t0)
     half = len(pkills) // 2
     say(
-        f"preprocess: {len(pkills)} kills, {half} into an empty prefix, then {len(pkills) - half} over its complete output"
+        f"preprocess: {len(pkills)} kills, {half} into an empty prefix, "
+        f"then {len(pkills) - half} over its complete output"
     )
     landed, consistent = drive(
         [*pre, out_prefix],

@@ -56,7 +56,10 @@ def preflight() -> None:
         problem = f"{torch.cuda.get_device_name()} has no bf16 (needs compute capability 8.0+: A100, H100, H200)"
     elif not torch.distributed.is_nccl_available():
         problem = f"torch {torch.__version__} was built without NCCL"
-    elif shutil.which("nvcc") is None and not Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc").exists():
+    elif (
+        shutil.which("nvcc") is None
+        and not Path(os.environ.get("CUDA_HOME", "/usr/local/cuda"), "bin", "nvcc").exists()
+    ):
         problem = "nvcc not found (DeepSpeed compiles FusedAdam with it); put it on PATH or set CUDA_HOME"
     if problem:
         print(f"error: {problem}", file=sys.stderr)
@@ -145,8 +148,11 @@ def main() -> None:
         "overhead_percent": round(overhead, 2),
         "within_limit": overhead <= OVERHEAD_LIMIT_PERCENT,
     }
-    print(f"LFR over random, whole run with phase boundaries: {lfr_s:.2f} s vs {random_s:.2f} s = {overhead:+.2f}% "
-          f"(limit {OVERHEAD_LIMIT_PERCENT:.0f}%)", flush=True)
+    print(
+        f"LFR over random, whole run with phase boundaries: {lfr_s:.2f} s vs {random_s:.2f} s = {overhead:+.2f}% "
+        f"(limit {OVERHEAD_LIMIT_PERCENT:.0f}%)",
+        flush=True,
+    )
     print(json.dumps(summary))
 
 

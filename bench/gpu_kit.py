@@ -41,7 +41,9 @@ def stand_in_wheel(folder: Path, name: str, version: str, requires: list[str] = 
     files = {
         f"{dist}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n"
         + "".join(f"Requires-Dist: {r}\n" for r in requires),
-        f"{dist}.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: stand-in\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+        f"{dist}.dist-info/WHEEL": (
+            "Wheel-Version: 1.0\nGenerator: stand-in\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
     }
     files[f"{dist}.dist-info/RECORD"] = "".join(f"{f},,\n" for f in files) + f"{dist}.dist-info/RECORD,,\n"
     with zipfile.ZipFile(path, "w") as z:
@@ -68,8 +70,15 @@ def _needed(plan: list[dict], python_version: str) -> dict[str, str]:
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    target = {**default_environment(), "python_version": python_version, "python_full_version": f"{python_version}.0",
-              "sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64", "extra": ""}
+    target = {
+        **default_environment(),
+        "python_version": python_version,
+        "python_full_version": f"{python_version}.0",
+        "sys_platform": "linux",
+        "platform_system": "Linux",
+        "platform_machine": "x86_64",
+        "extra": "",
+    }
     nodes = {canonicalize_name(item["metadata"]["name"]): item["metadata"] for item in plan}
     needed, todo = {}, ["lfr-ds"]
     while todo:
@@ -103,15 +112,39 @@ def prepare(out: Path, python_version: str, platform: str, box_torch: str) -> No
     pins = _pins()
     _pip("wheel", "-q", "--no-deps", "-w", str(wheels), str(ROOT))
     # No ops compiled: a pure-Python wheel for any x86-64 Linux Python; the box JIT-compiles what it uses.
-    _pip("wheel", "-q", "--no-deps", "-w", str(wheels), f"deepspeed=={pins['deepspeed']}", env={**os.environ, "DS_BUILD_OPS": "0"})
+    _pip(
+        "wheel",
+        "-q",
+        "--no-deps",
+        "-w",
+        str(wheels),
+        f"deepspeed=={pins['deepspeed']}",
+        env={**os.environ, "DS_BUILD_OPS": "0"},
+    )
     target = ["--python-version", python_version, "--implementation", "cp", "--only-binary=:all:"]
     target += [arg for tag in _older_platforms(platform) for arg in ("--platform", tag)]
     with tempfile.TemporaryDirectory() as tmp:
         # The box's torch, as a stand-in: the resolver plans around it and never looks at a real (CUDA) torch.
         stand_in_wheel(Path(tmp), "torch", box_torch)
-        _pip("install", "-q", "--dry-run", "--ignore-installed", "--report", f"{tmp}/plan.json", "--target", f"{tmp}/t",
-             "--find-links", str(wheels), "--find-links", tmp, *target,
-             "lfr-ds", f"deepspeed=={pins['deepspeed']}", f"megatron-core=={pins['megatron-core']}", f"torch=={box_torch}")
+        _pip(
+            "install",
+            "-q",
+            "--dry-run",
+            "--ignore-installed",
+            "--report",
+            f"{tmp}/plan.json",
+            "--target",
+            f"{tmp}/t",
+            "--find-links",
+            str(wheels),
+            "--find-links",
+            tmp,
+            *target,
+            "lfr-ds",
+            f"deepspeed=={pins['deepspeed']}",
+            f"megatron-core=={pins['megatron-core']}",
+            f"torch=={box_torch}",
+        )
         plan = json.loads(Path(f"{tmp}/plan.json").read_text())["install"]
     needed = _needed(plan, python_version)
     fetch = [f"{name}=={version}" for name, version in sorted(needed.items()) if name not in ("lfr-ds", "deepspeed")]
@@ -119,12 +152,24 @@ def prepare(out: Path, python_version: str, platform: str, box_torch: str) -> No
     for script in SCRIPTS:
         (out / script).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / script, out / script)
-    (out / "kit.json").write_text(json.dumps(
-        {"python": python_version, "platform": platform, "packages": needed, "box": sorted(BOX), "planned_against_torch": box_torch},
-        indent=1) + "\n")
+    (out / "kit.json").write_text(
+        json.dumps(
+            {
+                "python": python_version,
+                "platform": platform,
+                "packages": needed,
+                "box": sorted(BOX),
+                "planned_against_torch": box_torch,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    print(f"kit: {out} ({size / 2**20:.1f} MiB, {len(needed)} packages for Python {python_version}: "
-          f"{', '.join(f'{n} {v}' for n, v in sorted(needed.items()))})")
+    print(
+        f"kit: {out} ({size / 2**20:.1f} MiB, {len(needed)} packages for Python {python_version}: "
+        f"{', '.join(f'{n} {v}' for n, v in sorted(needed.items()))})"
+    )
 
 
 def _installed(name: str) -> bool:
@@ -144,8 +189,10 @@ def install(kit: Path) -> None:
     """Into this Python, from the kit alone: refuses if a BOX package is missing or would be installed."""
     missing = [name for name in BOX if not _installed(name)]
     if missing:
-        _fail(f"this Python ({sys.executable}) lacks {', '.join(missing)}; the kit expects a PyTorch GPU image "
-              "that has them: run with PYTHON=<that image's python>, or install them first")
+        _fail(
+            f"this Python ({sys.executable}) lacks {', '.join(missing)}; the kit expects a PyTorch GPU image "
+            "that has them: run with PYTHON=<that image's python>, or install them first"
+        )
     wheels = kit / "wheels"
     if not any(wheels.glob("lfr_ds-*.whl")):
         _fail(f"{wheels} holds no lfr-ds wheel; build the kit with launch_scripts/gpu_kit.sh prepare first")
@@ -157,8 +204,10 @@ def install(kit: Path) -> None:
     planned = {re.sub(r"[-_.]+", "-", i["metadata"]["name"]).lower(): i["metadata"]["version"] for i in plan}
     touched = [f"{name} {version}" for name, version in planned.items() if name in BOX]
     if touched:
-        _fail(f"installing the kit would install or replace {', '.join(touched)} in {sys.executable}; "
-              "nothing was installed")
+        _fail(
+            f"installing the kit would install or replace {', '.join(touched)} in {sys.executable}; "
+            "nothing was installed"
+        )
     _pip("install", "-q", *offline)
     # The kit's own lfr-ds build, even over an installed one of the same version (a re-run with a new kit).
     _pip("install", "-q", "--no-index", "--no-deps", "--force-reinstall", str(next(wheels.glob("lfr_ds-*.whl"))))

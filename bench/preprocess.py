@@ -56,17 +56,34 @@ def measure_one(src: str, tok: str, workers: int, out: str) -> dict:
     meta = preprocess([src], out, tok, workers=workers, progress=False)
     rate = meta["num_tokens"] / (time.perf_counter() - t0)
     worker_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024 if workers > 1 else 0.0
-    return {"tokens_per_s": rate, "rss_mb": [round(peak_rss_mb()), round(worker_mb)], "import_rss_mb": round(base),
-            "tokens": meta["num_tokens"]}
+    return {
+        "tokens_per_s": rate,
+        "rss_mb": [round(peak_rss_mb()), round(worker_mb)],
+        "import_rss_mb": round(base),
+        "tokens": meta["num_tokens"],
+    }
 
 
 def run(src: Path, tok: Path, workers: int, tmp: str) -> dict:
-    argv = [sys.executable, __file__, "--one", str(src), "--tokenizer", str(tok), "--workers", str(workers),
-            "--out", f"{tmp}/out"]
+    argv = [
+        sys.executable,
+        __file__,
+        "--one",
+        str(src),
+        "--tokenizer",
+        str(tok),
+        "--workers",
+        str(workers),
+        "--out",
+        f"{tmp}/out",
+    ]
     proc = subprocess.run(argv, capture_output=True, text=True, check=True)
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    print(f"{src.name} -j {workers}: {result['tokens_per_s']:,.0f} tokens/s, peak RSS (main, worker) "
-          f"{result['rss_mb']} MB", file=sys.stderr)
+    print(
+        f"{src.name} -j {workers}: {result['tokens_per_s']:,.0f} tokens/s, peak RSS (main, worker) "
+        f"{result['rss_mb']} MB",
+        file=sys.stderr,
+    )
     return result
 
 

@@ -42,8 +42,15 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=40, help="timed steps of each kind (after 3 warm-up steps)")
     p.add_argument("--probe-blocks", type=int, default=1, help="probes a step (default 1, lfr.probe_blocks's default)")
     args = p.parse_args()
-    os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(_free_port()), OMP_NUM_THREADS="1")
+    os.environ.update(
+        RANK="0",
+        WORLD_SIZE="1",
+        LOCAL_RANK="0",
+        LOCAL_WORLD_SIZE="1",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(_free_port()),
+        OMP_NUM_THREADS="1",
+    )
     import torch
 
     torch.set_num_threads(1)
@@ -59,17 +66,32 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         data = random_token_dataset(f"{tmp}/train", 4096, 600_000)
         probe = random_token_dataset(f"{tmp}/probe", 4096, 100_000, seed=1)
-        cfg = load_config(None, [f"data.path={data}", "model.vocab_size=4096", "model.preset=tiny", f"run_dir={tmp}/run",
-                                 "engine.micro_batch_size=16", "engine.global_batch_size=16", "engine.precision=fp32",
-                                 "optim.lr=2e-3", "steps=1000", f"lfr.probe_path={probe}", f"lfr.probe_blocks={args.probe_blocks}"])
+        cfg = load_config(
+            None,
+            [
+                f"data.path={data}",
+                "model.vocab_size=4096",
+                "model.preset=tiny",
+                f"run_dir={tmp}/run",
+                "engine.micro_batch_size=16",
+                "engine.global_batch_size=16",
+                "engine.precision=fp32",
+                "optim.lr=2e-3",
+                "steps=1000",
+                f"lfr.probe_path={probe}",
+                f"lfr.probe_blocks={args.probe_blocks}",
+            ],
+        )
         plan = preflight(cfg)
         info = init_distributed(cfg.engine.backend)
         setup_megatron(cfg.seed)
         blocks = BlockView(plan.dataset, plan.model.seq_length, cfg.data.seed)
         _, engine = _build(cfg, plan)
         probes = Probes.for_run(cfg, plan.model.seq_length, 0, 1, None)
-        runs = {kind: Stepper(engine, info.device, "", Guard(cfg.train, None), probes if kind == "probes" else None)
-                for kind in ("plain", "probes")}
+        runs = {
+            kind: Stepper(engine, info.device, "", Guard(cfg.train, None), probes if kind == "probes" else None)
+            for kind in ("plain", "probes")
+        }
         phase = phase_at(plan.phases, 0)
         rng = np.random.default_rng(0)
         times: dict[str, list[float]] = {"plain": [], "probes": [], "probe": []}
@@ -85,11 +107,22 @@ def main() -> None:
             if i >= 3:
                 times["probe"].append(time.perf_counter() - t0)
     step, with_probes, probe_s = (statistics.median(times[k]) for k in ("plain", "probes", "probe"))
-    result = {"probe_blocks": probes.per_step, "global_batch": 16, "model": "tiny", "steps": args.steps,
-              "step_s": round(step, 5), "step_with_probes_s": round(with_probes, 5), "probe_s": round(probe_s, 5),
-              "probe_share": round(probe_s / step, 4), "ab_share": round(with_probes / step - 1, 4)}
-    print(f"step {step * 1e3:.1f} ms, with probes {with_probes * 1e3:.1f} ms, probe forward {probe_s * 1e3:.1f} ms "
-          f"({result['probe_share']:.1%} of a step)", file=sys.stderr)
+    result = {
+        "probe_blocks": probes.per_step,
+        "global_batch": 16,
+        "model": "tiny",
+        "steps": args.steps,
+        "step_s": round(step, 5),
+        "step_with_probes_s": round(with_probes, 5),
+        "probe_s": round(probe_s, 5),
+        "probe_share": round(probe_s / step, 4),
+        "ab_share": round(with_probes / step - 1, 4),
+    }
+    print(
+        f"step {step * 1e3:.1f} ms, with probes {with_probes * 1e3:.1f} ms, probe forward {probe_s * 1e3:.1f} ms "
+        f"({result['probe_share']:.1%} of a step)",
+        file=sys.stderr,
+    )
     print(json.dumps(result))
 
 

@@ -78,27 +78,46 @@ def child(n: int, sketch_dim: int) -> None:
     t0 = time.perf_counter()
     table, source = synthetic_table(n, sketch_dim)
     table_gb = sum(a.nbytes for a in table.arrays().values()) / 1e9
-    print(f"  synthetic table {table_gb:.2f} GB in {time.perf_counter() - t0:.1f}s (untimed)", file=sys.stderr, flush=True)
+    print(
+        f"  synthetic table {table_gb:.2f} GB in {time.perf_counter() - t0:.1f}s (untimed)", file=sys.stderr, flush=True
+    )
     steps = max(1, n // 2 // GLOBAL_BATCH)
     phase = Phase(1, "focus", start=steps, steps=steps, drop=0.5)
     with tempfile.TemporaryDirectory() as run_dir:
-        rewriter = Rewriter(Path(run_dir), LFRConfig(), seed=1, dataset="synthetic", sources=[f"s{i}" for i in range(N_SOURCES)],
-                            block_source=source, seq_length=1024, global_batch=GLOBAL_BATCH)
+        rewriter = Rewriter(
+            Path(run_dir),
+            LFRConfig(),
+            seed=1,
+            dataset="synthetic",
+            sources=[f"s{i}" for i in range(N_SOURCES)],
+            block_source=source,
+            seq_length=1024,
+            global_batch=GLOBAL_BATCH,
+        )
         t0 = time.perf_counter()
         order, manifest = rewriter.prepare(phase, table)
         seconds = time.perf_counter() - t0
     assert len(order) == steps * GLOBAL_BATCH and manifest.kept < n
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9  # Linux reports KiB
-    row = {"blocks": n, "sketch_dim": sketch_dim, "seconds": round(seconds, 2), "peak_rss_gb": round(rss, 2),
-           "table_gb": round(table_gb, 2)}
+    row = {
+        "blocks": n,
+        "sketch_dim": sketch_dim,
+        "seconds": round(seconds, 2),
+        "peak_rss_gb": round(rss, 2),
+        "table_gb": round(table_gb, 2),
+    }
     print(json.dumps(row))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default="1e6,1e7,1e8", help="comma-separated block counts (default 1e6,1e7,1e8)")
-    p.add_argument("--sketch-dim", type=int, default=0,
-                   help="hidden-state sketch width in the table (default 0, training's default model.sketch_dim)")
+    p.add_argument(
+        "--sketch-dim",
+        type=int,
+        default=0,
+        help="hidden-state sketch width in the table (default 0, training's default model.sketch_dim)",
+    )
     p.add_argument("--quick", action="store_true", help="only 1e6 and 1e7")
     p.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -111,11 +130,16 @@ def main() -> None:
         print(f"rewrite of {n:,} blocks, sketch {args.sketch_dim} ...", file=sys.stderr, flush=True)
         run = subprocess.run(
             [sys.executable, str(Path(__file__).resolve()), "--child", str(n), "--sketch-dim", str(args.sketch_dim)],
-            stdout=subprocess.PIPE, text=True, check=True,
+            stdout=subprocess.PIPE,
+            text=True,
+            check=True,
         )
         row = json.loads(run.stdout.strip().splitlines()[-1])
-        print(f"  {row['seconds']:.1f}s, peak RSS {row['peak_rss_gb']:.2f} GB (table {row['table_gb']:.2f} GB)",
-              file=sys.stderr, flush=True)
+        print(
+            f"  {row['seconds']:.1f}s, peak RSS {row['peak_rss_gb']:.2f} GB (table {row['table_gb']:.2f} GB)",
+            file=sys.stderr,
+            flush=True,
+        )
         results.append(row)
     print(json.dumps({"results": results}))
 

@@ -68,9 +68,19 @@ def train_planted(work: Path) -> tuple[str, Path]:
     train_tokenizer([str(corpus)], str(work / "tok.model"), 512)
     preprocess([str(corpus)], str(work / "data"), str(work / "tok.model"), progress=False)
     run = work / "run"
-    cmd = [sys.executable, "-m", "lfr_ds.train", f"data.path={work / 'data'}", f"run_dir={run}", *synthetic.SMALL_MODEL,
-           f"engine.micro_batch_size={GLOBAL_BATCH}", f"engine.global_batch_size={GLOBAL_BATCH}", f"steps={LEARN_STEPS + 4}",
-           f"lfr.schedule=learn:{LEARN_STEPS},focus:*@0.5", f"checkpoint.interval={LEARN_STEPS}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lfr_ds.train",
+        f"data.path={work / 'data'}",
+        f"run_dir={run}",
+        *synthetic.SMALL_MODEL,
+        f"engine.micro_batch_size={GLOBAL_BATCH}",
+        f"engine.global_batch_size={GLOBAL_BATCH}",
+        f"steps={LEARN_STEPS + 4}",
+        f"lfr.schedule=learn:{LEARN_STEPS},focus:*@0.5",
+        f"checkpoint.interval={LEARN_STEPS}",
+    ]
     subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
     return str(work / "data"), run / "checkpoints" / f"step_{LEARN_STEPS:08d}"
 
@@ -80,9 +90,22 @@ def train_corpus_learn(corpus: Path, work: Path, overrides: tuple[str, ...], ste
     ``small`` preset) on the corpus it built under ``corpus`` (``OUT/data``): the table a Focus of the
     study's schedules starts from. The sketch is on (16 wide) so that both modes read the same table."""
     run = work / "run"
-    cmd = [sys.executable, "-m", "lfr_ds.train", f"data.path={corpus / 'train'}", f"data.tokenizer={corpus / 'tokenizer.model'}",
-           f"run_dir={run}", *overrides, "model.sketch_dim=16", f"steps={steps + 4}", f"lfr.schedule=learn:{steps},focus:*@0.5",
-           f"checkpoint.interval={steps}", "seed=1", "data.seed=1", "log.tensorboard=false"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "lfr_ds.train",
+        f"data.path={corpus / 'train'}",
+        f"data.tokenizer={corpus / 'tokenizer.model'}",
+        f"run_dir={run}",
+        *overrides,
+        "model.sketch_dim=16",
+        f"steps={steps + 4}",
+        f"lfr.schedule=learn:{steps},focus:*@0.5",
+        f"checkpoint.interval={steps}",
+        "seed=1",
+        "data.seed=1",
+        "log.tensorboard=false",
+    ]
     subprocess.run(cmd, check=True, capture_output=True, env={**os.environ, "OMP_NUM_THREADS": "2"})
     return run / "checkpoints" / f"step_{steps:08d}"
 
@@ -106,8 +129,15 @@ def corpus_results(corpus: Path, work: Path) -> dict:
         for seed in (1, 2, 3):
             built = _rewriter(dataset, view.block_source, seq, batch, seed, LFRConfig()).build(phase, table)
             dropped = ~built.keep
-            results.append({"sketch": mode, "seed": seed, "dropped_that_repeat": round(float(repeat[dropped].mean()), 4),
-                            "repeats_dropped": round(float(dropped[repeat].mean()), 4), "drop": built.manifest.source_drop_fraction})
+            results.append(
+                {
+                    "sketch": mode,
+                    "seed": seed,
+                    "dropped_that_repeat": round(float(repeat[dropped].mean()), 4),
+                    "repeats_dropped": round(float(dropped[repeat].mean()), 4),
+                    "drop": built.manifest.source_drop_fraction,
+                }
+            )
             print(f"  sketch {mode}, seed {seed}: {results[-1]}", file=sys.stderr, flush=True)
     return {"repeat_block_share": round(float(repeat.mean()), 4), "results": results}
 
@@ -115,8 +145,12 @@ def corpus_results(corpus: Path, work: Path) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", help="scratch directory (default: a temporary one)")
-    p.add_argument("--corpus", type=Path, help="an lfr-compare corpus (OUT/data, e.g. of --redundancy 0.5) instead of the "
-                   "planted one: Focus @0.5 after the small preset's 1-pass Learn, sketch on and off, scored by repeats dropped")
+    p.add_argument(
+        "--corpus",
+        type=Path,
+        help="an lfr-compare corpus (OUT/data, e.g. of --redundancy 0.5) instead of the "
+        "planted one: Focus @0.5 after the small preset's 1-pass Learn, sketch on and off, scored by repeats dropped",
+    )
     args = p.parse_args()
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
@@ -141,12 +175,27 @@ def main() -> None:
                     built = _rewriter(dataset, source, 64, GLOBAL_BATCH, seed, options).build(phase, table)
                     order = built.order
                     share = np.bincount(source[order], minlength=len(sources)) / len(order)
-                    results.append({"option": name, "sketch": sketch, "seed": seed, "drop": built.manifest.source_drop_fraction,
-                                    "draw_share": {s: round(float(x), 4) for s, x in zip(sources, share, strict=True)}})
-                    print(f"  sketch {sketch}, {name}, seed {seed}: dropped {results[-1]['drop']}, drew {results[-1]['draw_share']}",
-                          file=sys.stderr, flush=True)
+                    results.append(
+                        {
+                            "option": name,
+                            "sketch": sketch,
+                            "seed": seed,
+                            "drop": built.manifest.source_drop_fraction,
+                            "draw_share": {s: round(float(x), 4) for s, x in zip(sources, share, strict=True)},
+                        }
+                    )
+                    print(
+                        f"  sketch {sketch}, {name}, seed {seed}: "
+                        f"dropped {results[-1]['drop']}, drew {results[-1]['draw_share']}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
         noise = float(np.mean(source == sources.index("noise")))
-    print(json.dumps({"noise_block_share": round(noise, 4), "results": results, "seconds": round(time.monotonic() - t0, 1)}))
+    print(
+        json.dumps(
+            {"noise_block_share": round(noise, 4), "results": results, "seconds": round(time.monotonic() - t0, 1)}
+        )
+    )
 
 
 if __name__ == "__main__":

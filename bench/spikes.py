@@ -48,13 +48,28 @@ def replay(run_dir: Path, cfg: GuardConfig, phase_reset: bool = True) -> dict:
             continue
         ratio = t["loss"] / float(np.mean(window))
         if v.zscore > max_z:
-            max_z, worst = v.zscore, {"step": t["step"], "phase": t["phase"], "loss": round(t["loss"], 4),
-                                      "window_mean": round(float(np.mean(window)), 4), "ratio": round(ratio, 4)}
+            max_z, worst = (
+                v.zscore,
+                {
+                    "step": t["step"],
+                    "phase": t["phase"],
+                    "loss": round(t["loss"], 4),
+                    "window_mean": round(float(np.mean(window)), 4),
+                    "ratio": round(ratio, 4),
+                },
+            )
         max_ratio = max(max_ratio, ratio)
         if v.spike:
             fired.append(t["step"])
-    return {"run": str(run_dir), "steps": len(steps), "phases": len({t["phase"] for t in steps}), "fired": fired,
-            "max_zscore": round(max_z, 3), "max_ratio": round(max_ratio, 4), "at_max_zscore": worst}
+    return {
+        "run": str(run_dir),
+        "steps": len(steps),
+        "phases": len({t["phase"] for t in steps}),
+        "fired": fired,
+        "max_zscore": round(max_z, 3),
+        "max_ratio": round(max_ratio, 4),
+        "at_max_zscore": worst,
+    }
 
 
 def check_cost(rows: int, reps: int = 2000) -> float:
@@ -62,8 +77,10 @@ def check_cost(rows: int, reps: int = 2000) -> float:
     cfg = GuardConfig()
     guard = Guard(cfg)
     rng = np.random.default_rng(0)
-    batches = [np.stack([np.arange(rows), 6 + 0.1 * rng.standard_normal(rows), np.full(rows, 256.0)], axis=1)
-               for _ in range(64)]
+    batches = [
+        np.stack([np.arange(rows), 6 + 0.1 * rng.standard_normal(rows), np.full(rows, 256.0)], axis=1)
+        for _ in range(64)
+    ]
     for i, b in enumerate(batches):
         guard.check_loss(i + 1, (0, "random"), b)
     n = [len(batches)]
@@ -83,8 +100,11 @@ def main() -> None:
     runs = [replay(r, cfg) for r in args.runs]
     for r, run_dir in zip(runs, args.runs, strict=True):
         r["max_zscore_without_phase_reset"] = replay(run_dir, cfg, phase_reset=False)["max_zscore"]
-    step_s = [json.loads((r / "metrics.json").read_text())["iteration_time"] for r in args.runs
-              if (r / "metrics.json").is_file()]
+    step_s = [
+        json.loads((r / "metrics.json").read_text())["iteration_time"]
+        for r in args.runs
+        if (r / "metrics.json").is_file()
+    ]
     cost = {f"check_loss_us_{n}_rows": round(check_cost(n), 2) for n in (16, 512)}
     step = float(np.median(step_s)) if step_s else None
     out = {
@@ -97,8 +117,8 @@ def main() -> None:
         "cpu_step_s": step,
         "check_share_of_step": None if step is None else cost["check_loss_us_16_rows"] / 1e6 / step,
         "gpu": "no collective, no kernel: the loss check reads the host rows of the existing loss-table all-gather, "
-               "the grad-norm check DeepSpeed's already all-reduced norm; a flag all-reduce instead would be 4 bytes, "
-               "~10-30 us on 8 GPUs vs a ~1 s GPT-2 1.5B step (<0.003 %)",
+        "the grad-norm check DeepSpeed's already all-reduced norm; a flag all-reduce instead would be 4 bytes, "
+        "~10-30 us on 8 GPUs vs a ~1 s GPT-2 1.5B step (<0.003 %)",
     }
     print(json.dumps(out))
 

@@ -32,22 +32,36 @@ def rows(pairs: list[str]) -> list[dict]:
             if arm == "random":
                 continue
             d = a["paired"]["valid_loss"]
-            out.append({"candidate": name if arm == "lfr" else f"{name}/{arm}", "redundancy": results["redundancy"],
-                        "seeds": results["seeds"], "delta": d["mean"], "se": d["se"], "relative": d["mean"] / random_loss,
-                        "relative_se": None if d["se"] is None else d["se"] / random_loss, "per_seed": d["values"],
-                        "repeat_tokens_trained": a["mean"]["repeat_token_share_trained"], "schedule": results["schedule"],
-                        "overrides": results["overrides"]})
+            out.append(
+                {
+                    "candidate": name if arm == "lfr" else f"{name}/{arm}",
+                    "redundancy": results["redundancy"],
+                    "seeds": results["seeds"],
+                    "delta": d["mean"],
+                    "se": d["se"],
+                    "relative": d["mean"] / random_loss,
+                    "relative_se": None if d["se"] is None else d["se"] / random_loss,
+                    "per_seed": d["values"],
+                    "repeat_tokens_trained": a["mean"]["repeat_token_share_trained"],
+                    "schedule": results["schedule"],
+                    "overrides": results["overrides"],
+                }
+            )
     return sorted(out, key=lambda r: (r["candidate"], r["redundancy"]))
 
 
 def markdown(table: list[dict]) -> str:
-    lines = ["| candidate | R | seeds | paired Δ (± s.e.) | Δ % | per seed Δ | repeat tokens trained |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| candidate | R | seeds | paired Δ (± s.e.) | Δ % | per seed Δ | repeat tokens trained |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in table:
         se = f" ± {r['se']:.4f}" if r["se"] is not None else ""
-        lines.append(f"| {r['candidate']} | {r['redundancy']:g} | {','.join(map(str, r['seeds']))} | {r['delta']:+.4f}{se} | "
-                     f"{r['relative']:+.2%} | {', '.join(f'{v:+.3f}' for v in r['per_seed'])} | "
-                     f"{r['repeat_tokens_trained']:.1%} |")
+        lines.append(
+            f"| {r['candidate']} | {r['redundancy']:g} | {','.join(map(str, r['seeds']))} | {r['delta']:+.4f}{se} | "
+            f"{r['relative']:+.2%} | {', '.join(f'{v:+.3f}' for v in r['per_seed'])} | "
+            f"{r['repeat_tokens_trained']:.1%} |"
+        )
     return "\n".join(lines)
 
 
@@ -59,8 +73,14 @@ def plot(table: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name in dict.fromkeys(r["candidate"] for r in table):
-        pts = sorted((r["redundancy"], 100 * r["relative"], 100 * (r["relative_se"] or 0.0)) for r in table if r["candidate"] == name)
-        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3, label=name)
+        pts = sorted(
+            (r["redundancy"], 100 * r["relative"], 100 * (r["relative_se"] or 0.0))
+            for r in table
+            if r["candidate"] == name
+        )
+        ax.errorbar(
+            [p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3, label=name
+        )
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xlabel("redundancy R (share of training tokens that are copies)")
     ax.set_ylabel("held-out loss, LFR − random (% of random)")

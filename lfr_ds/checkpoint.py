@@ -33,7 +33,8 @@ LATEST = "latest"
 UNIVERSAL = ".universal"  # scratch space of an elastic resume, under checkpoints/
 
 # RUN_DIR/checkpoints/step_00000500/   DeepSpeed's files (model, ZeRO shards, LR scheduler)
-#                                  lfr/state.json, lfr/arrays.npz, lfr/rng_rank*.npz: lfr-ds's own state (no pickle; the names and the state's fields: lfr_ds/run_state.py)
+#                                  lfr/state.json, lfr/arrays.npz, lfr/rng_rank*.npz: lfr-ds's own state
+#                                  (no pickle; the names and the state's fields: lfr_ds/run_state.py)
 # RUN_DIR/checkpoints/latest          the tag of the newest *complete* checkpoint
 #
 # A save writes everything into ``step_X.partial``; once every rank has finished, the finaliser renames
@@ -148,9 +149,7 @@ def load_checkpoint(engine, info: Geometry, cfg: TrainConfig, path: Path, state:
         else:
             loaded = _load_resharded(engine, info, cfg, path, state.world_size)
     if loaded is None:
-        raise UserError(
-            f"{path}: DeepSpeed could not load this checkpoint (see the log above); check the ZeRO stage"
-        )
+        raise UserError(f"{path}: DeepSpeed could not load this checkpoint (see the log above); check the ZeRO stage")
     arrays = load_arrays(path / ARRAYS_FILE)
     # Every rank of a job starts from the same seed (setup_megatron), so a new rank count takes rank 0's
     # state on every rank: which rank's dropout stream continues where is undefined across sizes anyway.

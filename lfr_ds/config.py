@@ -49,8 +49,9 @@ def check_int(name: str, value: object, low: int, high: int) -> None:
         raise UserError(f"{name}: must be an integer in [{low}, {high}], got {value!r}")
 
 
-def check_number(name: str, value: object, low: float, high: float, *, open_low: bool = False,
-                 open_high: bool = False) -> None:
+def check_number(
+    name: str, value: object, low: float, high: float, *, open_low: bool = False, open_high: bool = False
+) -> None:
     """``value`` is a finite number in the interval (NaN and ±inf are refused: torch and DeepSpeed
     would accept some of them and fail, or silently train on NaN, later)."""
     ok = (
@@ -121,16 +122,18 @@ class ModelConfig:
     def __post_init__(self) -> None:
         if self.preset is not None:
             if not isinstance(self.preset, str) or self.preset not in PRESETS:
-                raise UserError(
-                    f"model.preset: unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}"
-                )
+                raise UserError(f"model.preset: unknown preset {self.preset!r}; choose one of {', '.join(PRESETS)}")
             for key, value in PRESETS[self.preset].items():
                 if getattr(self, key) is None:
                     setattr(self, key, value)
         # Upper bounds are far past any GPT-2-family shape; they keep sizes inside what megatron-core
         # indexes with int32 and catch a slipped digit before it becomes an allocation failure.
-        for key, high in (("num_layers", 1024), ("hidden_size", 65536), ("num_attention_heads", 1024),
-                          ("seq_length", 131072)):
+        for key, high in (
+            ("num_layers", 1024),
+            ("hidden_size", 65536),
+            ("num_attention_heads", 1024),
+            ("seq_length", 131072),
+        ):
             value = getattr(self, key)
             if value is None:
                 raise UserError(f"model.{key}: required when model.preset is null; set it or pick a preset")
@@ -346,11 +349,15 @@ def not_in_digest(why: str) -> dict:
 class LFRConfig:
     """Which blocks to train on, phase by phase (the Learn-Focus-Review schedule)."""
 
-    schedule: str = field(default="random", metadata=not_in_digest("the digest holds the phase itself: kind, place, length, drop"))
+    schedule: str = field(
+        default="random", metadata=not_in_digest("the digest holds the phase itself: kind, place, length, drop")
+    )
     """``random`` (the baseline: a seeded shuffle of all blocks, epoch after epoch, for the whole run),
     ``paper``, or a Learn-Focus-Review schedule such as ``learn:2000,focus:2000@0.5,review,focus:*@0.7``
     (grammar in :mod:`lfr_ds.lfr.schedule`)."""
-    distribute: str = field(default="shared_fs", metadata=not_in_digest("how the file reaches the ranks, not what it holds"))
+    distribute: str = field(
+        default="shared_fs", metadata=not_in_digest("how the file reaches the ranks, not what it holds")
+    )
     """How ranks other than 0 get each phase's sample index: ``shared_fs`` (read rank 0's file after a
     barrier) or ``broadcast`` (rank 0 sends the bytes; for clusters without a shared filesystem)."""
     score: str = field(default="relative", metadata=IN_FOCUS_DIGEST)
@@ -391,13 +398,17 @@ class LFRConfig:
     that, when set, replaces every Focus phase's drop decision: it drops exactly the masked blocks and draws
     from the rest as usual. ``lfr-compare``'s ``oracle`` arm sets it to the builder's copy blocks. ``None`` = off."""
     # ---- probes (issue 21): the model's loss on text it never trains on, scored inside every step
-    probe_path: str | None = field(default=None, metadata=not_in_digest("its records are in the loss table, which the digest hashes"))
+    probe_path: str | None = field(
+        default=None, metadata=not_in_digest("its records are in the loss table, which the digest hashes")
+    )
     """A dataset prefix of documents from the training corpus that no run trains on and that is not the dev split
     (``lfr-preprocess --probe-fraction`` writes one; ``lfr-compare`` makes one). ``None`` = no probes. Its
     blocks (at least 64, at most half the training blocks) are scored forward-only inside each training step,
     with the weights that score that step's blocks, and recorded relative to the step's batch mean loss;
     they calibrate ``@auto`` (see ``absorbed_alpha`` and docs/lfr.md). They never change the training."""
-    probe_blocks: int = field(default=1, metadata=not_in_digest("its records are in the loss table, which the digest hashes"))
+    probe_blocks: int = field(
+        default=1, metadata=not_in_digest("its records are in the loss table, which the digest hashes")
+    )
     """Probe blocks scored per step (rounded up to a multiple of the data-parallel size: each rank scores
     its share, one forward of that many blocks, no backward). A deterministic draw of (data.seed, step). A
     forward costs ~1/3 of a trained block, so p probes add ~p / (3 × global batch) to a step: 1 (one per
@@ -406,14 +417,18 @@ class LFRConfig:
     """``@auto`` with probes: a seen block is absorbed (and may be dropped) when its relative loss is below
     the α-quantile of the probes' relative losses around its visit, at both visits where it had two. On
     unseen text the test flags about α of the blocks; in (0, 0.5]."""
-    length_scale: float = field(default=1.0, metadata=not_in_digest("it sets the phases' lengths, which the digest holds"))
+    length_scale: float = field(
+        default=1.0, metadata=not_in_digest("it sets the phases' lengths, which the digest holds")
+    )
     """Multiplies every absolute phase length of ``schedule`` (steps, tokens, passes, kept passes, the default Review).
     For budget sweeps: the same schedule at a fraction of the tokens (``steps`` scaled alike), so a
     1-pass Learn at 0.5 is half a pass. Shares (``%``) and ``*`` follow ``steps`` by themselves."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.schedule, str) or not self.schedule.strip():
-            raise UserError(f"lfr.schedule: {self.schedule!r}; give random, paper or phases such as learn:2000,focus:*@0.5")
+            raise UserError(
+                f"lfr.schedule: {self.schedule!r}; give random, paper or phases such as learn:2000,focus:*@0.5"
+            )
         check_choice("lfr.distribute", self.distribute, ("shared_fs", "broadcast"))
         check_choice("lfr.score", self.score, ("relative", "raw"))
         check_choice("lfr.selection", self.selection, ("capped", "paper"))
@@ -425,7 +440,11 @@ class LFRConfig:
         check_choice("lfr.weighting", self.weighting, ("perplexity", "learnable"))
         check_number("lfr.auto_max_drop", self.auto_max_drop, 0.0, 1.0, open_low=True, open_high=True)
         # +inf is meaningful (uniform weights); NaN and non-positive values are not.
-        if isinstance(self.temperature, bool) or not isinstance(self.temperature, int | float) or not self.temperature > 0:
+        if (
+            isinstance(self.temperature, bool)
+            or not isinstance(self.temperature, int | float)
+            or not self.temperature > 0
+        ):
             raise UserError(f"lfr.temperature: {self.temperature!r} must be positive")
         check_choice("lfr.blend", self.blend, ("keep", "free"))
         check_number("lfr.length_scale", self.length_scale, 0.0, 1e6, open_low=True)
@@ -595,9 +614,7 @@ def _read_file(path: str) -> dict:
         raise UserError(f"{path}: config file cannot be read ({e.strerror}); check its permissions") from None
     except (ValueError, yaml.YAMLError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(
-            f"{path}: not valid {'JSON' if path.endswith('.json') else 'YAML'} ({first})"
-        ) from None
+        raise UserError(f"{path}: not valid {'JSON' if path.endswith('.json') else 'YAML'} ({first})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

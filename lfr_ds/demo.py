@@ -39,15 +39,23 @@ def verdict(results: dict) -> str:
     lfr, rand = results["arms"]["lfr"], results["arms"]["random"]
     paired, ratio = lfr["paired"], lfr["token_ratio"]
     source, worst = max(paired["per_source_relative"].items(), key=lambda kv: kv[1])
-    target = "the held-out loss of random's best budget" if ratio.get("baseline") == "random's best budget" else \
-        "random's final held-out loss"
+    target = (
+        "the held-out loss of random's best budget"
+        if ratio.get("baseline") == "random's best budget"
+        else "random's final held-out loss"
+    )
     if ratio["reached"]:
-        saving = (f"token ratio {ratio['mean']:.2f}: LFR (each budget its own full schedule) reaches {target} "
-                  f"with {ratio['mean']:.0%} of the tokens random needed for it")
+        saving = (
+            f"token ratio {ratio['mean']:.2f}: LFR (each budget its own full schedule) reaches {target} "
+            f"with {ratio['mean']:.0%} of the tokens random needed for it"
+        )
     else:
         saving = f"token ratio: never (no LFR budget, the full one included, reached {target})"
-    return (f"LFR vs random, same tokens: held-out loss {lfr['mean']['valid_loss']:.4f} vs {rand['mean']['valid_loss']:.4f} "
-            f"({paired['relative']:+.2%})\n{saving}\nleast helped source: {source} {worst:+.2%} against random")
+    return (
+        f"LFR vs random, same tokens: held-out loss {lfr['mean']['valid_loss']:.4f} "
+        f"vs {rand['mean']['valid_loss']:.4f} "
+        f"({paired['relative']:+.2%})\n{saving}\nleast helped source: {source} {worst:+.2%} against random"
+    )
 
 
 def _step(msg: str) -> None:
@@ -58,7 +66,9 @@ def split_corpus(src: str, out: Path, held_out: float = 0.05, seed: int = 0) -> 
     """Whole documents of ``src``, shuffled, into ``train.jsonl`` and ``valid.jsonl``."""
     docs = [{"text": d.text, "source": d.source or "unknown"} for d in iter_documents([src], ReadOptions())]
     if len(docs) < 20:
-        raise UserError(f"DATA={src}: {len(docs)} documents; the demo needs at least 20 (it holds 5% out for evaluation)")
+        raise UserError(
+            f"DATA={src}: {len(docs)} documents; the demo needs at least 20 (it holds 5% out for evaluation)"
+        )
     random.Random(seed).shuffle(docs)
     n_valid = max(1, round(held_out * len(docs)))
     paths = out / "train.jsonl", out / "valid.jsonl"
@@ -87,21 +97,54 @@ def main(argv: Sequence[str] | None = None) -> int:
         synthetic.write_jsonl(train, synthetic.generate(150, seed=0))
         synthetic.write_jsonl(valid, synthetic.generate(30, seed=1))
         vocab = 512
-    comparisons = {"as it is": (out / "compare", 0.0), f"with {COPIES:.0%} copies": (out / f"compare-r{COPIES:g}", COPIES)}
+    comparisons = {
+        "as it is": (out / "compare", 0.0),
+        f"with {COPIES:.0%} copies": (out / f"compare-r{COPIES:g}", COPIES),
+    }
     for name, (runs, share) in comparisons.items():
-        _step(f"the corpus {name}: training random sampling and LFR at {', '.join(BUDGETS)} of the full budget, each "
-              "budget with its own full schedule (up to a minute a run, two side by side)")
-        compare.main(["--preset", "demo", "--seeds", "1", "--arms", "random,lfr", "--budgets", ",".join(BUDGETS),
-                      "--redundancy", str(share), "--out", str(runs), "--train", str(train), "--valid", str(valid),
-                      "--blimp", "", "--vocab-size", str(vocab), "--valid-blocks", "256"])
+        _step(
+            f"the corpus {name}: training random sampling and LFR at {', '.join(BUDGETS)} of the full budget, each "
+            "budget with its own full schedule (up to a minute a run, two side by side)"
+        )
+        compare.main(
+            [
+                "--preset",
+                "demo",
+                "--seeds",
+                "1",
+                "--arms",
+                "random,lfr",
+                "--budgets",
+                ",".join(BUDGETS),
+                "--redundancy",
+                str(share),
+                "--out",
+                str(runs),
+                "--train",
+                str(train),
+                "--valid",
+                str(valid),
+                "--blimp",
+                "",
+                "--vocab-size",
+                str(vocab),
+                "--valid-blocks",
+                "256",
+            ]
+        )
     runs = comparisons["as it is"][0]
     report.main([str(runs / "lfr-seed1")])
     _step(f"done in {time.time() - t0:.0f}s")
     for name, (where, _) in comparisons.items():
-        print(f"\nThe corpus {name} ({where / 'results.md'}):\n" + verdict(json.loads((where / "results.json").read_text())))
-    print(f"\nheld-out loss vs tokens: {runs / 'heldout.png'}\nresults: {runs / 'results.json'}, {runs / 'results.md'}\n"
-          f"what LFR kept and dropped: {runs / 'lfr-seed1' / 'report' / 'report.md'}\n"
-          f"TensorBoard: .venv/bin/tensorboard --logdir {out}")
+        print(
+            f"\nThe corpus {name} ({where / 'results.md'}):\n"
+            + verdict(json.loads((where / "results.json").read_text()))
+        )
+    print(
+        f"\nheld-out loss vs tokens: {runs / 'heldout.png'}\nresults: {runs / 'results.json'}, {runs / 'results.md'}\n"
+        f"what LFR kept and dropped: {runs / 'lfr-seed1' / 'report' / 'report.md'}\n"
+        f"TensorBoard: .venv/bin/tensorboard --logdir {out}"
+    )
     return 0
 
 

@@ -49,9 +49,7 @@ def build_ds_config(cfg: TrainConfig, world_size: int, bf16: bool) -> dict:
     checked by DeepSpeed's own validation. Needs no process group: call it before starting one."""
     path = cfg.engine.ds_config
     if path == "auto":
-        path = str(
-            DS_CONFIG_DIR / f"zero{cfg.engine.zero_stage}{'' if torch.cuda.is_available() else '_cpu'}.json"
-        )
+        path = str(DS_CONFIG_DIR / f"zero{cfg.engine.zero_stage}{'' if torch.cuda.is_available() else '_cpu'}.json")
     if not os.path.isfile(path):
         raise UserError(f"engine.ds_config: {path} not found; point it at a DeepSpeed JSON or use auto")
     try:
@@ -72,7 +70,8 @@ def build_ds_config(cfg: TrainConfig, world_size: int, bf16: bool) -> dict:
     stage = ds.setdefault("zero_optimization", {}).setdefault("stage", cfg.engine.zero_stage)
     if stage != cfg.engine.zero_stage:
         raise UserError(
-            f"{path}: zero_optimization.stage is {stage} but engine.zero_stage is {cfg.engine.zero_stage}; make them agree"
+            f"{path}: zero_optimization.stage is {stage} but engine.zero_stage is {cfg.engine.zero_stage}; "
+            "make them agree"
         )
     o = cfg.optim
     ds.update(
@@ -122,7 +121,9 @@ def _check_with_deepspeed(ds: dict, path: str) -> None:
         ) from None
     except (DeepSpeedConfigError, ValueError, AssertionError, KeyError, TypeError) as e:
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UserError(f"engine.ds_config: {path}: DeepSpeed rejects it ({reason}); fix the file or use auto") from None
+        raise UserError(
+            f"engine.ds_config: {path}: DeepSpeed rejects it ({reason}); fix the file or use auto"
+        ) from None
 
 
 def lr_lambda(cfg: TrainConfig):

@@ -101,9 +101,11 @@ class Verdict:
     @property
     def warning(self) -> str:
         """The console line of a spike under ``train.on_spike=warn``."""
-        return (f"warning: loss spike at step {self.step} (phase {self.phase[0]} {self.phase[1]}): {self.loss:.4f} is "
-                f"{self.zscore:.1f} sigmas above the running mean; its block losses are kept out of the loss table "
-                "(train.on_spike=warn)")
+        return (
+            f"warning: loss spike at step {self.step} (phase {self.phase[0]} {self.phase[1]}): {self.loss:.4f} is "
+            f"{self.zscore:.1f} sigmas above the running mean; its block losses are kept out of the loss table "
+            "(train.on_spike=warn)"
+        )
 
 
 class Guard:
@@ -121,8 +123,13 @@ class Guard:
 
     # ---- run state: saved in every checkpoint's lfr/state.json (RunState.guard)
     def state(self) -> GuardState:
-        return GuardState(skipped=sorted(self.skipped), rewinds=self.rewinds, spikes=self.spikes,
-                          phase=self.detector.phase, losses=list(self.detector.losses))
+        return GuardState(
+            skipped=sorted(self.skipped),
+            rewinds=self.rewinds,
+            spikes=self.spikes,
+            phase=self.detector.phase,
+            losses=list(self.detector.losses),
+        )
 
     def load(self, state: GuardState) -> None:
         self.skipped = set(state.skipped)
@@ -158,18 +165,27 @@ class Guard:
             raise TrainingStopped(self._stop_line(step, phase, what + " (train.on_spike=stop)"))
         if self.cfg.on_spike == "rewind":
             if self.rewinds >= self.cfg.max_rewinds:
-                raise TrainingStopped(self._stop_line(
-                    step, phase, what + f", after {self.rewinds} rewinds (train.max_rewinds={self.cfg.max_rewinds})"))
+                raise TrainingStopped(
+                    self._stop_line(
+                        step, phase, what + f", after {self.rewinds} rewinds (train.max_rewinds={self.cfg.max_rewinds})"
+                    )
+                )
             if self.last_checkpoint is None or self.last_checkpoint[0] >= step:
-                raise TrainingStopped(self._stop_line(
-                    step, phase, what + ", and no checkpoint before it to rewind to (lower checkpoint.interval)"))
+                raise TrainingStopped(
+                    self._stop_line(
+                        step, phase, what + ", and no checkpoint before it to rewind to (lower checkpoint.interval)"
+                    )
+                )
         return Verdict(step, phase, loss, z, True, rewind=self.cfg.on_spike == "rewind")
 
     def check_grad_norm(self, step: int, phase: tuple[int, str], grad_norm: float) -> None:
         """After the update: a non-finite global gradient norm (DeepSpeed skipped that update) stops the run."""
         if not math.isfinite(grad_norm):
-            raise TrainingStopped(self._stop_line(
-                step, phase, f"the gradient norm is non-finite ({grad_norm}; DeepSpeed skipped the update)"))
+            raise TrainingStopped(
+                self._stop_line(
+                    step, phase, f"the gradient norm is non-finite ({grad_norm}; DeepSpeed skipped the update)"
+                )
+            )
 
     def rewind(self, step: int) -> tuple[str, range]:
         """Plan the rewind for a spike at 1-based ``step`` (:meth:`check_loss` made sure a checkpoint
@@ -192,7 +208,9 @@ class Guard:
         if self.last_checkpoint is None:
             last = "no checkpoint was saved before it (rerun starts from scratch)"
         else:
-            last = (f"last good checkpoint {self.last_checkpoint[1]} (step {self.last_checkpoint[0]}): fix the cause "
-                    "(e.g. lower optim.lr, set optim.grad_clip, or train.on_spike=rewind) and rerun the same command "
-                    "to resume from it")
+            last = (
+                f"last good checkpoint {self.last_checkpoint[1]} (step {self.last_checkpoint[0]}): fix the cause "
+                "(e.g. lower optim.lr, set optim.grad_clip, or train.on_spike=rewind) and rerun the same command "
+                "to resume from it"
+            )
         return f"stopped at step {step} (phase {phase[0]} {phase[1]}): {what}; nothing of this step was applied; {last}"

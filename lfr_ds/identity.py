@@ -70,9 +70,7 @@ SHOWN = {
 FOLLOWS = {"model.vocab_size": "data.tokenizer", "data.tokenizer": "data.path"}
 
 
-def run_identity(
-    cfg: TrainConfig, *, vocab_size: int, tokenizer: Digest | None, dataset: Digest
-) -> dict[str, object]:
+def run_identity(cfg: TrainConfig, *, vocab_size: int, tokenizer: Digest | None, dataset: Digest) -> dict[str, object]:
     """The settings a checkpoint of ``cfg`` fixes, by config key (see :data:`SHOWN`). ``vocab_size`` and
     ``tokenizer`` are as resolved from the data (``cfg`` may leave them unset); ``dataset`` is its fingerprint."""
     m = cfg.model

@@ -42,8 +42,13 @@ def launch_env() -> Geometry:
     """Read and check the launcher's environment before any process group exists, so a bad value is one
     line naming the variable rather than a hang or a traceback from inside torch.distributed."""
 
-    def read(name: str, default: str, low: int, high: int,
-             fix: str = "it is set by the launcher (deepspeed, torchrun): unset it to run one process") -> int:
+    def read(
+        name: str,
+        default: str,
+        low: int,
+        high: int,
+        fix: str = "it is set by the launcher (deepspeed, torchrun): unset it to run one process",
+    ) -> int:
         text = os.environ.get(name, default)
         try:
             value = int(text)
@@ -57,8 +62,13 @@ def launch_env() -> Geometry:
     rank = read("RANK", "0", 0, world_size - 1)
     if torch.cuda.is_available():
         gpus = torch.cuda.device_count()
-        local_rank = read("LOCAL_RANK", "0", 0, min(gpus, world_size) - 1,
-                          f"this node shows {gpus} GPU(s) (CUDA_VISIBLE_DEVICES): start one rank per GPU")
+        local_rank = read(
+            "LOCAL_RANK",
+            "0",
+            0,
+            min(gpus, world_size) - 1,
+            f"this node shows {gpus} GPU(s) (CUDA_VISIBLE_DEVICES): start one rank per GPU",
+        )
     else:
         local_rank = read("LOCAL_RANK", "0", 0, world_size - 1)
     # One process cannot count the processes launched beside it; what it can check is that the launcher
@@ -93,7 +103,8 @@ def launch_env() -> Geometry:
             socket.getaddrinfo(os.environ["MASTER_ADDR"], None)
         except (socket.gaierror, UnicodeError) as e:
             raise UserError(
-                f"MASTER_ADDR={os.environ['MASTER_ADDR']!r}: does not resolve ({e}); give the first node's host name or IP"
+                f"MASTER_ADDR={os.environ['MASTER_ADDR']!r}: does not resolve ({e}); "
+                "give the first node's host name or IP"
             ) from None
     return Geometry(rank, world_size, local_rank, local_world_size)
 

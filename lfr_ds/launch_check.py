@@ -45,9 +45,7 @@ def read_hostfile(path: str | Path) -> dict[str, int]:
                 f"{path}:{n}: host {host} is already listed on line {first_line[host]}; list each node once"
             )
         if slots == 0:
-            raise UserError(
-                f"{path}:{n}: {host} has slots=0; give every node at least one slot (its GPU count)"
-            )
+            raise UserError(f"{path}:{n}: {host} has slots=0; give every node at least one slot (its GPU count)")
         hosts[host], first_line[host] = slots, n
     if not hosts:
         raise UserError(f"{path}: lists no hosts; write one 'HOSTNAME slots=N' line per node")

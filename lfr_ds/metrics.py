@@ -142,7 +142,8 @@ class Metrics:
             self.writer.flush()
         mfu = f"mfu {scalars['mfu(%)']:.1f}% | " if "mfu(%)" in scalars else ""
         line = (
-            f"step {s.step:>6}/{self.total_steps} | {s.phase:<8} | loss {loss:.4f} | ppl {scalars['lm loss ppl']:8.2f} | "
+            f"step {s.step:>6}/{self.total_steps} | {s.phase:<8} | loss {loss:.4f} | "
+            f"ppl {scalars['lm loss ppl']:8.2f} | "
             f"lr {s.lr:.2e} | gnorm {s.grad_norm:.3f} | {tps:,.0f} tok/s | {tflops:.2f} TFLOP/s | {mfu}"
             f"{secs / len(w):.2f} s/it | {mem / 2**30:.1f} GiB"
         )
@@ -183,21 +184,31 @@ class Metrics:
             parts.append(f"BLiMP {results['blimp']['acc']:.3f}")
             if self.writer is not None:
                 self.writer.add_scalar("blimp acc", results["blimp"]["acc"], step)
-        self.log(f"eval step {step}: " + ", ".join(parts) + (f" in {results['seconds']:.1f}s" if "seconds" in results else ""))
+        self.log(
+            f"eval step {step}: "
+            + ", ".join(parts)
+            + (f" in {results['seconds']:.1f}s" if "seconds" in results else "")
+        )
 
     def phase_start(self, phase, manifest: PhaseManifest, table, step: int) -> None:
         """At a phase boundary: the console line, the phase's kept fraction and source shares (on a blend,
         each corpus's share of the draws, its weight and its Focus drop), and a histogram of block
         perplexity as the phase starts."""
         num_blocks = manifest.num_blocks
-        line = (f"phase {phase.index} {phase.kind}: steps {phase.start}-{phase.end}, keeps {manifest.kept:,} of "
-                f"{num_blocks:,} blocks")
+        line = (
+            f"phase {phase.index} {phase.kind}: steps {phase.start}-{phase.end}, keeps {manifest.kept:,} of "
+            f"{num_blocks:,} blocks"
+        )
         if phase.kind == "focus":
             drops = ", ".join(f"{s} {f:.0%}" for s, f in manifest.source_drop_fraction.items())
-            line += f" (drops {manifest.drop_fraction:.0%} of seen blocks{' (auto)' if phase.auto_drop else ''}; per source: {drops})"
+            line += (
+                f" (drops {manifest.drop_fraction:.0%} of seen blocks{' (auto)' if phase.auto_drop else ''}; "
+                f"per source: {drops})"
+            )
         if manifest.corpora is not None:
             line += "; corpus share (weight): " + ", ".join(
-                f"{name} {c['share']:.1%} ({c['weight']:.1%})" for name, c in manifest.corpora.items())
+                f"{name} {c['share']:.1%} ({c['weight']:.1%})" for name, c in manifest.corpora.items()
+            )
         self.log(line)
         if self.writer is None:
             return

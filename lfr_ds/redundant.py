@@ -67,8 +67,9 @@ class Stats:
         return asdict(self)
 
 
-def build(unique: list[dict], lengths: list[int], share: float, seed: int,
-          shape: Redundancy = Redundancy()) -> tuple[list[dict], Stats]:
+def build(
+    unique: list[dict], lengths: list[int], share: float, seed: int, shape: Redundancy = Redundancy()
+) -> tuple[list[dict], Stats]:
     """The ``unique`` documents (``{"text", "source"}``) plus copies, shuffled together: documents
     ``{"text", "source", "repeat_of"}`` of which a fraction ``share`` of the length is copies.
     ``lengths`` is each unique document's length in the unit the share is measured in (tokens, for
@@ -81,23 +82,32 @@ def build(unique: list[dict], lengths: list[int], share: float, seed: int,
     docs = [(d, None) for d in unique] + [(c, orig) for c, orig, _ in copies]
     rng.shuffle(docs)
     position = {id(d): i for i, (d, _) in enumerate(docs)}
-    out = [{"text": d["text"], "source": d["source"],
-            "repeat_of": None if orig is None else position[id(orig)]} for d, orig in docs]
+    out = [
+        {"text": d["text"], "source": d["source"], "repeat_of": None if orig is None else position[id(orig)]}
+        for d, orig in docs
+    ]
     counts: dict[int, int] = {}
     for _, orig, _ in copies:
         counts[id(orig)] = counts.get(id(orig), 0) + 1
     copied = sum(n for _, _, n in copies)
-    return out, Stats(len(unique), len(counts), len(copies), sum(c["near"] for c, _, _ in copies),
-                      max(counts.values(), default=0), copied / max(1, copied + have))
+    return out, Stats(
+        len(unique),
+        len(counts),
+        len(copies),
+        sum(c["near"] for c, _, _ in copies),
+        max(counts.values(), default=0),
+        copied / max(1, copied + have),
+    )
 
 
-def _copies(unique: list[dict], lengths: list[int], budget: float, rng: random.Random,
-            shape: Redundancy) -> list[tuple[dict, dict, int]]:
+def _copies(
+    unique: list[dict], lengths: list[int], budget: float, rng: random.Random, shape: Redundancy
+) -> list[tuple[dict, dict, int]]:
     """(copy, original, length) triples until the copies' lengths add up to ``budget``. A copy that would overshoot
     the budget by more than half its length is skipped, and filling goes on with shorter documents, so
     one long document (a 10k-token speech) cannot leave the share far from its target."""
     counts = range(1, shape.max_copies + 1)
-    cum = list(itertools.accumulate(c ** -shape.tail for c in counts))
+    cum = list(itertools.accumulate(c**-shape.tail for c in counts))
     order = list(range(len(unique)))
     out, have, added = [], 0, True
     while have < budget and added:  # more than one round only when R is so high that every document has copies

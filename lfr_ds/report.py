@@ -37,15 +37,21 @@ def transitions(before: np.ndarray, after: np.ndarray, delta: float) -> dict[str
     change = after - before
     hard = after > np.nanmedian(after[both]) if both.any() else np.zeros_like(both)
     steady = both & (np.abs(change) <= delta)
-    return {"learned": both & (change < -delta), "forgotten": both & (change > delta),
-            "unlearned": steady & hard, "retained": steady & ~hard}
+    return {
+        "learned": both & (change < -delta),
+        "forgotten": both & (change > delta),
+        "unlearned": steady & hard,
+        "retained": steady & ~hard,
+    }
 
 
 def build_report(run_dir: Path, delta: float, examples: int) -> tuple[dict, dict]:
     """The report's numbers (JSON-able) and the arrays its plots need."""
     latest = run_dir / "checkpoints" / "latest"
     if not latest.is_file():
-        raise UserError(f"{run_dir}: no checkpoints/latest; give the RUN_DIR of an lfr-train run that saved a checkpoint")
+        raise UserError(
+            f"{run_dir}: no checkpoints/latest; give the RUN_DIR of an lfr-train run that saved a checkpoint"
+        )
     state, table = load_checkpoint_state(str(latest.parent / latest.read_text().strip()))
     cfg = state.config
     dataset = Blend(cfg["data"]["path"])
@@ -57,21 +63,35 @@ def build_report(run_dir: Path, delta: float, examples: int) -> tuple[dict, dict
         path = phase_file(run_dir, ph.name)
         if path.with_suffix(".json").is_file():
             m = read_manifest(path)
-            drops.append({"phase": m.phase, "kind": m.kind, "drop_fraction": m.drop_fraction, "kept": m.kept,
-                          "dropped": m.dropped, "source_drop_fraction": m.source_drop_fraction or {},
-                          "source_share": m.source_share, "corpora": m.corpora or {},
-                          "corpus_drop_fraction": m.corpus_drop_fraction or {}})
+            drops.append(
+                {
+                    "phase": m.phase,
+                    "kind": m.kind,
+                    "drop_fraction": m.drop_fraction,
+                    "kept": m.kept,
+                    "dropped": m.dropped,
+                    "source_drop_fraction": m.source_drop_fraction or {},
+                    "source_share": m.source_share,
+                    "corpora": m.corpora or {},
+                    "corpus_drop_fraction": m.corpus_drop_fraction or {},
+                }
+            )
 
     completed = [ph for ph in state.schedule if ph.end <= state.step]
     snaps = [(ph, table.phase_loss[ph.index].astype(np.float32)) for ph in completed]
     moves = []
     for (p0, a), (p1, b) in itertools.pairwise(snaps):
         t = transitions(a, b, delta)
-        moves.append({
-            "from": f"end of {p0.kind} {p0.index}", "to": f"end of {p1.kind} {p1.index}",
-            **{k: int(v.sum()) for k, v in t.items()},
-            "per_source": {s: {k: int((v & (src == c)).sum()) for k, v in t.items()} for c, s in enumerate(dataset.sources)},
-        })
+        moves.append(
+            {
+                "from": f"end of {p0.kind} {p0.index}",
+                "to": f"end of {p1.kind} {p1.index}",
+                **{k: int(v.sum()) for k, v in t.items()},
+                "per_source": {
+                    s: {k: int((v & (src == c)).sum()) for k, v in t.items()} for c, s in enumerate(dataset.sources)
+                },
+            }
+        )
 
     tok = Tokenizer(dataset.meta["tokenizer"]["path"]) if dataset.meta else None
     seen = np.flatnonzero(table.seen > 0)
@@ -79,12 +99,29 @@ def build_report(run_dir: Path, delta: float, examples: int) -> tuple[dict, dict
     order = seen[np.argsort(rel, kind="stable")]
 
     def texts(ids) -> list[dict]:
-        return [{"block": int(b), "source": dataset.sources[int(src[b])], "relative_loss": round(float(table.loss[b] - table.ref[b]), 3),
-                 "loss": round(float(table.loss[b]), 3), "text": tok.render(view.tokens(int(b)))[:300] if tok else None} for b in ids]
+        return [
+            {
+                "block": int(b),
+                "source": dataset.sources[int(src[b])],
+                "relative_loss": round(float(table.loss[b] - table.ref[b]), 3),
+                "loss": round(float(table.loss[b]), 3),
+                "text": tok.render(view.tokens(int(b)))[:300] if tok else None,
+            }
+            for b in ids
+        ]
 
-    report = {"run_dir": str(run_dir), "step": state.step, "blocks": int(table.num_blocks), "sources": dataset.sources,
-              "phases": drops, "transitions": moves, "delta": delta, "guard": _guard_summary(state.guard),
-              "easiest": texts(order[:examples]), "hardest": texts(order[::-1][:examples])}
+    report = {
+        "run_dir": str(run_dir),
+        "step": state.step,
+        "blocks": int(table.num_blocks),
+        "sources": dataset.sources,
+        "phases": drops,
+        "transitions": moves,
+        "delta": delta,
+        "guard": _guard_summary(state.guard),
+        "easiest": texts(order[:examples]),
+        "hardest": texts(order[::-1][:examples]),
+    }
     arrays = {"snapshots": [(f"{ph.kind} {ph.index}", a) for ph, a in snaps], "source": src}
     return report, arrays
 
@@ -98,44 +135,89 @@ def _guard_summary(guard: GuardState | None) -> dict:
         if i + 1 == len(skipped) or skipped[i + 1] != s + 1:
             ranges.append(f"{start}-{s}" if s != start else str(s))
             start = None
-    return {"spikes": guard.spikes if guard else 0, "rewinds": guard.rewinds if guard else 0,
-            "skipped_batches": len(skipped), "skipped_steps": ", ".join(ranges)}
+    return {
+        "spikes": guard.spikes if guard else 0,
+        "rewinds": guard.rewinds if guard else 0,
+        "skipped_batches": len(skipped),
+        "skipped_steps": ", ".join(ranges),
+    }
 
 
 def markdown(r: dict) -> str:
     g = r["guard"]
-    out = [f"# LFR run report: {r['run_dir']}", "", f"Step {r['step']:,}, {r['blocks']:,} blocks.", "",
-           f"Loss spikes {g['spikes']}, rewinds {g['rewinds']}, skipped batches {g['skipped_batches']}"
-           + (f" (steps {g['skipped_steps']})" if g["skipped_steps"] else "") + ".", "",
-           "## What each phase kept", "", "| phase | kind | drop | kept | " + " | ".join(f"{s} dropped" for s in r["sources"])
-           + " | " + " | ".join(f"{s} share" for s in r["sources"]) + " |", "|---|---|---|---|" + "---|" * (2 * len(r["sources"]))]
+    out = [
+        f"# LFR run report: {r['run_dir']}",
+        "",
+        f"Step {r['step']:,}, {r['blocks']:,} blocks.",
+        "",
+        f"Loss spikes {g['spikes']}, rewinds {g['rewinds']}, skipped batches {g['skipped_batches']}"
+        + (f" (steps {g['skipped_steps']})" if g["skipped_steps"] else "")
+        + ".",
+        "",
+        "## What each phase kept",
+        "",
+        "| phase | kind | drop | kept | "
+        + " | ".join(f"{s} dropped" for s in r["sources"])
+        + " | "
+        + " | ".join(f"{s} share" for s in r["sources"])
+        + " |",
+        "|---|---|---|---|" + "---|" * (2 * len(r["sources"])),
+    ]
     for p in r["phases"]:
-        out.append(f"| {p['phase']} | {p['kind']} | {p['drop_fraction']:.0%} | {p['kept']:,} | "
-                   + " | ".join(f"{p['source_drop_fraction'].get(s, 0):.0%}" for s in r["sources"]) + " | "
-                   + " | ".join(f"{p['source_share'].get(s, 0):.0%}" for s in r["sources"]) + " |")
+        out.append(
+            f"| {p['phase']} | {p['kind']} | {p['drop_fraction']:.0%} | {p['kept']:,} | "
+            + " | ".join(f"{p['source_drop_fraction'].get(s, 0):.0%}" for s in r["sources"])
+            + " | "
+            + " | ".join(f"{p['source_share'].get(s, 0):.0%}" for s in r["sources"])
+            + " |"
+        )
     out += ["", "*share* = the source's share of the blocks the phase trains on.", ""]
     corpora = list(r["phases"][0]["corpora"]) if r["phases"] else []
     if corpora:  # a blend: each corpus's share of the draws against its weight, and its Focus drops
-        out += ["## Corpora of the blend", "", "| phase | kind | " + " | ".join(f"{c} share (weight)" for c in corpora)
-                + " | " + " | ".join(f"{c} dropped" for c in corpora) + " |", "|---|---|" + "---|" * (2 * len(corpora))]
+        out += [
+            "## Corpora of the blend",
+            "",
+            "| phase | kind | "
+            + " | ".join(f"{c} share (weight)" for c in corpora)
+            + " | "
+            + " | ".join(f"{c} dropped" for c in corpora)
+            + " |",
+            "|---|---|" + "---|" * (2 * len(corpora)),
+        ]
         for p in r["phases"]:
-            out.append(f"| {p['phase']} | {p['kind']} | "
-                       + " | ".join(f"{p['corpora'][c]['share']:.1%} ({p['corpora'][c]['weight']:.1%})" for c in corpora) + " | "
-                       + " | ".join(f"{p['corpus_drop_fraction'].get(c, 0):.0%}" for c in corpora) + " |")
+            out.append(
+                f"| {p['phase']} | {p['kind']} | "
+                + " | ".join(f"{p['corpora'][c]['share']:.1%} ({p['corpora'][c]['weight']:.1%})" for c in corpora)
+                + " | "
+                + " | ".join(f"{p['corpus_drop_fraction'].get(c, 0):.0%}" for c in corpora)
+                + " |"
+            )
         out.append("")
     out += [
-            f"## How difficulty moved (|Δloss| > {r['delta']} nats between end-of-phase snapshots)", "",
-            "| between | " + " | ".join(KINDS) + " |", "|---|" + "---|" * len(KINDS)]
+        f"## How difficulty moved (|Δloss| > {r['delta']} nats between end-of-phase snapshots)",
+        "",
+        "| between | " + " | ".join(KINDS) + " |",
+        "|---|" + "---|" * len(KINDS),
+    ]
     for m in r["transitions"]:
         out.append(f"| {m['from']} → {m['to']} | " + " | ".join(f"{m[k]:,}" for k in KINDS) + " |")
     for m in r["transitions"]:
-        out += ["", f"By source, {m['from']} → {m['to']}:", "", "| source | " + " | ".join(KINDS) + " |", "|---|" + "---|" * len(KINDS)]
+        out += [
+            "",
+            f"By source, {m['from']} → {m['to']}:",
+            "",
+            "| source | " + " | ".join(KINDS) + " |",
+            "|---|" + "---|" * len(KINDS),
+        ]
         for s, c in m["per_source"].items():
             out.append(f"| {s} | " + " | ".join(f"{c[k]:,}" for k in KINDS) + " |")
     for title, key in (("Easiest blocks", "easiest"), ("Hardest blocks", "hardest")):
         out += ["", f"## {title} (by loss relative to their batch)", ""]
         for e in r[key]:
-            out.append(f"- block {e['block']} ({e['source']}, relative {e['relative_loss']:+.2f}, loss {e['loss']:.2f}): `{(e['text'] or '')[:200]!s}`")
+            out.append(
+                f"- block {e['block']} ({e['source']}, relative {e['relative_loss']:+.2f}, loss {e['loss']:.2f}): "
+                f"`{(e['text'] or '')[:200]!s}`"
+            )
     out += ["", "![drops](drops.png)", "", "![trajectories](trajectories.png)"]
     return "\n".join(out) + "\n"
 
@@ -164,7 +246,12 @@ def plots(r: dict, arrays: dict, out: Path) -> None:
     names = [n for n, _ in arrays["snapshots"]]
     for c, s in enumerate(r["sources"]):
         m = arrays["source"] == c
-        axes[0].plot(names, [np.nanmean(a[m]) if np.isfinite(a[m]).any() else np.nan for _, a in arrays["snapshots"]], marker="o", label=s)
+        axes[0].plot(
+            names,
+            [np.nanmean(a[m]) if np.isfinite(a[m]).any() else np.nan for _, a in arrays["snapshots"]],
+            marker="o",
+            label=s,
+        )
     axes[0].set_ylabel("mean block loss at phase end")
     axes[0].tick_params(axis="x", labelsize=7)
     axes[0].legend(fontsize=7)
@@ -186,10 +273,15 @@ def plots(r: dict, arrays: dict, out: Path) -> None:
 
 @cli
 def main(argv: Sequence[str] | None = None) -> int:
-    p = ArgumentParser(prog="lfr-report", description="Describe a finished LFR run: drops by source, learned/forgotten blocks, examples.")
+    p = ArgumentParser(
+        prog="lfr-report",
+        description="Describe a finished LFR run: drops by source, learned/forgotten blocks, examples.",
+    )
     p.add_argument("run_dir", help="an lfr-train RUN_DIR")
     p.add_argument("--out", help="output directory (default RUN_DIR/report)")
-    p.add_argument("--delta", type=float, default=0.1, help="loss change (nats) that counts as learned or forgotten (default 0.1)")
+    p.add_argument(
+        "--delta", type=float, default=0.1, help="loss change (nats) that counts as learned or forgotten (default 0.1)"
+    )
     p.add_argument("--examples", type=int, default=5, help="easiest and hardest blocks to show (default 5)")
     args = p.parse_args(argv)
     run_dir = Path(args.run_dir)

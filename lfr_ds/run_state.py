@@ -37,6 +37,7 @@ def rng_file(rank: int) -> str:
     """Rank ``rank``'s RNG state in a checkpoint (relative to its ``step_*`` directory)."""
     return f"{LFR_DIR}/rng_rank{rank:05d}.npz"
 
+
 #: A run's phase files, relative to its ``run_dir``: ``index/<phase name>.npy`` and its ``.json`` manifest.
 INDEX_DIR = "index"
 

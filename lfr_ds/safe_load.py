@@ -107,6 +107,4 @@ def load_arrays(path: str | os.PathLike) -> dict[str, np.ndarray]:
         with data:
             return {k: data[k] for k in data.files}
     except (ValueError, OSError, zipfile.BadZipFile) as e:
-        raise UserError(
-            f"{path}: not an archive of plain numpy arrays ({e}); lfr-ds never unpickles"
-        ) from None
+        raise UserError(f"{path}: not an archive of plain numpy arrays ({e}); lfr-ds never unpickles") from None

@@ -158,9 +158,7 @@ def generate(n_docs: int, seed: int = 0, mix: tuple[float, float, float] = (0.5,
             sentences.append(rng.choice(_FACT_PATTERNS).format(n=n, **world[n]))
         docs.append({"text": " ".join(sentences), "source": "learnable"})
     for _ in range(counts[2]):
-        docs.append(
-            {"text": " ".join(rng.choice(words) for _ in range(rng.randint(300, 450))), "source": "noise"}
-        )
+        docs.append({"text": " ".join(rng.choice(words) for _ in range(rng.randint(300, 450))), "source": "noise"})
     rng.shuffle(docs)
     return docs
 

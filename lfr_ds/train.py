@@ -109,11 +109,19 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
     # Rank 0 builds the block index cache; the others wait for it, then load it.
     blocks = BlendView(plan.dataset, seq, cfg.data.seed, rank=info.rank, barrier=dist.barrier)
     assert blocks.num_blocks == plan.num_blocks, (blocks.num_blocks, plan.num_blocks)
-    rewriter = Rewriter.for_run(cfg, plan.dataset, blocks, rank=info.rank,
-                                device=info.device if info.device.type == "cuda" else None)
+    rewriter = Rewriter.for_run(
+        cfg, plan.dataset, blocks, rank=info.rank, device=info.device if info.device.type == "cuda" else None
+    )
     valid_seed = cfg.data.seed if cfg.eval.valid_seed is None else cfg.eval.valid_seed
-    periodic = PeriodicEval(cfg.eval, tokenizer=plan.tokenizer, seq_length=seq, seed=valid_seed, micro_batch_size=micro,
-                            rank=info.rank, barrier=dist.barrier)
+    periodic = PeriodicEval(
+        cfg.eval,
+        tokenizer=plan.tokenizer,
+        seq_length=seq,
+        seed=valid_seed,
+        micro_batch_size=micro,
+        rank=info.rank,
+        barrier=dist.barrier,
+    )
     model, engine = _build(cfg, plan)
     probes = Probes.for_run(cfg, seq, info.rank, info.world_size, dist.barrier)  # probes (issue 21)
 
@@ -130,10 +138,17 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic.write_json(run_dir / "config.json", dataclasses.asdict(cfg))
     trace = _open_log(run_dir / "trace" / "steps.jsonl", step) if cfg.log.trace_blocks and info.rank == 0 else None
-    metrics = Metrics(str(run_dir), cfg.log, rank=info.rank, world_size=info.world_size,
-                      flops_per_token=flops_per_token(plan.model), total_steps=cfg.steps)
+    metrics = Metrics(
+        str(run_dir),
+        cfg.log,
+        rank=info.rank,
+        world_size=info.world_size,
+        flops_per_token=flops_per_token(plan.model),
+        total_steps=cfg.steps,
+    )
     metrics.log(
-        f"lfr-ds: {info.world_size} rank(s), {info.device.type}, {'bf16' if plan.bf16 else 'fp32'}, ZeRO-{cfg.engine.zero_stage}, "
+        f"lfr-ds: {info.world_size} rank(s), {info.device.type}, {'bf16' if plan.bf16 else 'fp32'}, "
+        f"ZeRO-{cfg.engine.zero_stage}, "
         f"{plan.model.preset or 'custom'} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params on rank 0), "
         f"{blocks.num_blocks:,} blocks of {seq + 1} tokens, global batch {G} = {micro} x {info.world_size} ranks x "
         f"{cfg.engine.accumulation_steps(info.world_size)} accum"
@@ -141,10 +156,17 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
     )
     metrics.start(step)
     # The advice when a step runs out of memory: the micro batch never changes the data order.
-    oom_fix = (f"lower engine.micro_batch_size (now {micro}; the global batch, so the data order, stays the same), "
-               "or use engine.zero_stage=3")
-    evaluator = Evaluator(periodic, metrics, G * seq, oom_fix,
-                          _open_log(run_dir / "eval.jsonl", step) if periodic.enabled and info.rank == 0 else None)
+    oom_fix = (
+        f"lower engine.micro_batch_size (now {micro}; the global batch, so the data order, stays the same), "
+        "or use engine.zero_stage=3"
+    )
+    evaluator = Evaluator(
+        periodic,
+        metrics,
+        G * seq,
+        oom_fix,
+        _open_log(run_dir / "eval.jsonl", step) if periodic.enabled and info.rank == 0 else None,
+    )
     checkpointer = Checkpointer(cfg, info, guard)
     stepper = Stepper(engine, info.device, oom_fix, guard, probes)
     phases, phase = plan.phases, None
@@ -174,16 +196,38 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
             step += 1
             if step == phase.end:
                 table.end_phase(phase.index)
-            metrics.step(StepStats(step=step, phase=phase.kind, loss=verdict.loss, lr=lr, grad_norm=verdict.grad_norm,
-                                   loss_scale=1.0, samples=step * G, tokens=step * G * seq, step_time=timer() - t0,
-                                   batch_size=G, tokens_per_step=G * seq, spikes=guard.spikes, rewinds=guard.rewinds,
-                                   skipped=len(guard.skipped)))
+            metrics.step(
+                StepStats(
+                    step=step,
+                    phase=phase.kind,
+                    loss=verdict.loss,
+                    lr=lr,
+                    grad_norm=verdict.grad_norm,
+                    loss_scale=1.0,
+                    samples=step * G,
+                    tokens=step * G * seq,
+                    step_time=timer() - t0,
+                    batch_size=G,
+                    tokens_per_step=G * seq,
+                    spikes=guard.spikes,
+                    rewinds=guard.rewinds,
+                    skipped=len(guard.skipped),
+                )
+            )
             if step % cfg.log.interval == 0:
                 metrics.loss_table(table, step)
             if trace is not None:
-                _write_line(trace, {"step": step, "phase": phase.index, "loss": verdict.loss,
-                                    "ids": rows[:, 0].astype(int).tolist(), "losses": rows[:, 1].tolist(),
-                                    **({"spike": True} if verdict.spike else {})})
+                _write_line(
+                    trace,
+                    {
+                        "step": step,
+                        "phase": phase.index,
+                        "loss": verdict.loss,
+                        "ids": rows[:, 0].astype(int).tolist(),
+                        "losses": rows[:, 1].tolist(),
+                        **({"spike": True} if verdict.spike else {}),
+                    },
+                )
             yield StepRecord(step, phase.kind, verdict.loss, mine[:, :3].cpu().numpy(), rows)
 
         if evaluator.due(step, cfg.steps):
@@ -231,8 +275,18 @@ def preflight(cfg: TrainConfig) -> Plan:
     bf16 = resolve_bf16(cfg.engine.precision)
     ds_config = build_ds_config(cfg, env.world_size, bf16)
     check_memory(model_cfg, cfg.engine.zero_stage, env, bf16)
-    return Plan(dataset, tokenizer, model_cfg, phases, num_blocks, data_id, *(found or (None, None)),
-                resumed_digest, bf16, ds_config)
+    return Plan(
+        dataset,
+        tokenizer,
+        model_cfg,
+        phases,
+        num_blocks,
+        data_id,
+        *(found or (None, None)),
+        resumed_digest,
+        bf16,
+        ds_config,
+    )
 
 
 def _build(cfg: TrainConfig, plan: Plan):
@@ -253,8 +307,9 @@ def _restore(engine, info: Geometry, cfg: TrainConfig, plan: Plan) -> tuple[int,
     return plan.resume_state.step, LossTable.from_arrays(arrays, num_phases=len(plan.phases))
 
 
-def _enter_phase(cfg: TrainConfig, plan: Plan, info: Geometry, rewriter: Rewriter, table: LossTable,
-                 phases: list[Phase], step: int) -> tuple[list[Phase], Phase, DataParallelSampler, PhaseManifest]:
+def _enter_phase(
+    cfg: TrainConfig, plan: Plan, info: Geometry, rewriter: Rewriter, table: LossTable, phases: list[Phase], step: int
+) -> tuple[list[Phase], Phase, DataParallelSampler, PhaseManifest]:
     """The phase at ``step``, its sample index written (rank 0) and distributed by the rewriter, and this
     rank's sampler over it; returns the schedule too, a kp phase's length resolved."""
     phase = phase_at(phases, step)
@@ -262,8 +317,9 @@ def _enter_phase(cfg: TrainConfig, plan: Plan, info: Geometry, rewriter: Rewrite
     if manifest.steps != phase.steps:  # a kp phase: its length is known now that its kept set is
         phases = resolve_length(phases, phase.index, manifest.steps)
         phase = phases[phase.index]
-    sampler = DataParallelSampler(order, cfg.engine.global_batch_size, cfg.engine.micro_batch_size, info.rank,
-                                  info.world_size)
+    sampler = DataParallelSampler(
+        order, cfg.engine.global_batch_size, cfg.engine.micro_batch_size, info.rank, info.world_size
+    )
     return phases, phase, sampler, manifest
 
 
@@ -294,8 +350,9 @@ class Stepper:
     """Scored forward-only inside the step, before the update (issue 21); ``None``: no probes."""
 
 
-def train_step(run: Stepper, batches: Iterable[tuple[np.ndarray, np.ndarray]], step: int,
-               phase: Phase) -> tuple[torch.Tensor, np.ndarray, np.ndarray | None, Verdict]:
+def train_step(
+    run: Stepper, batches: Iterable[tuple[np.ndarray, np.ndarray]], step: int, phase: Phase
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray | None, Verdict]:
     """One optimizer step: forward/backward per micro-batch (DeepSpeed accumulates the gradients), the
     per-block losses coming out of that same forward; the guard checks the all-gathered losses, and only
     then does the optimizer step (a non-finite step is never applied); then the guard checks the gradient
@@ -324,7 +381,9 @@ def train_step(run: Stepper, batches: Iterable[tuple[np.ndarray, np.ndarray]], s
         tokens.append(out.tokens)
         if out.sketch is not None:
             sketches.append(out.sketch)
-    mine = step_rows(np.concatenate(ids), torch.cat(losses), torch.cat(tokens), torch.cat(sketches) if sketches else None)
+    mine = step_rows(
+        np.concatenate(ids), torch.cat(losses), torch.cat(tokens), torch.cat(sketches) if sketches else None
+    )
     if probe is None:
         rows, probe_rows = gather_step(mine), None
     else:  # probes (issue 21): gathered with the step's rows, one collective
@@ -352,18 +411,26 @@ def _skip_step(engine, table: LossTable, phase: Phase, step: int, trace: TextIO 
     return step
 
 
-def _rewind(engine, info: Geometry, cfg: TrainConfig, plan: Plan, guard: Guard, verdict: Verdict,
-            metrics: Metrics) -> tuple[Plan, int, LossTable]:
+def _rewind(
+    engine, info: Geometry, cfg: TrainConfig, plan: Plan, guard: Guard, verdict: Verdict, metrics: Metrics
+) -> tuple[Plan, int, LossTable]:
     """After a spike at ``verdict.step`` under ``train.on_spike=rewind``: reload the last checkpoint before
     it, exactly as a resume would, with the batches around the spike marked skipped. Returns the plan
     resumed from that checkpoint, its step and its loss table."""
     path, skip = guard.rewind(verdict.step)
-    metrics.log(f"rewind {guard.rewinds}/{cfg.train.max_rewinds}: loss spike at step {verdict.step} ({verdict.loss:.4f}, "
-                f"{verdict.zscore:.1f} sigmas); back to {path}, skipping steps {skip[0]}-{skip[-1]}")
+    metrics.log(
+        f"rewind {guard.rewinds}/{cfg.train.max_rewinds}: loss spike at step {verdict.step} ({verdict.loss:.4f}, "
+        f"{verdict.zscore:.1f} sigmas); back to {path}, skipping steps {skip[0]}-{skip[-1]}"
+    )
     state = RunState.read(path)
     phases = resumed_schedule(plan.phases, state.schedule)
-    plan = dataclasses.replace(plan, phases=phases, resume=Path(path), resume_state=state,
-                               resumed_digest=_resumed_digest(state, phases, cfg.steps))
+    plan = dataclasses.replace(
+        plan,
+        phases=phases,
+        resume=Path(path),
+        resume_state=state,
+        resumed_digest=_resumed_digest(state, phases, cfg.steps),
+    )
     step, table = _restore(engine, info, cfg, plan)
     crash_point("rewind", verdict.step)
     guard.rewound(state.guard)  # its spike statistics; this run's skips and rewinds only grow
@@ -415,13 +482,21 @@ class Checkpointer:
         return path
 
 
-def _checkpoint_state(cfg: TrainConfig, plan: Plan, info: Geometry, step: int, phases: list[Phase], phase: Phase,
-                      manifest: PhaseManifest) -> RunState:
+def _checkpoint_state(
+    cfg: TrainConfig, plan: Plan, info: Geometry, step: int, phases: list[Phase], phase: Phase, manifest: PhaseManifest
+) -> RunState:
     """lfr-ds's state at ``step``, as a checkpoint records it (``lfr/state.json``)."""
     G, seq = cfg.engine.global_batch_size, plan.model.seq_length
-    return RunState(step=step, samples=step * G, tokens=step * G * seq, phase=phase.index,
-                    phase_digest=manifest.inputs_sha256, world_size=info.world_size, schedule=phases,
-                    **record(cfg, **plan.data_id))
+    return RunState(
+        step=step,
+        samples=step * G,
+        tokens=step * G * seq,
+        phase=phase.index,
+        phase_digest=manifest.inputs_sha256,
+        world_size=info.world_size,
+        schedule=phases,
+        **record(cfg, **plan.data_id),
+    )
 
 
 def _tokenizer(cfg: TrainConfig, dataset) -> tuple[Tokenizer | None, int]:
@@ -431,7 +506,8 @@ def _tokenizer(cfg: TrainConfig, dataset) -> tuple[Tokenizer | None, int]:
     if tok_path is None:
         if cfg.model.vocab_size is None:
             raise UserError(
-                f"data.tokenizer: {dataset.prefix} has no lfr-ds sidecar naming its tokenizer; set data.tokenizer or model.vocab_size"
+                f"data.tokenizer: {dataset.prefix} has no lfr-ds sidecar naming its tokenizer; "
+                "set data.tokenizer or model.vocab_size"
             )
         return None, cfg.model.vocab_size
     tokenizer = Tokenizer(tok_path)
@@ -461,7 +537,9 @@ def _check_run_dir(run_dir: str) -> None:
     if path.exists() and not path.is_dir():
         raise UserError(f"run_dir: {run_dir} exists and is not a directory; choose a new run_dir")
     if blocked := _unwritable(path):
-        raise UserError(f"run_dir: {run_dir} cannot be written ({blocked} is read-only to this user); choose another run_dir")
+        raise UserError(
+            f"run_dir: {run_dir} cannot be written ({blocked} is read-only to this user); choose another run_dir"
+        )
 
 
 def _unwritable(path: Path) -> Path | None:
@@ -528,7 +606,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = ArgumentParser(
         prog="lfr-train",
         description="Train a GPT-2 model with DeepSpeed on Learn-Focus-Review (or random) data order.",
-        epilog="Overrides: any config field as section.key=value, e.g. engine.zero_stage=3 lfr.schedule=paper steps=5000.",
+        epilog=(
+            "Overrides: any config field as section.key=value, e.g. engine.zero_stage=3 lfr.schedule=paper steps=5000."
+        ),
     )
     p.add_argument("--config", "-c", help="YAML or JSON config (see configs/ and lfr_ds/config.py)")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides")

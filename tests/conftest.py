@@ -16,9 +16,7 @@ WEBMIX = SHARED_DATA / "webmix"
 
 def pytest_configure(config):
     if not (WEBMIX / "train.jsonl").is_file():
-        raise pytest.UsageError(
-            f"real data not found at {WEBMIX}: tests read ../shared/data (or set LFR_SHARED_DATA)"
-        )
+        raise pytest.UsageError(f"real data not found at {WEBMIX}: tests read ../shared/data (or set LFR_SHARED_DATA)")
 
 
 @pytest.fixture(scope="session")

@@ -45,17 +45,41 @@ def object_array(path: Path, marker: Path) -> Path:
 def state_json(**fields) -> str:
     """A complete ``lfr/state.json`` (every :class:`RunState` field) of a step-5 checkpoint of a random
     run on one rank; ``fields`` replace its values (``record(...)``'s, say)."""
-    state = {"step": 5, "samples": 5, "tokens": 5, "phase": 0, "phase_digest": "0" * 64, "world_size": 1,
-             "schedule": [Phase(0, "random", 0, 1000)], "config": {}, "vocab_size": 0, "tokenizer": None,
-             "dataset": "f" * 64}
+    state = {
+        "step": 5,
+        "samples": 5,
+        "tokens": 5,
+        "phase": 0,
+        "phase_digest": "0" * 64,
+        "world_size": 1,
+        "schedule": [Phase(0, "random", 0, 1000)],
+        "config": {},
+        "vocab_size": 0,
+        "tokenizer": None,
+        "dataset": "f" * 64,
+    }
     return json.dumps(RunState(**{**state, **fields}).to_json())
 
 
 def phase_manifest(**fields) -> PhaseManifest:
     """The manifest of a random phase 0 over 100 blocks; ``fields`` replace its values."""
-    manifest = {"phase": "phase_000_random", "kind": "random", "seed": [1, 0], "dataset": "f" * 64, "num_blocks": 100,
-                "index": 0, "start_step": 0, "drop_fraction": 0.0, "seq_length": 64, "global_batch_size": 4,
-                "inputs_sha256": "0" * 64, "source_share": {}, "steps": 25, "kept": 100, "dropped": 0}
+    manifest = {
+        "phase": "phase_000_random",
+        "kind": "random",
+        "seed": [1, 0],
+        "dataset": "f" * 64,
+        "num_blocks": 100,
+        "index": 0,
+        "start_step": 0,
+        "drop_fraction": 0.0,
+        "seq_length": 64,
+        "global_batch_size": 4,
+        "inputs_sha256": "0" * 64,
+        "source_share": {},
+        "steps": 25,
+        "kept": 100,
+        "dropped": 0,
+    }
     return PhaseManifest(**{**manifest, **fields})
 
 

@@ -36,7 +36,8 @@ class HarnessError(RuntimeError):
 
 @dataclass(frozen=True)
 class Kill:
-    """One kill: a crash point (``point`` as in :mod:`lfr_ds.faults`, ``key`` its step/phase/chunk), or ``point="timer"``:
+    """One kill: a crash point (``point`` as in :mod:`lfr_ds.faults`, ``key`` its step/phase/chunk),
+    or ``point="timer"``:
     SIGKILL to the job's every process ``key`` seconds after it started training (lfr-train) or started
     at all (preprocessing)."""
 
@@ -87,9 +88,7 @@ def plan_training_kills(
         crashes.append(Kill(kind, key))
     plan = sorted(crashes, key=position)
     for _ in range(timers):  # anywhere before the last crash point, which stays armed behind it (see drive)
-        plan.insert(
-            int(rng.integers(0, len(plan))), Kill("timer", round(float(rng.uniform(0, max_delay)), 2))
-        )
+        plan.insert(int(rng.integers(0, len(plan))), Kill("timer", round(float(rng.uniform(0, max_delay)), 2)))
     return plan
 
 
@@ -165,9 +164,7 @@ def launch_once(
     if fired and proc.returncode != 0:
         return timer
     if proc.returncode != 0:
-        raise HarnessError(
-            f"{' '.join(argv)} failed by itself (exit {proc.returncode}); see {log}:\n{_tail(log)}"
-        )
+        raise HarnessError(f"{' '.join(argv)} failed by itself (exit {proc.returncode}); see {log}:\n{_tail(log)}")
     return None
 
 
@@ -240,16 +237,15 @@ def drive(
         if kill is None:
             if crash is not None:
                 raise HarnessError(f"kill point {crash} was never reached; see {log}")
-            say(
-                f"  finished ({time.monotonic() - t0:.0f}s){f', before the timer of {timer}' if timer else ''}"
-            )
+            say(f"  finished ({time.monotonic() - t0:.0f}s){f', before the timer of {timer}' if timer else ''}")
             return landed, consistent
         pending.remove(kill)
         landed += 1
         ok = after_kill is None or after_kill(kill)
         consistent += ok
         say(
-            f"  kill {landed:2d}/{len(kills)} at {kill} after {time.monotonic() - t0:.0f}s: {'ok' if ok else 'INCONSISTENT'}"
+            f"  kill {landed:2d}/{len(kills)} at {kill} after {time.monotonic() - t0:.0f}s: "
+            f"{'ok' if ok else 'INCONSISTENT'}"
         )
 
 

@@ -46,14 +46,49 @@ NUMBERS = st.one_of(
     st.floats(allow_nan=True, allow_infinity=True),
     st.sampled_from([0.0, -0.0, 0.5, 0.999999, 1.0, 1.5, 1e-8, 5e-324, 1e300, math.nan, math.inf, -math.inf]),
 )
-WORDS = st.sampled_from([
-    "auto", "sdpa", "te", "on", "off", "bf16", "fp32", "nccl", "gloo", "shared_fs", "broadcast", "relative", "raw",
-    "capped", "paper", "random", "never", "tiny", "gpt2-124m", "learn:2,focus:*@0.5", "learn:1ep,review,focus:*@0.7",
-    "learn:infep,focus:*@0.5", "learn:1e999ep,focus:*@0.5", "learn:nan%,focus:*@0.5", "learn:5,focus:*@nan",
-    "runs/x", "", " ", "a\0b", "a\nb", "1e3", "nan", "-inf", "yes",
-])
+WORDS = st.sampled_from(
+    [
+        "auto",
+        "sdpa",
+        "te",
+        "on",
+        "off",
+        "bf16",
+        "fp32",
+        "nccl",
+        "gloo",
+        "shared_fs",
+        "broadcast",
+        "relative",
+        "raw",
+        "capped",
+        "paper",
+        "random",
+        "never",
+        "tiny",
+        "gpt2-124m",
+        "learn:2,focus:*@0.5",
+        "learn:1ep,review,focus:*@0.7",
+        "learn:infep,focus:*@0.5",
+        "learn:1e999ep,focus:*@0.5",
+        "learn:nan%,focus:*@0.5",
+        "learn:5,focus:*@nan",
+        "runs/x",
+        "",
+        " ",
+        "a\0b",
+        "a\nb",
+        "1e3",
+        "nan",
+        "-inf",
+        "yes",
+    ]
+)
 GARBAGE = st.one_of(
-    st.none(), st.booleans(), st.text(max_size=8), st.lists(st.integers(), max_size=2),
+    st.none(),
+    st.booleans(),
+    st.text(max_size=8),
+    st.lists(st.integers(), max_size=2),
     st.dictionaries(st.text(max_size=3), st.integers(), max_size=1),
 )
 VALUES = st.one_of(NUMBERS, WORDS, GARBAGE)
@@ -109,9 +144,12 @@ def _check_accepted(cfg: TrainConfig) -> None:
         schedule.step()
     assert torch.isfinite(weight).all()
     try:
-        phases = parse_schedule(cfg.lfr.schedule, total_steps=cfg.steps,
-                                tokens_per_step=e.global_batch_size * m.seq_length,
-                                review_steps=-(-1000 // e.global_batch_size))
+        phases = parse_schedule(
+            cfg.lfr.schedule,
+            total_steps=cfg.steps,
+            tokens_per_step=e.global_batch_size * m.seq_length,
+            review_steps=-(-1000 // e.global_batch_size),
+        )
     except UserError as err:
         _check_error(err, ["lfr.schedule"])
     else:
@@ -145,7 +183,9 @@ def test_several_fields_together(values):
 
 
 @settings(FAST, max_examples=60)
-@given(overrides=st.dictionaries(st.sampled_from(FIELDS), st.one_of(st.text(max_size=12), WORDS), min_size=1, max_size=3))
+@given(
+    overrides=st.dictionaries(st.sampled_from(FIELDS), st.one_of(st.text(max_size=12), WORDS), min_size=1, max_size=3)
+)
 def test_command_line_overrides(overrides):
     """key=value text, parsed as YAML scalars the way lfr-train's command line is."""
     items = [f"{k}={v}" for k, v in overrides.items()]

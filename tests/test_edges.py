@@ -27,7 +27,10 @@ ONE_RANK = Geometry(rank=0, world_size=1, local_rank=0, local_world_size=1)
 
 def test_torch_cpu_allocation_failure_is_one_line():
     # 40 TB: the kernel refuses it at once, whatever the overcommit policy allows for sane sizes.
-    with pytest.raises(OutOfResource, match=r"^out of host memory building it; lower x$"), out_of_memory("building it", "lower x"):
+    with (
+        pytest.raises(OutOfResource, match=r"^out of host memory building it; lower x$"),
+        out_of_memory("building it", "lower x"),
+    ):
         torch.empty(10**13)
 
 
@@ -37,7 +40,10 @@ def test_numpy_memory_error_is_one_line():
 
 
 def test_gpu_out_of_memory_is_one_line():
-    with pytest.raises(OutOfResource, match=r"^out of GPU memory in a step; lower x$"), out_of_memory("in a step", "lower x"):
+    with (
+        pytest.raises(OutOfResource, match=r"^out of GPU memory in a step; lower x$"),
+        out_of_memory("in a step", "lower x"),
+    ):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
 
@@ -85,16 +91,24 @@ def test_failed_torch_save_is_the_disk_only_when_it_is_full(tmp_path, monkeypatc
         raise RuntimeError("writer failed")
 
 
-@pytest.mark.parametrize("shape", [dict(preset="tiny"), dict(preset="gpt2-124m"), dict(preset="gpt2-1.5b"),
-                                   dict(preset=None, num_layers=3, hidden_size=96, num_attention_heads=3, seq_length=40)])
+@pytest.mark.parametrize(
+    "shape",
+    [
+        dict(preset="tiny"),
+        dict(preset="gpt2-124m"),
+        dict(preset="gpt2-1.5b"),
+        dict(preset=None, num_layers=3, hidden_size=96, num_attention_heads=3, seq_length=40),
+    ],
+)
 def test_parameter_count_from_the_shape_matches_the_built_model(shape):
     cfg = dataclasses.replace(ModelConfig(**shape), vocab_size=8000)
     assert cfg.num_parameters == count_parameters(cfg, 8000)
 
 
 def test_memory_check_refuses_a_model_that_cannot_fit_and_passes_one_that_can():
-    huge = ModelConfig(preset=None, num_layers=1024, hidden_size=65536, num_attention_heads=64, seq_length=64,
-                       vocab_size=8000)
+    huge = ModelConfig(
+        preset=None, num_layers=1024, hidden_size=65536, num_attention_heads=64, seq_length=64, vocab_size=8000
+    )
     with pytest.raises(OutOfResource) as e:
         check_memory(huge, 2, ONE_RANK, bf16=False)
     assert "memory per rank" in str(e.value) and "engine.zero_stage=3" in str(e.value)
@@ -126,7 +140,9 @@ def test_bf16_on_a_gpu_without_it_is_refused_and_auto_picks_fp32(monkeypatch):
 def test_token_ids_past_the_vocabulary_name_the_block_and_the_setting():
     tokens = np.array([[1, 2, 3], [4, 9000, 5]])
     _check_token_ids(tokens, np.array([17, 42]), 9001, "ds")  # fits
-    with pytest.raises(UserError, match=r"^model.vocab_size 8192: block 42 of ds holds token id 9000; set model.vocab_size"):
+    with pytest.raises(
+        UserError, match=r"^model.vocab_size 8192: block 42 of ds holds token id 9000; set model.vocab_size"
+    ):
         _check_token_ids(tokens, np.array([17, 42]), 8192, "ds")
 
 

@@ -182,8 +182,10 @@ def _preprocess_argv(make):
 # fmt: off
 #: lfr-preprocess given damaged or unreadable input of each format: (name, input builder, needles).
 _READER_CASES = [
-    ("truncated-gzip", lambda c: c.write("in.jsonl.gz", _cut(gzip.compress(_JSONL))), ["in.jsonl.gz: the compressed stream ends early"]),
-    ("truncated-zstd", lambda c: c.write("in.jsonl.zst", _cut(zstandard.compress(_JSONL))), ["in.jsonl.zst: the compressed stream ends early"]),
+    ("truncated-gzip", lambda c: c.write("in.jsonl.gz", _cut(gzip.compress(_JSONL))),
+     ["in.jsonl.gz: the compressed stream ends early"]),
+    ("truncated-zstd", lambda c: c.write("in.jsonl.zst", _cut(zstandard.compress(_JSONL))),
+     ["in.jsonl.zst: the compressed stream ends early"]),
     ("truncated-parquet", lambda c: c.write("in.parquet", _cut(_parquet(pa.table({"text": ["a"] * 200})))),
      ["in.parquet: not a readable parquet file"]),
     ("parquet-no-text-column", lambda c: c.write("in.parquet", _parquet(pa.table({"body": ["a"], "id": [1]}))),
@@ -192,9 +194,11 @@ _READER_CASES = [
      ["in.parquet: column 'text' holds double, not strings"]),
     ("lone-surrogate", lambda c: c.write("in.jsonl", '{"text": "ok"}\n{"text": "a\\udc00"}\n'),
      ["in.jsonl:2: the escape \\udc00 is half of a UTF-16 surrogate pair"]),
-    ("json-nested-too-deep", lambda c: c.write("in.jsonl", '{"text": ' + "[" * 100_000 + "\n"), ["in.jsonl:1: not valid JSON (nested too deeply)"]),
+    ("json-nested-too-deep", lambda c: c.write("in.jsonl", '{"text": ' + "[" * 100_000 + "\n"),
+     ["in.jsonl:1: not valid JSON (nested too deeply)"]),
     ("empty-directory", lambda c: c.write("corpus/.keep", "").parent, ["corpus: directory holds no input files"]),
-    ("glob-matches-nothing", lambda c: c.tmp / "shard-*.parquet", ["shard-*.parquet: the pattern matches no input files"]),
+    ("glob-matches-nothing", lambda c: c.tmp / "shard-*.parquet",
+     ["shard-*.parquet: the pattern matches no input files"]),
     ("mixed-splits", _two_splits, ["snap: holds the splits train, validation; choose one with --split NAME"]),
 ]
 # fmt: on
@@ -240,20 +244,25 @@ def _damaged_state(c: Ctx) -> Path:
 # fmt: off
 FIT_CASES = [
     ("resume-other-shape", "lfr-train",
-     lambda c: c.train_args("model.num_layers=2", "model.seq_length=128", f"checkpoint.resume={_recorded_checkpoint(c)}"),
+     lambda c: c.train_args("model.num_layers=2", "model.seq_length=128",
+                            f"checkpoint.resume={_recorded_checkpoint(c)}"),
      ["step_00000005: the checkpoint has 4 layers, this run 2 layers (set model.num_layers=4); the checkpoint has "
       "sequence length 256, this run sequence length 128 (set model.seq_length=256); or train from scratch"]),
     ("resume-other-batch-and-seed", "lfr-train",
-     lambda c: c.train_args("engine.global_batch_size=64", "data.seed=1", f"checkpoint.resume={_recorded_checkpoint(c)}"),
+     lambda c: c.train_args("engine.global_batch_size=64", "data.seed=1",
+                            f"checkpoint.resume={_recorded_checkpoint(c)}"),
      ["has blocks cut with data.seed 1234", "(set data.seed=1234)", "(set engine.global_batch_size=32)"]),
     ("resume-other-dataset", "lfr-train",
      lambda c: c.train_args(f"checkpoint.resume={_recorded_checkpoint(c, dataset='f' * 64)}"),
      ["the checkpoint has dataset", "(fingerprint ffffffffffff)", "has changed since: restore it"]),
     ("resume-focus-lengthened", "lfr-train",
-     lambda c: c.train_args("steps=25", "lfr.schedule=learn:10,focus:*@0.5", f"checkpoint.resume={_focus_checkpoint(c)}"),
+     lambda c: c.train_args("steps=25", "lfr.schedule=learn:10,focus:*@0.5",
+                            f"checkpoint.resume={_focus_checkpoint(c)}"),
      ["steps=25: lengthens phase_001_focus from 10 to 15 steps", "keep it at 10 steps in lfr.schedule"]),
-    ("eval-other-tokenizer", "lfr-eval", lambda c: [_other_tokenizer(c), "--tokenizer", c.tok, "--valid", c.train_jsonl],
-     ["the checkpoint has tokenizer /runs/old/tok.model (sha256 000000000000)", "(pass --tokenizer /runs/old/tok.model)"]),
+    ("eval-other-tokenizer", "lfr-eval",
+     lambda c: [_other_tokenizer(c), "--tokenizer", c.tok, "--valid", c.train_jsonl],
+     ["the checkpoint has tokenizer /runs/old/tok.model (sha256 000000000000)",
+      "(pass --tokenizer /runs/old/tok.model)"]),
     ("rewrite-other-dataset", "lfr-rewrite", lambda c: [_other_dataset(c), "--phase", "0", "--out", c.tmp / "x.npy"],
      ["the checkpoint has dataset", "(fingerprint ffffffffffff)", "has changed since: restore it"]),
     ("rewrite-damaged-state", "lfr-rewrite", lambda c: [_damaged_state(c), "--out", c.tmp / "x.npy"],
@@ -304,9 +313,11 @@ CASES = [
      ["data.path: the blend's weights sum to zero"]),
     ("dataset-blend-odd-tokens", "lfr-train", lambda c: c.train_args(f"data.path=0.5 {c.data} 0.5"),
      ["has 3 tokens, an odd number", "'W1 PREFIX1 W2 PREFIX2 ...'"]),
-    ("dataset-blend-missing-prefix", "lfr-train", lambda c: c.train_args(f"data.path=0.5 {c.data} 0.5 {c.tmp / 'nothing'}"),
+    ("dataset-blend-missing-prefix", "lfr-train",
+     lambda c: c.train_args(f"data.path=0.5 {c.data} 0.5 {c.tmp / 'nothing'}"),
      ["nothing.idx: dataset file not found"]),
-    ("dataset-blend-two-tokenizers", "lfr-train", lambda c: c.train_args(f"data.path=0.5 {c.data} 0.5 {_dataset_of_other_tokenizer(c)}"),
+    ("dataset-blend-two-tokenizers", "lfr-train",
+     lambda c: c.train_args(f"data.path=0.5 {c.data} 0.5 {_dataset_of_other_tokenizer(c)}"),
      ["a blend needs one tokenizer"]),
     ("config-empty-setting", "lfr-train", lambda c: c.train_args("lfr.schedule="),
      ["lfr.schedule: ''; give random, paper or phases such as learn:2000,focus:*@0.5"]),
@@ -315,7 +326,8 @@ CASES = [
      ["unknown config key optim.learning_rate"]),
     ("config-bad-yaml", "lfr-train", lambda c: ["--config", c.write("cfg.yaml", "data: [unclosed\n")],
      ["cfg.yaml: not valid YAML"]),
-    ("config-file-missing", "lfr-train", lambda c: ["--config", c.tmp / "none.yaml"], ["none.yaml: config file not found"]),
+    ("config-file-missing", "lfr-train", lambda c: ["--config", c.tmp / "none.yaml"],
+     ["none.yaml: config file not found"]),
     ("config-bad-type", "lfr-train", lambda c: c.train_args("steps=many"), ["steps", "'many'"]),
     ("config-batch-split", "lfr-train",
      lambda c: c.train_args("engine.global_batch_size=10", "engine.micro_batch_size=4"),
@@ -333,13 +345,16 @@ CASES = [
     ("schedule-unknown-kind", "lfr-train", lambda c: c.train_args("steps=10", "lfr.schedule=learn:5,cram:*"),
      ["unknown kind 'cram'"]),
     # ---- schedules: kept passes and @auto (issue 11)
-    ("schedule-unknown-length-unit", "lfr-train", lambda c: c.train_args("steps=10", "lfr.schedule=learn:5,focus:2xp@0.5,review:*"),
+    ("schedule-unknown-length-unit", "lfr-train",
+     lambda c: c.train_args("steps=10", "lfr.schedule=learn:5,focus:2xp@0.5,review:*"),
      ["unknown length unit 'xp'"]),
     ("schedule-auto-not-focus", "lfr-train", lambda c: c.train_args("steps=10", "lfr.schedule=learn:5,review:*@auto"),
      ["@auto chooses a Focus drop fraction; only focus phases take it"]),
-    ("schedule-kp-on-review", "lfr-train", lambda c: c.train_args("steps=10", "lfr.schedule=learn:5,focus:*@0.5,review:1kp"),
+    ("schedule-kp-on-review", "lfr-train",
+     lambda c: c.train_args("steps=10", "lfr.schedule=learn:5,focus:*@0.5,review:1kp"),
      ["kp (passes over the blocks a Focus keeps) is a Focus length; use ep for review"]),
-    ("schedule-kp-without-star", "lfr-train", lambda c: c.train_args("steps=10", "lfr.schedule=learn:5,focus:1kp@0.5,review:1"),
+    ("schedule-kp-without-star", "lfr-train",
+     lambda c: c.train_args("steps=10", "lfr.schedule=learn:5,focus:1kp@0.5,review:1"),
      ["a later phase of length '*' must absorb the difference"]),
     # ---- checkpoints
     ("resume-no-checkpoint", "lfr-train", lambda c: c.train_args(f"checkpoint.resume={c.write('empty/x', '').parent}"),
@@ -363,11 +378,15 @@ CASES = [
     # ---- index files
     ("index-tampered", "lfr-inspect-index", lambda c: [_tampered_index(c)],
      ["phase_000_random.npy: checksum does not match its manifest"]),
-    ("index-no-manifest", "lfr-inspect-index", lambda c: [_index_without_manifest(c)], ["phase_000_random.json is missing"]),
-    ("index-other-dataset", "lfr-inspect-index", lambda c: [c.index(dataset="f" * 64)], ["belongs to another dataset"]),
-    ("index-outside-run", "lfr-inspect-index", lambda c: [_index_outside_run(c)], ["not inside a run directory", "--data"]),
+    ("index-no-manifest", "lfr-inspect-index", lambda c: [_index_without_manifest(c)],
+     ["phase_000_random.json is missing"]),
+    ("index-other-dataset", "lfr-inspect-index", lambda c: [c.index(dataset="f" * 64)],
+     ["belongs to another dataset"]),
+    ("index-outside-run", "lfr-inspect-index", lambda c: [_index_outside_run(c)],
+     ["not inside a run directory", "--data"]),
     # ---- input formats and decoding (issues 12 and 14: readers) -----------------------------------
-    *[(f"preprocess-{name}", "lfr-preprocess", _preprocess_argv(make), needles) for name, make, needles in _READER_CASES],
+    *[(f"preprocess-{name}", "lfr-preprocess", _preprocess_argv(make), needles)
+      for name, make, needles in _READER_CASES],
     ("tokenizer-lone-surrogate", "lfr-train-tokenizer",
      lambda c: [c.write("in.jsonl", '{"text": "ok"}\n{"text": "\\ud800"}\n'), "-o", c.tmp / "t.model"],
      ["in.jsonl:2: the escape \\ud800 is half of a UTF-16 surrogate pair"]),
@@ -402,22 +421,29 @@ def _rewrite_checkpoint(c: Ctx, **model) -> Path:
     return lfr.parent
 
 
-_HUGE_MODEL = ("model.preset=null", "model.num_layers=1024", "model.hidden_size=65536", "model.num_attention_heads=64",
-               "model.seq_length=64")
+_HUGE_MODEL = (
+    "model.preset=null",
+    "model.num_layers=1024",
+    "model.hidden_size=65536",
+    "model.num_attention_heads=64",
+    "model.seq_length=64",
+)
 
 # fmt: off
 CASES += [
     # ---- config values: non-finite, out of range, cross-field, malformed paths
     ("config-non-finite-lr", "lfr-train!", lambda c: c.train_args("optim.lr=nan"),
      ["optim.lr: must be a finite number in (0.0, 1.0], got nan"]),
-    ("config-infinite-eps", "lfr-train", lambda c: c.train_args("optim.eps=.inf"), ["optim.eps: must be a finite number"]),
+    ("config-infinite-eps", "lfr-train", lambda c: c.train_args("optim.eps=.inf"),
+     ["optim.eps: must be a finite number"]),
     ("config-seed-out-of-range", "lfr-train", lambda c: c.train_args("data.seed=-1"),
      ["data.seed: must be an integer in [0, 4294967295], got -1"]),
     ("config-heads-do-not-divide", "lfr-train", lambda c: c.train_args("model.num_attention_heads=3"),
      ["model.num_attention_heads: 3 does not divide model.hidden_size 256"]),
     ("config-path-with-nul", "lfr-train", lambda c: [*c.train_args(), "run_dir=run\0x"],
      ["run_dir: must be a non-empty path without NUL bytes"]),
-    ("config-schedule-infinite-length", "lfr-train", lambda c: c.train_args("steps=10", "lfr.schedule=learn:infep,focus:*@0.5"),
+    ("config-schedule-infinite-length", "lfr-train",
+     lambda c: c.train_args("steps=10", "lfr.schedule=learn:infep,focus:*@0.5"),
      ["phase 1 ('learn:infep'): length 'infep' is not a finite number"]),
     ("config-sequence-longer-than-the-data", "lfr-train",
      lambda c: [f"data.path={_tiny_dataset(c)}", "model.preset=tiny", f"run_dir={c.tmp / 'run'}"],
@@ -427,10 +453,12 @@ CASES += [
     ("config-eval-path-missing", "lfr-train", lambda c: c.train_args(f"eval.valid_path={c.tmp / 'held.jsonl'}"),
      ["eval.valid_path: ", "held.jsonl not found"]),
     ("ds-config-deepspeed-rejects-a-field", "lfr-train",
-     lambda c: c.train_args(f"engine.ds_config={c.write('ds.json', json.dumps({'zero_optimization': {'stage': 2, 'bogus': 1}}))}"),
+     lambda c: c.train_args(
+         f"engine.ds_config={c.write('ds.json', json.dumps({'zero_optimization': {'stage': 2, 'bogus': 1}}))}"),
      ["engine.ds_config: ", "ds.json: bogus: Extra inputs are not permitted"]),
     ("rewrite-override-non-finite", "lfr-rewrite",
-     lambda c: [_rewrite_checkpoint(c), "--out", c.tmp / "x.npy", "lfr.temperature=nan"], ["lfr.temperature: nan must be positive"]),
+     lambda c: [_rewrite_checkpoint(c), "--out", c.tmp / "x.npy", "lfr.temperature=nan"],
+     ["lfr.temperature: nan must be positive"]),
     ("rewrite-checkpoint-config-invalid", "lfr-rewrite",
      lambda c: [_rewrite_checkpoint(c, hidden_dropout=2.0), "--out", c.tmp / "x.npy"],
      ["lfr/state.json: the run's config is not valid here", "model.hidden_dropout"]),
@@ -444,7 +472,8 @@ CASES += [
      ["RANK='2': must be an integer in [0, 1]"]),
     ("env-local-rank-beyond-rank", "lfr-train",
      lambda c: c.setenv("WORLD_SIZE", "2").setenv("RANK", "0").setenv("LOCAL_RANK", "1").setenv("LOCAL_WORLD_SIZE", "2")
-     .train_args(), ["RANK=0, LOCAL_RANK=1, LOCAL_WORLD_SIZE=2, WORLD_SIZE=2: this node's ranks would run from -1 to 0"]),
+     .train_args(),
+     ["RANK=0, LOCAL_RANK=1, LOCAL_WORLD_SIZE=2, WORLD_SIZE=2: this node's ranks would run from -1 to 0"]),
     ("env-node-past-world-size", "lfr-train",
      lambda c: c.setenv("WORLD_SIZE", "4").setenv("RANK", "3").setenv("LOCAL_RANK", "0").setenv("LOCAL_WORLD_SIZE", "2")
      .train_args(), ["this node's ranks would run from 3 to 4, outside [0, 3]", "unset them to run one process"]),
@@ -475,7 +504,9 @@ def test_compare_checks_the_arms_config_before_writing_anything(run_cli, tmp_pat
 
 @pytest.mark.parametrize("arms", ["random,oracle", "random,lfr,dedup"])
 def test_compare_refuses_a_ceiling_without_copy_labels(run_cli, tmp_path, arms):
-    result = run_cli(compare.main, ["--out", tmp_path / "cmp", "--preset", "smoke", "--arms", arms, "--redundancy", "0"])
+    result = run_cli(
+        compare.main, ["--out", tmp_path / "cmp", "--preset", "smoke", "--arms", arms, "--redundancy", "0"]
+    )
     assert_one_line_error(result, f"--arms {arms}: ", "need the redundancy builder's copy labels", "--redundancy R > 0")
     assert result.code == 2 and not (tmp_path / "cmp").exists()
 
@@ -577,8 +608,6 @@ def test_multinode_script_checks_the_hostfile_before_launching(tmp_path):
 def test_good_hostfile_passes(tmp_path):
     hosts = tmp_path / "hosts"
     hosts.write_text("# the cluster\nnode-a slots=8\n\nnode-b slots=8  # spare\n")
-    proc = subprocess.run(
-        [str(BIN / "lfr-check-hostfile"), str(hosts)], capture_output=True, text=True, timeout=60
-    )
+    proc = subprocess.run([str(BIN / "lfr-check-hostfile"), str(hosts)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and not proc.stderr
     assert proc.stdout == f"{hosts}: 2 node(s), 16 slots (node-a=8, node-b=8)\n"

@@ -86,7 +86,9 @@ def _kit_install(wheels: Path, tmp_path: Path, torch_version: str) -> tuple[subp
     (kit / "bench").mkdir()
     shutil.copy2(ROOT / "bench" / "gpu_kit.py", kit / "bench")
     python = scratch_env(tmp_path / "box", wheels, torch_version, with_pip=True)
-    proc = subprocess.run([python, str(kit / "bench" / "gpu_kit.py"), "install"], capture_output=True, text=True, env=PIP_ENV)
+    proc = subprocess.run(
+        [python, str(kit / "bench" / "gpu_kit.py"), "install"], capture_output=True, text=True, env=PIP_ENV
+    )
     listed = subprocess.run([python, "-m", "pip", "list", "--format=json"], capture_output=True, text=True, check=True)
     return proc, {p["name"]: p["version"] for p in json.loads(listed.stdout)}
 
@@ -111,7 +113,9 @@ def test_kit_refuses_to_replace_the_image_torch(wheels, tmp_path):
 def test_kit_install_needs_the_image_packages(wheels, tmp_path):
     """A Python with torch but without the image's other big packages: one line, before pip is asked."""
     python = scratch_env(tmp_path / "bare", wheels, "2.11.0+cu130")
-    proc = subprocess.run([python, str(ROOT / "bench" / "gpu_kit.py"), "install"], capture_output=True, text=True, env=PIP_ENV)
+    proc = subprocess.run(
+        [python, str(ROOT / "bench" / "gpu_kit.py"), "install"], capture_output=True, text=True, env=PIP_ENV
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith(f"error: this Python ({python}) lacks numpy, scipy, matplotlib, sentencepiece, ")
     assert len(proc.stderr.splitlines()) == 1

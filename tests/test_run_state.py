@@ -37,24 +37,43 @@ def test_committed_manifests_read_and_write_back_unchanged(path):
     assert PhaseManifest.from_json(raw, str(path)).to_json() == raw
 
 
-@pytest.mark.parametrize("path", [p for p in MANIFESTS if json.loads(p.read_text())["kind"] != "focus"],
-                         ids=lambda p: str(p.relative_to(RECORDS)))
+@pytest.mark.parametrize(
+    "path",
+    [p for p in MANIFESTS if json.loads(p.read_text())["kind"] != "focus"],
+    ids=lambda p: str(p.relative_to(RECORDS)),
+)
 def test_declared_digest_is_the_recorded_one(path):
     """The digest the rewriter computes now, from the inputs a committed manifest records, is the one that run
     recorded: a resumed or re-run comparison reuses its files instead of rewriting them."""
     m = PhaseManifest.from_json(json.loads(path.read_text()), str(path))
     phase = Phase(m.index, m.kind, m.start_step, m.steps, m.drop_fraction)
-    rewriter = Rewriter(path.parent, LFRConfig(), m.seed[0], m.dataset, [], np.zeros(m.num_blocks, dtype=np.int64),
-                        m.seq_length, m.global_batch_size)
+    rewriter = Rewriter(
+        path.parent,
+        LFRConfig(),
+        m.seed[0],
+        m.dataset,
+        [],
+        np.zeros(m.num_blocks, dtype=np.int64),
+        m.seq_length,
+        m.global_batch_size,
+    )
     assert rewriter.digest(phase, None) == m.inputs_sha256
 
 
-def _digest_as_hand_listed(phase: Phase, seed: int, dataset: str, global_batch: int, table: LossTable, options: LFRConfig) -> str:
+def _digest_as_hand_listed(
+    phase: Phase, seed: int, dataset: str, global_batch: int, table: LossTable, options: LFRConfig
+) -> str:
     """rewriter.inputs_digest as it was before the digest was declared (commit 7997273), verbatim."""
     settings = [phase.kind, phase.index, phase.start, phase.steps, phase.drop, seed, dataset, global_batch]
     if phase.kind == "focus" and options is not None:
-        settings += [options.score, options.selection, options.max_cluster_drop, options.clusters, options.centroids,
-                     options.temperature]
+        settings += [
+            options.score,
+            options.selection,
+            options.max_cluster_drop,
+            options.clusters,
+            options.centroids,
+            options.temperature,
+        ]
         if phase.auto_drop or phase.kept_passes is not None:
             settings += [phase.auto_drop, phase.kept_passes, options.auto_max_drop if phase.auto_drop else None]
         if options.weighting != "perplexity":
@@ -66,19 +85,25 @@ def _digest_as_hand_listed(phase: Phase, seed: int, dataset: str, global_batch: 
     return h.hexdigest()
 
 
-@pytest.mark.parametrize("phase", [
-    Phase(1, "focus", 10, 20, 0.5),
-    Phase(1, "focus", 10, 20, 0.0, auto_drop=True),
-    Phase(1, "focus", 10, 20, 0.5, kept_passes=1.0),
-    Phase(3, "focus", 40, 7, 0.0, auto_drop=True, kept_passes=2.0),
-    Phase(2, "review", 30, 10),
-])
-@pytest.mark.parametrize("options", [
-    LFRConfig(),
-    LFRConfig(score="raw", selection="paper", max_cluster_drop=0.5, clusters=4, centroids=8, temperature=2.0),
-    LFRConfig(weighting="learnable", auto_max_drop=0.3),
-    LFRConfig(distribute="broadcast", length_scale=0.5, schedule="paper"),
-])
+@pytest.mark.parametrize(
+    "phase",
+    [
+        Phase(1, "focus", 10, 20, 0.5),
+        Phase(1, "focus", 10, 20, 0.0, auto_drop=True),
+        Phase(1, "focus", 10, 20, 0.5, kept_passes=1.0),
+        Phase(3, "focus", 40, 7, 0.0, auto_drop=True, kept_passes=2.0),
+        Phase(2, "review", 30, 10),
+    ],
+)
+@pytest.mark.parametrize(
+    "options",
+    [
+        LFRConfig(),
+        LFRConfig(score="raw", selection="paper", max_cluster_drop=0.5, clusters=4, centroids=8, temperature=2.0),
+        LFRConfig(weighting="learnable", auto_max_drop=0.3),
+        LFRConfig(distribute="broadcast", length_scale=0.5, schedule="paper"),
+    ],
+)
 def test_declared_digest_equals_the_hand_listed_one(phase, options):
     """Focus digests need a loss table, which the committed records do not keep: here the declared digest is
     checked against the hand-listed function it replaced, over the settings' conditional inclusions."""
@@ -94,7 +119,9 @@ def test_every_lfr_setting_declares_whether_it_changes_the_order():
     for f in dataclasses.fields(LFRConfig):
         assert "digest" in f.metadata, f"LFRConfig.{f.name}: declare it IN_*_DIGEST or not_in_digest(why)"
         role = f.metadata["digest"]
-        assert role in ("focus", "focus-if-changed", "auto", "focus-file-if-set") or (role is None and f.metadata["why"]), f.name
+        assert role in ("focus", "focus-if-changed", "auto", "focus-file-if-set") or (
+            role is None and f.metadata["why"]
+        ), f.name
 
 
 def test_a_changed_setting_changes_the_digest_and_a_transport_setting_does_not(tmp_path):
@@ -105,11 +132,24 @@ def test_a_changed_setting_changes_the_digest_and_a_transport_setting_does_not(t
     for f in dataclasses.fields(LFRConfig):
         if f.metadata["digest"] is None:
             continue
-        other = {"score": "raw", "selection": "paper", "max_cluster_drop": 0.9, "clusters": 8, "centroids": 32,
-                 "temperature": 3.0, "weighting": "learnable", "auto_max_drop": 0.5, "blend": "free",
-                 "drop_mask": str(mask), "absorbed_alpha": 0.2}[f.name]
+        other = {
+            "score": "raw",
+            "selection": "paper",
+            "max_cluster_drop": 0.9,
+            "clusters": 8,
+            "centroids": 32,
+            "temperature": 3.0,
+            "weighting": "learnable",
+            "auto_max_drop": 0.5,
+            "blend": "free",
+            "drop_mask": str(mask),
+            "absorbed_alpha": 0.2,
+        }[f.name]
         assert declared_settings(phase, LFRConfig(**{f.name: other})) != base, f.name
-    assert declared_settings(phase, LFRConfig(distribute="broadcast", length_scale=2.0, probe_path="p", probe_blocks=4)) == base
+    assert (
+        declared_settings(phase, LFRConfig(distribute="broadcast", length_scale=2.0, probe_path="p", probe_blocks=4))
+        == base
+    )
 
 
 def test_a_drop_mask_enters_the_digest_by_its_content_not_its_path(tmp_path):
@@ -118,9 +158,13 @@ def test_a_drop_mask_enters_the_digest_by_its_content_not_its_path(tmp_path):
     b.parent.mkdir()
     write_drop_mask(a, np.arange(20) % 3 == 0)
     b.write_bytes(a.read_bytes())
-    assert declared_settings(phase, LFRConfig(drop_mask=str(a))) == declared_settings(phase, LFRConfig(drop_mask=str(b)))
+    assert declared_settings(phase, LFRConfig(drop_mask=str(a))) == declared_settings(
+        phase, LFRConfig(drop_mask=str(b))
+    )
     write_drop_mask(b, np.arange(20) % 3 == 1)
-    assert declared_settings(phase, LFRConfig(drop_mask=str(a))) != declared_settings(phase, LFRConfig(drop_mask=str(b)))
+    assert declared_settings(phase, LFRConfig(drop_mask=str(a))) != declared_settings(
+        phase, LFRConfig(drop_mask=str(b))
+    )
     # Unset, it adds nothing: the digests of runs made before the hook existed stay the same.
     assert len(declared_settings(phase, LFRConfig(drop_mask=str(a)))) == len(declared_settings(phase, LFRConfig())) + 1
 
@@ -141,8 +185,18 @@ def test_a_state_missing_a_field_is_refused_in_one_line(name):
         RunState.from_json(state, "ck/lfr/state.json")
 
 
-@pytest.mark.parametrize(("name", "value"), [("step", "5"), ("step", True), ("schedule", {}), ("tokenizer", 1),
-                                             ("config", []), ("schedule", [{"kind": "random"}]), ("phase", 3)])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("step", "5"),
+        ("step", True),
+        ("schedule", {}),
+        ("tokenizer", 1),
+        ("config", []),
+        ("schedule", [{"kind": "random"}]),
+        ("phase", 3),
+    ],
+)
 def test_a_state_with_a_wrong_field_is_refused_in_one_line(name, value):
     state = json.loads(state_json())
     state[name] = value
@@ -151,8 +205,11 @@ def test_a_state_with_a_wrong_field_is_refused_in_one_line(name, value):
 
 
 def test_a_state_reads_back_what_was_written():
-    text = state_json(tokenizer={"path": "t.model", "sha256": "0" * 64}, schedule=[Phase(0, "learn", 0, 5),
-                      Phase(1, "focus", 5, 5, 0.5, kept_passes=1.0)], phase=1)
+    text = state_json(
+        tokenizer={"path": "t.model", "sha256": "0" * 64},
+        schedule=[Phase(0, "learn", 0, 5), Phase(1, "focus", 5, 5, 0.5, kept_passes=1.0)],
+        phase=1,
+    )
     state = RunState.from_json(json.loads(text), "x")
     assert state.schedule[1] == Phase(1, "focus", 5, 5, 0.5, kept_passes=1.0)
     assert json.dumps(state.to_json()) == text
@@ -181,12 +238,16 @@ def test_the_guard_state_reads_back_what_was_written():
 def test_a_guard_state_missing_a_field_is_refused_in_one_line(name):
     state = json.loads(state_json(guard=GUARD))
     del state["guard"][name]
-    with pytest.raises(UserError, match=rf"state.json \(its 'guard'\): unreadable \(no '{name}'\); the checkpoint is damaged"):
+    with pytest.raises(
+        UserError, match=rf"state.json \(its 'guard'\): unreadable \(no '{name}'\); the checkpoint is damaged"
+    ):
         RunState.from_json(state, "ck/lfr/state.json")
 
 
-@pytest.mark.parametrize(("name", "value"), [("skipped", [7.5]), ("skipped", 7), ("rewinds", "1"), ("spikes", True),
-                                             ("phase", None), ("losses", ["6.5"])])
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("skipped", [7.5]), ("skipped", 7), ("rewinds", "1"), ("spikes", True), ("phase", None), ("losses", ["6.5"])],
+)
 def test_a_guard_state_with_a_wrong_field_is_refused_in_one_line(name, value):
     state = json.loads(state_json(guard=GUARD))
     state["guard"][name] = value

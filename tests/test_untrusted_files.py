@@ -45,9 +45,7 @@ def test_weights_only_loads_refuses_a_crafted_pickle_whatever_the_caller_asks(tm
 
 def test_checkpoint_check_names_the_file_and_the_code_it_would_run(tmp_path, marker):
     fake_checkpoint(tmp_path / "step_00000005", marker)
-    with pytest.raises(
-        UserError, match=r"mp_rank_00_model_states.pt: refused to load: the file references .*system"
-    ):
+    with pytest.raises(UserError, match=r"mp_rank_00_model_states.pt: refused to load: the file references .*system"):
         check_checkpoint_files(tmp_path / "step_00000005")
     plain_pickle(tmp_path / "raw.pt", marker)
     with pytest.raises(UserError, match=r"raw\.pt: not a torch zip checkpoint"):
@@ -61,9 +59,7 @@ def test_deepspeed_types_are_the_only_ones_allowed(tmp_path):
     from deepspeed.utils.tensor_fragment import fragment_address
 
     f = tmp_path / "ds.pt"
-    torch.save(
-        {"scaler": LossScaler(1.0), "stage": ZeroStageEnum(2), "map": fragment_address(numel=4, start=0)}, f
-    )
+    torch.save({"scaler": LossScaler(1.0), "stage": ZeroStageEnum(2), "map": fragment_address(numel=4, start=0)}, f)
     assert sorted(torch.serialization.get_unsafe_globals_in_checkpoint(f)) == sorted(DEEPSPEED_GLOBALS)
     check_checkpoint_files(tmp_path)
     with weights_only_loads():
@@ -135,9 +131,7 @@ def test_block_index_cache_that_is_a_pickle_is_refused(tmp_path, marker, webmix_
     ds = open_dataset(str(prefix))
     view = BlockView(ds, 256, 1234)
     cache = next(
-        p
-        for p in sorted(os.scandir(view.cache_dir), key=lambda e: e.name)
-        if p.name.endswith("sample_index.npy")
+        p for p in sorted(os.scandir(view.cache_dir), key=lambda e: e.name) if p.name.endswith("sample_index.npy")
     )
     craft(tmp_path / "evil", marker).replace(cache.path)
     with pytest.raises(UserError, match=r"sample_index\.npy: not a plain numpy array"):

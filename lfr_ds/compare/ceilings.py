@@ -44,8 +44,10 @@ def prepare(corpus: Corpus, arms: list[str], seeds: list[int], seq_length: int) 
     seed's oracle mask. Refuses a ceiling on a corpus whose builder made no copies: nothing to remove."""
     wanted = [a for a in arms if a in ARMS]
     if wanted and not corpus.repeats().any():
-        raise UserError(f"--arms {','.join(wanted)}: this corpus has no copies to remove (its builder made none); "
-                        "give --redundancy R > 0 with a training set large enough to copy from")
+        raise UserError(
+            f"--arms {','.join(wanted)}: this corpus has no copies to remove (its builder made none); "
+            "give --redundancy R > 0 with a training set large enough to copy from"
+        )
     if "dedup" in arms:
         _build_dedup(corpus)
     if "oracle" in arms:

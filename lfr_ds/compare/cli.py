@@ -75,10 +75,23 @@ RECIPE = SCHEDULES["recipe"]
 #: all the data as in the recipe. The parser's worst case (every Focus keeping every block: 1 + 4 × 1 + 3 = 8 of
 #: 12 passes) leaves 4 passes for ``*``, at every budget of a sweep (tests/compare/test_ceilings.py).
 MULTIPASS = ",".join(["learn:1ep", *["focus:1kp@0.5", "review:1ep"] * 3, "focus:1kp@0.5", "review:*"])
-_COMMON = ("model.preset=tiny", "engine.micro_batch_size=16", "engine.global_batch_size=16", "optim.lr=2e-3",
-           "optim.warmup_steps=20", "optim.min_lr_ratio=0.1", "checkpoint.interval=0", "log.interval=25")
-_SMALL_GPT = ("model.preset=null", "model.num_layers=2", "model.num_attention_heads=4", "model.seq_length=64",
-              "checkpoint.interval=0")
+_COMMON = (
+    "model.preset=tiny",
+    "engine.micro_batch_size=16",
+    "engine.global_batch_size=16",
+    "optim.lr=2e-3",
+    "optim.warmup_steps=20",
+    "optim.min_lr_ratio=0.1",
+    "checkpoint.interval=0",
+    "log.interval=25",
+)
+_SMALL_GPT = (
+    "model.preset=null",
+    "model.num_layers=2",
+    "model.num_attention_heads=4",
+    "model.seq_length=64",
+    "checkpoint.interval=0",
+)
 PRESETS = {
     # The pilots' regime at a third of their size: 3 passes, so every block still teaches the model something.
     "small": Preset(350_000, 3, RECIPE, _COMMON, 7),
@@ -87,13 +100,37 @@ PRESETS = {
     # The pilots' own size (about 25 min per arm here).
     "pilot": Preset(1_000_000, 3, RECIPE, _COMMON, 25),
     # The README's main job: the planted corpus (or DATA) whole, 6 passes of a small GPT, ~1 min an arm.
-    "demo": Preset(10**9, 6, RECIPE, (
-        *_SMALL_GPT, "model.hidden_size=128", "engine.micro_batch_size=32", "engine.global_batch_size=32", "optim.lr=3e-3",
-        "optim.warmup_steps=10", "log.interval=20"), 1),
+    "demo": Preset(
+        10**9,
+        6,
+        RECIPE,
+        (
+            *_SMALL_GPT,
+            "model.hidden_size=128",
+            "engine.micro_batch_size=32",
+            "engine.global_batch_size=32",
+            "optim.lr=3e-3",
+            "optim.warmup_steps=10",
+            "log.interval=20",
+        ),
+        1,
+    ),
     # For tests: seconds.
-    "smoke": Preset(30_000, 2, "learn:1ep,focus:*@0.5", (
-        *_SMALL_GPT, "model.hidden_size=64", "engine.micro_batch_size=16", "engine.global_batch_size=16", "optim.lr=3e-3",
-        "optim.warmup_steps=5", "log.interval=10"), 0.2),
+    "smoke": Preset(
+        30_000,
+        2,
+        "learn:1ep,focus:*@0.5",
+        (
+            *_SMALL_GPT,
+            "model.hidden_size=64",
+            "engine.micro_batch_size=16",
+            "engine.global_batch_size=16",
+            "optim.lr=3e-3",
+            "optim.warmup_steps=5",
+            "log.interval=10",
+        ),
+        0.2,
+    ),
 }
 
 
@@ -106,7 +143,9 @@ def _csv(text: str, what: str, cast=str) -> list:
     try:
         items = [cast(t) for t in items]
     except ValueError:
-        raise UserError(f"{what} {text!r}: comma-separated {cast.__name__} values, e.g. {'1,2,3' if cast is int else '0.5,1.0'}") from None
+        raise UserError(
+            f"{what} {text!r}: comma-separated {cast.__name__} values, e.g. {'1,2,3' if cast is int else '0.5,1.0'}"
+        ) from None
     if not items:
         raise UserError(f"{what} {text!r}: empty; give at least one value")
     if len(set(items)) != len(items):
@@ -115,40 +154,88 @@ def _csv(text: str, what: str, cast=str) -> list:
 
 
 def parse_args(argv: Sequence[str] | None):
-    p = ArgumentParser(prog="lfr-compare", description="Train random sampling and LFR on one corpus and budget, "
-                       "seed by seed; compare held-out loss (paired per seed).")
+    p = ArgumentParser(
+        prog="lfr-compare",
+        description="Train random sampling and LFR on one corpus and budget, "
+        "seed by seed; compare held-out loss (paired per seed).",
+    )
     p.add_argument("--preset", choices=sorted(PRESETS), default="small", help="experimental regime (default small)")
     p.add_argument("--seeds", default="1,2,3", help="comma-separated seeds (default 1,2,3)")
     p.add_argument("--arms", default="random,lfr,lfr_raw", help=f"comma-separated arms out of {', '.join(runs.ARMS)}")
-    p.add_argument("--out", required=True, help="output directory (corpus, runs, results.json, results.md, heldout.png)")
-    p.add_argument("--train", default=str(SHARED / "webmix" / "train.jsonl"), help="training corpus (default webmix train)")
-    p.add_argument("--split", help="the split of --train to train on, when it is a directory or glob holding several "
-                                   "(a Hugging Face snapshot), as lfr-preprocess --split")
-    p.add_argument("--valid", default=str(SHARED / "webmix" / "valid.jsonl"),
-                   help="held-out dev split, .jsonl with a source field or plain text (default webmix valid)")
-    p.add_argument("--test", nargs="+", default=[], metavar="FILE",
-                   help="held-out test sets, reported once at the end of each run and never used for any choice")
-    p.add_argument("--redundancy", type=float, default=0.0,
-                   help="share R in [0, 1) of the training tokens that are copies of other training documents (default 0)")
-    p.add_argument("--budgets", default="1.0",
-                   help="token budgets as fractions of the full one, each with its own full schedule, for every arm (random "
-                        "too); must include 1.0 (e.g. 0.5,0.65,0.8,1.0: gives the budget-sweep token ratio against random's best budget)")
+    p.add_argument(
+        "--out", required=True, help="output directory (corpus, runs, results.json, results.md, heldout.png)"
+    )
+    p.add_argument(
+        "--train", default=str(SHARED / "webmix" / "train.jsonl"), help="training corpus (default webmix train)"
+    )
+    p.add_argument(
+        "--split",
+        help="the split of --train to train on, when it is a directory or glob holding several "
+        "(a Hugging Face snapshot), as lfr-preprocess --split",
+    )
+    p.add_argument(
+        "--valid",
+        default=str(SHARED / "webmix" / "valid.jsonl"),
+        help="held-out dev split, .jsonl with a source field or plain text (default webmix valid)",
+    )
+    p.add_argument(
+        "--test",
+        nargs="+",
+        default=[],
+        metavar="FILE",
+        help="held-out test sets, reported once at the end of each run and never used for any choice",
+    )
+    p.add_argument(
+        "--redundancy",
+        type=float,
+        default=0.0,
+        help="share R in [0, 1) of the training tokens that are copies of other training documents (default 0)",
+    )
+    p.add_argument(
+        "--budgets",
+        default="1.0",
+        help="token budgets as fractions of the full one, each with its own full schedule, for every arm (random "
+        "too); must include 1.0 (e.g. 0.5,0.65,0.8,1.0: gives the budget-sweep token ratio against random's "
+        "best budget)",
+    )
     p.add_argument("--blimp", default=str(SHARED / "eval" / "blimp"), help="BLiMP directory ('' for none)")
     p.add_argument("--blimp-pairs", type=int, default=10, help="pairs per BLiMP file at each evaluation (default 10)")
     p.add_argument("--valid-blocks", type=int, default=512, help="fixed held-out blocks (default 512)")
-    p.add_argument("--evals", type=int, default=4,
-                   help="evaluations per run, the last at the end (default 4: at 512 blocks, under 20%% of a small run)")
+    p.add_argument(
+        "--evals",
+        type=int,
+        default=4,
+        help="evaluations per run, the last at the end (default 4: at 512 blocks, under 20%% of a small run)",
+    )
     p.add_argument("--vocab-size", type=int, default=4096, help="tokenizer vocabulary (default 4096)")
-    p.add_argument("--probe-fraction", type=float, default=0.0,
-                   help="split off this share of the unique tokens (at least 512 blocks) as a probe set every arm scores "
-                        "and none trains on (lfr.probe_path; issue 21); default 0 = none")
-    p.add_argument("--subset-seed", type=int, default=0, help="seed of the training subset and the held-out choice (default 0)")
+    p.add_argument(
+        "--probe-fraction",
+        type=float,
+        default=0.0,
+        help="split off this share of the unique tokens (at least 512 blocks) as a probe set every arm scores "
+        "and none trains on (lfr.probe_path; issue 21); default 0 = none",
+    )
+    p.add_argument(
+        "--subset-seed", type=int, default=0, help="seed of the training subset and the held-out choice (default 0)"
+    )
     p.add_argument("--schedule", help="the LFR arms' schedule, instead of the preset's")
-    p.add_argument("--threads", type=int, default=1,
-                   help="CPU threads of each run (default 1); part of each run's record, since on CPU the numbers depend on it")
-    p.add_argument("--jobs", type=int, default=None,
-                   help="runs trained side by side (default: cores / --threads); changes the wall time, never the numbers")
-    p.add_argument("overrides", nargs="*", help="lfr-train settings for every arm (an arm's own settings win), e.g. lfr.temperature=2")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="CPU threads of each run (default 1); part of each run's record, since on CPU the numbers depend on it",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="runs trained side by side (default: cores / --threads); changes the wall time, never the numbers",
+    )
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        help="lfr-train settings for every arm (an arm's own settings win), e.g. lfr.temperature=2",
+    )
     args = p.parse_intermixed_args(argv)
     args.seeds = _csv(args.seeds, "--seeds", int)
     args.arms = _csv(args.arms, "--arms")
@@ -157,13 +244,17 @@ def parse_args(argv: Sequence[str] | None):
         raise UserError(f"--arms {','.join(args.arms)}: need random plus any of {', '.join(runs.ARMS)}")
     args.budgets = sorted(_csv(args.budgets, "--budgets", float))
     if not all(0 < b <= 1 for b in args.budgets) or args.budgets[-1] != 1.0:
-        raise UserError(f"--budgets {','.join(map(str, args.budgets))}: fractions in (0, 1], including 1.0 (the full budget)")
+        raise UserError(
+            f"--budgets {','.join(map(str, args.budgets))}: fractions in (0, 1], including 1.0 (the full budget)"
+        )
     if not 0 <= args.redundancy < 1:
         raise UserError(f"--redundancy {args.redundancy}: must be in [0, 1)")
     ceiling = [a for a in args.arms if a in ceilings.ARMS]
     if ceiling and args.redundancy == 0:
-        raise UserError(f"--arms {','.join(args.arms)}: the ceiling arms ({', '.join(ceiling)}) need the redundancy builder's copy labels, "
-                        "and --redundancy 0 makes no copies; give --redundancy R > 0, or leave them out")
+        raise UserError(
+            f"--arms {','.join(args.arms)}: the ceiling arms ({', '.join(ceiling)}) need the redundancy builder's "
+            "copy labels, and --redundancy 0 makes no copies; give --redundancy R > 0, or leave them out"
+        )
     if not 0 <= args.probe_fraction <= 0.5:  # probes (issue 21)
         raise UserError(f"--probe-fraction {args.probe_fraction}: must be in [0, 0.5] (0 = no probes)")
     args.jobs = args.jobs if args.jobs is not None else max(1, (os.cpu_count() or 1) // max(1, args.threads))
@@ -183,11 +274,39 @@ def parse_args(argv: Sequence[str] | None):
 
 def command_line(args) -> str:
     """The full command, every setting explicit, so it reproduces the table whatever the defaults become."""
-    parts = ["lfr-compare", "--preset", args.preset, "--seeds", ",".join(map(str, args.seeds)), "--arms", ",".join(args.arms),
-             "--out", args.out, "--train", args.train, "--valid", args.valid, "--redundancy", str(args.redundancy),
-             "--budgets", ",".join(f"{b:g}" for b in args.budgets), "--blimp", args.blimp, "--blimp-pairs", str(args.blimp_pairs),
-             "--valid-blocks", str(args.valid_blocks), "--evals", str(args.evals), "--vocab-size", str(args.vocab_size),
-             "--subset-seed", str(args.subset_seed), "--threads", str(args.threads)]
+    parts = [
+        "lfr-compare",
+        "--preset",
+        args.preset,
+        "--seeds",
+        ",".join(map(str, args.seeds)),
+        "--arms",
+        ",".join(args.arms),
+        "--out",
+        args.out,
+        "--train",
+        args.train,
+        "--valid",
+        args.valid,
+        "--redundancy",
+        str(args.redundancy),
+        "--budgets",
+        ",".join(f"{b:g}" for b in args.budgets),
+        "--blimp",
+        args.blimp,
+        "--blimp-pairs",
+        str(args.blimp_pairs),
+        "--valid-blocks",
+        str(args.valid_blocks),
+        "--evals",
+        str(args.evals),
+        "--vocab-size",
+        str(args.vocab_size),
+        "--subset-seed",
+        str(args.subset_seed),
+        "--threads",
+        str(args.threads),
+    ]
     if args.split:
         parts += ["--split", args.split]
     if args.schedule:
@@ -213,8 +332,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     shared = load_config(None, [*preset.overrides, *args.overrides, f"data.path={out / 'data' / 'train'}"])
     out.mkdir(parents=True, exist_ok=True)
     seq, G = shared.model.seq_length, shared.engine.global_batch_size
-    corpus = prepare(CorpusSpec(args.train, args.valid, args.redundancy, args.subset_seed, args.vocab_size,
-                                preset.unique_tokens, seq, args.valid_blocks, args.split, args.probe_fraction), out)
+    corpus = prepare(
+        CorpusSpec(
+            args.train,
+            args.valid,
+            args.redundancy,
+            args.subset_seed,
+            args.vocab_size,
+            preset.unique_tokens,
+            seq,
+            args.valid_blocks,
+            args.split,
+            args.probe_fraction,
+        ),
+        out,
+    )
     ceilings.prepare(corpus, args.arms, args.seeds, seq)
     ds = open_dataset(corpus.prefix)
     blocks = (ds.num_tokens - 1) // seq
@@ -225,24 +357,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         if o.startswith("lfr.schedule="):
             schedule = o.split("=", 1)[1]
     phases = parse_schedule(schedule, total_steps=steps, tokens_per_step=G * seq, review_steps=-(-blocks // G))
-    setup = runs.Setup(out, corpus, preset.overrides, schedule, tuple(args.overrides), steps,
-                       args.valid_blocks, args.evals, args.blimp, args.blimp_pairs, args.threads)
+    setup = runs.Setup(
+        out,
+        corpus,
+        preset.overrides,
+        schedule,
+        tuple(args.overrides),
+        steps,
+        args.valid_blocks,
+        args.evals,
+        args.blimp,
+        args.blimp_pairs,
+        args.threads,
+    )
     todo = plan(args)
     for run in todo:
         runs.check_reusable(run, setup)
-    _log(f"corpus: {ds.num_documents:,} documents, {ds.num_tokens:,} tokens ({corpus.info['repeat_token_share']:.1%} repeats), "
-         f"{blocks:,} blocks; {steps} steps = {preset.passes} passes; held-out: {args.valid_blocks} blocks")
+    _log(
+        f"corpus: {ds.num_documents:,} documents, {ds.num_tokens:,} tokens "
+        f"({corpus.info['repeat_token_share']:.1%} repeats), "
+        f"{blocks:,} blocks; {steps} steps = {preset.passes} passes; held-out: {args.valid_blocks} blocks"
+    )
     total = sum(r.budget for r in todo)
-    _log(f"plan: {len(todo)} runs ({', '.join(r.name for r in todo)}); ETA ~{total * preset.minutes / args.jobs:.0f} min "
-         f"(reused runs take none)")
+    _log(
+        f"plan: {len(todo)} runs ({', '.join(r.name for r in todo)}); "
+        f"ETA ~{total * preset.minutes / args.jobs:.0f} min "
+        f"(reused runs take none)"
+    )
     results = {}
     for i, (run, (run_dir, seconds)) in enumerate(zip(todo, launch_all(todo, setup, args), strict=True)):
         if seconds is not None:  # the ETA from this machine's pace, per unit of budget, --jobs runs at a time
-            left = sum(r.budget for r in todo[i + 1:]) * seconds / 60 / run.budget / args.jobs
+            left = sum(r.budget for r in todo[i + 1 :]) * seconds / 60 / run.budget / args.jobs
             _log(f"{run.name}: done in {seconds:.0f}s; {len(todo) - i - 1} runs left, ETA ~{left:.0f} min")
         results[run.arm, run.seed, run.budget] = runs.result(run_dir, corpus, args.test)
         if i + 1 == len(todo) or todo[i + 1].seed != run.seed:
-            write_results(args, setup, results, [s for s in args.seeds if ("random", s, 1.0) in results], phases, G * seq)
+            write_results(
+                args, setup, results, [s for s in args.seeds if ("random", s, 1.0) in results], phases, G * seq
+            )
     _log(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'heldout.png'}")
     return 0
 
@@ -264,9 +415,18 @@ def launch_all(todo: list[runs.Run], setup: runs.Setup, args) -> Iterator[tuple[
 
 def write_results(args, setup: runs.Setup, results: dict, seeds: list[int], phases: list, tokens_per_step: int) -> None:
     summary = {
-        "command": command_line(args), "preset": args.preset, "seeds": seeds, "redundancy": args.redundancy,
-        "budgets": args.budgets, "steps": setup.steps, "schedule": setup.schedule, "overrides": args.overrides,
-        "valid": args.valid, "heldout_blocks": args.valid_blocks, "test": args.test, "corpus": setup.corpus.info,
+        "command": command_line(args),
+        "preset": args.preset,
+        "seeds": seeds,
+        "redundancy": args.redundancy,
+        "budgets": args.budgets,
+        "steps": setup.steps,
+        "schedule": setup.schedule,
+        "overrides": args.overrides,
+        "valid": args.valid,
+        "heldout_blocks": args.valid_blocks,
+        "test": args.test,
+        "corpus": setup.corpus.info,
         "arms": stats.summarise(results, args.arms, seeds, args.budgets),
     }
     atomic.write_json(setup.out / "results.json", summary)

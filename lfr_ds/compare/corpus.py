@@ -69,10 +69,17 @@ class CorpusSpec:
     def inputs(self) -> dict:
         """Everything the build depends on, files by checksum (``split`` and ``probe_fraction`` only when
         set: the digests of corpora built before they existed stay the same)."""
-        fields = {k: v for k, v in asdict(self).items()
-                  if not (k == "split" and v is None) and not (k == "probe_fraction" and not v)}
-        return {**fields, "train": {"path": self.train, "sha256": _sha256(self.train, self.split)},
-                "valid": {"path": self.valid, "sha256": _sha256(self.valid, None)}, "builder": BUILDER_VERSION}
+        fields = {
+            k: v
+            for k, v in asdict(self).items()
+            if not (k == "split" and v is None) and not (k == "probe_fraction" and not v)
+        }
+        return {
+            **fields,
+            "train": {"path": self.train, "sha256": _sha256(self.train, self.split)},
+            "valid": {"path": self.valid, "sha256": _sha256(self.valid, None)},
+            "builder": BUILDER_VERSION,
+        }
 
 
 def _sha256(path: str, split: str | None) -> str:
@@ -130,9 +137,14 @@ def prepare(spec: CorpusSpec, out: Path) -> Corpus:
         data.mkdir(parents=True, exist_ok=True)
         record = {"inputs": inputs, "digest": digest(inputs), **_build(spec, data)}
         atomic.write_json(record_path, record)
-    return Corpus(str(data / "train"), str(data / "tokenizer.model"), str(data / "heldout.jsonl"), record["digest"],
-                  {k: v for k, v in record.items() if k not in ("inputs", "digest")},
-                  str(data / "probe") if "probe_documents" in record else None)
+    return Corpus(
+        str(data / "train"),
+        str(data / "tokenizer.model"),
+        str(data / "heldout.jsonl"),
+        record["digest"],
+        {k: v for k, v in record.items() if k not in ("inputs", "digest")},
+        str(data / "probe") if "probe_documents" in record else None,
+    )
 
 
 def _build(spec: CorpusSpec, data: Path) -> dict:
@@ -144,7 +156,7 @@ def _build(spec: CorpusSpec, data: Path) -> dict:
     random.Random(spec.subset_seed).shuffle(pool)
     probes = _prefix(pool, _probe_chars(spec)) if spec.probe_fraction else []  # probes (issue 21): originals only
     probe_texts = {d["text"] for d in probes}  # web text repeats: a probe's exact twin must not train either
-    pool = [d for d in pool[len(probes):] if d["text"] not in probe_texts]
+    pool = [d for d in pool[len(probes) :] if d["text"] not in probe_texts]
     subset, prefix, tok = data / "train.jsonl", str(data / "train"), str(data / "tokenizer.model")
     # The unique part: whole documents until (1 - R) of the tokens. The tokenizer is trained on it alone,
     # so the copies are measured in tokens of the same tokenizer and fill R of the total exactly (a
@@ -170,10 +182,16 @@ def _build(spec: CorpusSpec, data: Path) -> dict:
     probe_info = _write_probes(probes, data, tok) if probes else {}
     heldout = _heldout(valid, Tokenizer(tok), spec)
     atomic.write_bytes(data / "heldout.jsonl", "".join(json.dumps(d) + "\n" for d in heldout).encode())
-    return {"train_documents": len(docs), "train_tokens": meta["num_tokens"], "repeat_token_share": share,
-            "left_out_as_heldout": left_out,
-            "heldout_documents": len(heldout), "heldout_sources": sorted({d["source"] for d in heldout}),
-            "builder": stats.as_dict(), **probe_info}
+    return {
+        "train_documents": len(docs),
+        "train_tokens": meta["num_tokens"],
+        "repeat_token_share": share,
+        "left_out_as_heldout": left_out,
+        "heldout_documents": len(heldout),
+        "heldout_sources": sorted({d["source"] for d in heldout}),
+        "builder": stats.as_dict(),
+        **probe_info,
+    }
 
 
 def _probe_chars(spec: CorpusSpec) -> float:
@@ -201,7 +219,9 @@ def _prefix(pool: list[dict], chars: float) -> list[dict]:
 
 
 def _read(path: str, split: str | None = None) -> list[dict]:
-    return [{"text": d.text, "source": d.source or "unknown"} for d in iter_documents([path], DEFAULT_READ, split) if d.text]
+    return [
+        {"text": d.text, "source": d.source or "unknown"} for d in iter_documents([path], DEFAULT_READ, split) if d.text
+    ]
 
 
 def _heldout(valid: list[dict], tokenizer: Tokenizer, spec: CorpusSpec) -> list[dict]:
@@ -212,8 +232,10 @@ def _heldout(valid: list[dict], tokenizer: Tokenizer, spec: CorpusSpec) -> list[
     total = sum(lengths)
     need = _HELDOUT_SLACK * (spec.heldout_blocks * spec.seq_length + 1)
     if total < need:
-        raise UserError(f"--valid {spec.valid}: {total:,} tokens, fewer than the {need:,.0f} that "
-                        f"{spec.heldout_blocks} held-out blocks of {spec.seq_length} need; give more text or fewer --valid-blocks")
+        raise UserError(
+            f"--valid {spec.valid}: {total:,} tokens, fewer than the {need:,.0f} that "
+            f"{spec.heldout_blocks} held-out blocks of {spec.seq_length} need; give more text or fewer --valid-blocks"
+        )
     by_source: dict[str, int] = {}
     for i, n in zip(order, lengths, strict=True):
         by_source[valid[i]["source"]] = by_source.get(valid[i]["source"], 0) + n

@@ -14,7 +14,9 @@ def _pm(x: dict, digits: int = 4) -> str:
 
 
 def _ratio(r: dict) -> str:
-    baseline = f" vs {r['baseline']}" if "baseline" in r else ""  # results made before random had a sweep: no baseline named
+    baseline = (
+        f" vs {r['baseline']}" if "baseline" in r else ""
+    )  # results made before random had a sweep: no baseline named
     if r["mean"] is None:
         return f"never ({r['kind']}{baseline})"
     std = f" ± {r['std']:.2f}" if r["std"] is not None else ""
@@ -27,15 +29,21 @@ def markdown(results: dict) -> str:
     arms = results["arms"]
     sources = list(arms["random"]["mean"]["per_source"])
     c = results["corpus"]
-    lines = [f"# lfr-compare: preset {results['preset']}, redundancy {results['redundancy']}, seeds "
-             f"{', '.join(map(str, results['seeds']))}", "",
-             f"{c['train_tokens']:,} training tokens ({c['repeat_token_share']:.1%} repeats, so "
-             f"{round(c['train_tokens'] * (1 - c['repeat_token_share'])):,} unique), {results['steps']} steps; "
-             f"held-out: {results['heldout_blocks']} fixed blocks of the dev split ({results['valid']}).", "",
-             "## Held-out loss at the full budget (mean over seeds)", "",
-             "| arm | held-out loss | paired Δ vs random at 1.0 (± s.e.) | Δ % | " + " | ".join(sources)
-             + " | BLiMP | unique blocks | repeat tokens trained | token ratio |",
-             "|---|---|---|---|" + "---|" * len(sources) + "---|---|---|---|"]
+    lines = [
+        f"# lfr-compare: preset {results['preset']}, redundancy {results['redundancy']}, seeds "
+        f"{', '.join(map(str, results['seeds']))}",
+        "",
+        f"{c['train_tokens']:,} training tokens ({c['repeat_token_share']:.1%} repeats, so "
+        f"{round(c['train_tokens'] * (1 - c['repeat_token_share'])):,} unique), {results['steps']} steps; "
+        f"held-out: {results['heldout_blocks']} fixed blocks of the dev split ({results['valid']}).",
+        "",
+        "## Held-out loss at the full budget (mean over seeds)",
+        "",
+        "| arm | held-out loss | paired Δ vs random at 1.0 (± s.e.) | Δ % | "
+        + " | ".join(sources)
+        + " | BLiMP | unique blocks | repeat tokens trained | token ratio |",
+        "|---|---|---|---|" + "---|" * len(sources) + "---|---|---|---|",
+    ]
     for name, a in arms.items():
         m = a["mean"]
         paired = a.get("paired")
@@ -43,19 +51,32 @@ def markdown(results: dict) -> str:
         rel = f"{paired['relative']:+.2%}" if paired else "—"
         blimp = f"{m['blimp_acc']:.3f}" if m["blimp_acc"] is not None else "-"
         ratio = _ratio(a["token_ratio"]) if "token_ratio" in a else "—"
-        lines.append(f"| {name} | {m['valid_loss']:.4f} | {delta} | {rel} | "
-                     + " | ".join(f"{m['per_source'][s]:.3f}" for s in sources)
-                     + f" | {blimp} | {m['unique_blocks_trained']:,.0f} | {m['repeat_token_share_trained']:.1%} | {ratio} |")
+        lines.append(
+            f"| {name} | {m['valid_loss']:.4f} | {delta} | {rel} | "
+            + " | ".join(f"{m['per_source'][s]:.3f}" for s in sources)
+            + f" | {blimp} | {m['unique_blocks_trained']:,.0f} | {m['repeat_token_share_trained']:.1%} | {ratio} |"
+        )
     spread = arms["random"]["spread"]
     if spread["std"] is not None:
-        lines += ["", f"Seed spread of random alone: std {spread['std']:.4f}, range {spread['min']:.4f}–{spread['max']:.4f}."]
+        lines += [
+            "",
+            f"Seed spread of random alone: std {spread['std']:.4f}, range {spread['min']:.4f}–{spread['max']:.4f}.",
+        ]
     timed = [r for a in arms.values() for r in a["seeds"] if r.get("train_seconds")]
     if timed:
         share = sum(r["eval_seconds"] for r in timed) / sum(r["train_seconds"] for r in timed)
-        lines += ["", f"Evaluation took {share:.0%} of the runs' time ({len(timed)} runs timed; "
-                      f"{sum(r['train_seconds'] for r in timed) / len(timed) / 60:.1f} min a run)."]
-    lines += ["", "## Per seed", "", "| arm | " + " | ".join(f"seed {s}" for s in results["seeds"]) + " |",
-              "|---|" + "---|" * len(results["seeds"])]
+        lines += [
+            "",
+            f"Evaluation took {share:.0%} of the runs' time ({len(timed)} runs timed; "
+            f"{sum(r['train_seconds'] for r in timed) / len(timed) / 60:.1f} min a run).",
+        ]
+    lines += [
+        "",
+        "## Per seed",
+        "",
+        "| arm | " + " | ".join(f"seed {s}" for s in results["seeds"]) + " |",
+        "|---|" + "---|" * len(results["seeds"]),
+    ]
     for name, a in arms.items():
         cells = [f"{r['valid_loss']:.4f}" for r in a["seeds"]]
         if "paired" in a:
@@ -68,18 +89,30 @@ def markdown(results: dict) -> str:
 
 
 def _per_source_deltas(arms: dict, sources: list[str]) -> list[str]:
-    lines = ["", "## Paired Δ per source (arm − random, relative to random)", "",
-             "| arm | " + " | ".join(sources) + " |", "|---|" + "---|" * len(sources)]
+    lines = [
+        "",
+        "## Paired Δ per source (arm − random, relative to random)",
+        "",
+        "| arm | " + " | ".join(sources) + " |",
+        "|---|" + "---|" * len(sources),
+    ]
     for name, a in arms.items():
         if "paired" in a:
-            lines.append(f"| {name} | " + " | ".join(f"{a['paired']['per_source_relative'][s]:+.2%}" for s in sources) + " |")
+            lines.append(
+                f"| {name} | " + " | ".join(f"{a['paired']['per_source_relative'][s]:+.2%}" for s in sources) + " |"
+            )
     return lines
 
 
 def _curve_table(arms: dict) -> list[str]:
     names = list(arms)
-    lines = ["", "## Held-out loss at equal tokens (mean over seeds; paired Δ vs random)", "",
-             "| tokens | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    lines = [
+        "",
+        "## Held-out loss at equal tokens (mean over seeds; paired Δ vs random)",
+        "",
+        "| tokens | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
     for i, (tokens, loss) in enumerate(arms["random"]["mean"]["curve"]):
         cells = [f"{loss:.4f}"]
         for name in names[1:]:
@@ -92,42 +125,70 @@ def _budget_table(results: dict) -> list[str]:
     budgets = results["budgets"]
     if len(budgets) < 2:
         return []
-    lines = ["", "## Budget sweep: final held-out loss (mean ± std over seeds), each budget its own full schedule", "",
-             "| arm | " + " | ".join(f"{b:g}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+    lines = [
+        "",
+        "## Budget sweep: final held-out loss (mean ± std over seeds), each budget its own full schedule",
+        "",
+        "| arm | " + " | ".join(f"{b:g}" for b in budgets) + " |",
+        "|---|" + "---|" * len(budgets),
+    ]
     if "budgets" not in results["arms"]["random"]:  # random ran at the full budget alone (results before its sweep)
         r = results["arms"]["random"]["spread"]
         lines.append("| random (1.0 only) | " + " | ".join("" for _ in budgets[:-1]) + f" | {r['mean']:.4f} |")
     for name, a in results["arms"].items():
         if "budgets" in a:
             cells = [a["budgets"][str(b)] for b in budgets]
-            lines.append(f"| {name} | " + " | ".join(
-                f"{c['mean']:.4f}" + (f" ± {c['std']:.4f}" if c["std"] is not None else "") for c in cells) + " |")
+            lines.append(
+                f"| {name} | "
+                + " | ".join(f"{c['mean']:.4f}" + (f" ± {c['std']:.4f}" if c["std"] is not None else "") for c in cells)
+                + " |"
+            )
     best = results["arms"]["random"].get("best_budget")
     if best and "budgets" in results["arms"]["random"]:
-        lines += ["", "Token ratios are against random's best budget on each seed (the lowest final held-out loss: "
-                      + ", ".join(f"{b:g} ({loss:.4f})" for b, loss in zip(best["budget"], best["valid_loss"], strict=True))
-                      + "); the paired Δ is against random at the full budget."]
+        lines += [
+            "",
+            "Token ratios are against random's best budget on each seed (the lowest final held-out loss: "
+            + ", ".join(f"{b:g} ({loss:.4f})" for b, loss in zip(best["budget"], best["valid_loss"], strict=True))
+            + "); the paired Δ is against random at the full budget.",
+        ]
     return lines
 
 
 def _focus_table(arms: dict) -> list[str]:
-    rows = [(name, i, f) for name, a in arms.items() for i, f in enumerate(zip(*(r["focus"] for r in a["seeds"]), strict=False))]
+    rows = [
+        (name, i, f)
+        for name, a in arms.items()
+        for i, f in enumerate(zip(*(r["focus"] for r in a["seeds"]), strict=False))
+    ]
     if not rows or not any(r["repeat_blocks"] for a in arms.values() for r in a["seeds"]):
         return []
-    lines = ["", "## What each Focus dropped (mean over seeds)", "",
-             "| arm | phase | blocks dropped | dropped that were repeats | repeat blocks dropped |", "|---|---|---|---|---|"]
+    lines = [
+        "",
+        "## What each Focus dropped (mean over seeds)",
+        "",
+        "| arm | phase | blocks dropped | dropped that were repeats | repeat blocks dropped |",
+        "|---|---|---|---|---|",
+    ]
     for name, _, per_seed in rows:
         n = len(per_seed)
-        lines.append(f"| {name} | {per_seed[0]['phase']} | {sum(f['dropped_blocks'] for f in per_seed) / n:,.0f} | "
-                     f"{sum(f['dropped_that_repeat'] for f in per_seed) / n:.1%} | {sum(f['repeats_dropped'] for f in per_seed) / n:.1%} |")
+        lines.append(
+            f"| {name} | {per_seed[0]['phase']} | {sum(f['dropped_blocks'] for f in per_seed) / n:,.0f} | "
+            f"{sum(f['dropped_that_repeat'] for f in per_seed) / n:.1%} | "
+            f"{sum(f['repeats_dropped'] for f in per_seed) / n:.1%} |"
+        )
     return lines
 
 
 def _test_table(results: dict) -> list[str]:
     if not results["test"]:
         return []
-    lines = ["", "## Test sets (reported once, never used for any choice)", "",
-             "| arm | " + " | ".join(Path(f).name for f in results["test"]) + " |", "|---|" + "---|" * len(results["test"])]
+    lines = [
+        "",
+        "## Test sets (reported once, never used for any choice)",
+        "",
+        "| arm | " + " | ".join(Path(f).name for f in results["test"]) + " |",
+        "|---|" + "---|" * len(results["test"]),
+    ]
     for name, a in results["arms"].items():
         cells = []
         for f in results["test"]:
@@ -151,29 +212,54 @@ def plot(results: dict, phases: list, tokens_per_step: int, path: Path) -> None:
     shade = {"learn": "#eeeeee", "focus": "#ffe0b3", "review": "#cfe8ff"}
     for ph in phases:
         for a in (ax, dx):
-            a.axvspan(ph.start * tokens_per_step, ph.end * tokens_per_step, color=shade.get(ph.kind, "white"), alpha=0.6, lw=0)
-        ax.text((ph.start + ph.steps / 2) * tokens_per_step, 1.0, ph.kind, transform=ax.get_xaxis_transform(), ha="center",
-                va="bottom", fontsize=7)
+            a.axvspan(
+                ph.start * tokens_per_step, ph.end * tokens_per_step, color=shade.get(ph.kind, "white"), alpha=0.6, lw=0
+            )
+        ax.text(
+            (ph.start + ph.steps / 2) * tokens_per_step,
+            1.0,
+            ph.kind,
+            transform=ax.get_xaxis_transform(),
+            ha="center",
+            va="bottom",
+            fontsize=7,
+        )
     for name, a in results["arms"].items():
         color = COLORS.get(name)
         t = [p[0] for p in a["mean"]["curve"]]
         per_seed = [[p[1] for p in r["curve"][: len(t)]] for r in a["seeds"]]
-        ax.fill_between(t, [min(v) for v in zip(*per_seed, strict=True)], [max(v) for v in zip(*per_seed, strict=True)],
-                        color=color, alpha=0.2, lw=0)
+        ax.fill_between(
+            t,
+            [min(v) for v in zip(*per_seed, strict=True)],
+            [max(v) for v in zip(*per_seed, strict=True)],
+            color=color,
+            alpha=0.2,
+            lw=0,
+        )
         ax.plot(t, [p[1] for p in a["mean"]["curve"]], lw=2, color=color, label=name)
         if "paired" in a:
             d = a["paired"]["curve"]
             mean = [p[1]["mean"] for p in d]
             se = [p[1]["se"] or 0.0 for p in d]
             dx.plot([p[0] for p in d], mean, lw=2, color=color, label=f"{name} − random")
-            dx.fill_between([p[0] for p in d], [m - s for m, s in zip(mean, se, strict=True)],
-                            [m + s for m, s in zip(mean, se, strict=True)], color=color, alpha=0.2, lw=0)
+            dx.fill_between(
+                [p[0] for p in d],
+                [m - s for m, s in zip(mean, se, strict=True)],
+                [m + s for m, s in zip(mean, se, strict=True)],
+                color=color,
+                alpha=0.2,
+                lw=0,
+            )
     dx.axhline(0, color="C0", lw=1)
     ax.set_ylabel("held-out loss (nats/token)")
     dx.set_ylabel("paired Δ vs random")
     dx.set_xlabel("training tokens")
-    ax.set_title(f"{results['preset']}, redundancy {results['redundancy']}: held-out loss vs tokens "
-                 f"({len(results['seeds'])} seeds; range shaded)", fontsize=10, pad=14)
+    ax.set_title(
+        f"{results['preset']}, redundancy {results['redundancy']}: held-out loss vs tokens "
+        f"({len(results['seeds'])} seeds; range shaded)",
+        fontsize=10,
+        pad=14,
+    )
     ax.legend()
     dx.legend(fontsize=8)
     fig.tight_layout()

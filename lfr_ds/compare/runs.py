@@ -89,17 +89,32 @@ def check_overrides(overrides: list[str]) -> None:
     for o in overrides:
         key = o.split("=", 1)[0]
         if any(key == k or (k.endswith(".") and key.startswith(k)) for k in OWNED):
-            raise UserError(f"{o}: {key} is set by lfr-compare itself (data, steps, seeds, evaluation); "
-                            "use its flags (--preset, --seeds, --budgets, --valid) instead")
+            raise UserError(
+                f"{o}: {key} is set by lfr-compare itself (data, steps, seeds, evaluation); "
+                "use its flags (--preset, --seeds, --budgets, --valid) instead"
+            )
 
 
 def overrides(run: Run, setup: Setup) -> list[str]:
     steps = max(1, round(run.budget * setup.steps))
-    out = [*setup.preset_overrides, f"lfr.schedule={setup.schedule}", *setup.user_overrides, *ARMS[run.arm],
-           f"data.path={ceilings.dedup_prefix(setup.corpus) if run.arm == 'dedup' else setup.corpus.prefix}", f"data.tokenizer={setup.corpus.tokenizer}", f"run_dir={setup.out / run.name}",
-           f"steps={steps}", f"seed={run.seed}", f"data.seed={run.seed}", f"lfr.length_scale={run.budget}",
-           f"eval.valid_path={setup.corpus.heldout}", f"eval.valid_blocks={setup.heldout_blocks}",
-           f"eval.valid_seed={HELDOUT_SEED}", f"eval.interval={-(-steps // setup.evals)}", "log.progress_bar=false"]
+    out = [
+        *setup.preset_overrides,
+        f"lfr.schedule={setup.schedule}",
+        *setup.user_overrides,
+        *ARMS[run.arm],
+        f"data.path={ceilings.dedup_prefix(setup.corpus) if run.arm == 'dedup' else setup.corpus.prefix}",
+        f"data.tokenizer={setup.corpus.tokenizer}",
+        f"run_dir={setup.out / run.name}",
+        f"steps={steps}",
+        f"seed={run.seed}",
+        f"data.seed={run.seed}",
+        f"lfr.length_scale={run.budget}",
+        f"eval.valid_path={setup.corpus.heldout}",
+        f"eval.valid_blocks={setup.heldout_blocks}",
+        f"eval.valid_seed={HELDOUT_SEED}",
+        f"eval.interval={-(-steps // setup.evals)}",
+        "log.progress_bar=false",
+    ]
     if setup.corpus.probe is not None:  # probes (issue 21): every arm scores the same probe set
         out.append(f"lfr.probe_path={setup.corpus.probe}")
     if setup.blimp:
@@ -125,7 +140,7 @@ def identity(rec: dict) -> dict:
     def rel(v):
         if isinstance(v, dict):
             return {k: rel(x) for k, x in v.items()}
-        return "OUT" + os.sep + v[len(out):] if isinstance(v, str) and v.startswith(out) else v
+        return "OUT" + os.sep + v[len(out) :] if isinstance(v, str) and v.startswith(out) else v
 
     rec = rel(rec)
     # Records made before lfr-compare set the thread count ran with OMP_NUM_THREADS unset on the 2-core
@@ -148,7 +163,9 @@ def check_reusable(run: Run, setup: Setup) -> None:
         # its record: differences() reads absent as None, so such a run is still reused.
         diff = differences(identity(json.loads(path.read_text())), identity(record(run, setup)))
         if diff:
-            raise UserError(f"{path.parent}: this run was made with other settings ({'; '.join(diff[:6])}); use a new --out")
+            raise UserError(
+                f"{path.parent}: this run was made with other settings ({'; '.join(diff[:6])}); use a new --out"
+            )
 
 
 def launch(run: Run, setup: Setup, test_files: list[str], log) -> tuple[Path, float | None]:
@@ -170,7 +187,16 @@ def launch(run: Run, setup: Setup, test_files: list[str], log) -> tuple[Path, fl
         _call(cmd, setup.out / f"{run.name}.log", env, f"{run.name} (training)")
         atomic.write_json(run_dir / "timing.json", {"train_seconds": round(time.time() - t0, 1)})
     if test_files:
-        cmd = [sys.executable, "-m", "lfr_ds.eval.cli", str(run_dir), "--valid", *test_files, "--json", str(run_dir / "test.json")]
+        cmd = [
+            sys.executable,
+            "-m",
+            "lfr_ds.eval.cli",
+            str(run_dir),
+            "--valid",
+            *test_files,
+            "--json",
+            str(run_dir / "test.json"),
+        ]
         _call(cmd, setup.out / f"{run.name}.test.log", env, f"{run.name} (test sets)")
     return run_dir, time.time() - t0
 
@@ -204,17 +230,23 @@ def result(run_dir: Path, corpus: Corpus, test_files: list[str]) -> dict:
     final = curve[-1]
     cfg = json.loads((run_dir / "compare_run.json").read_text())["config"]
     out = {
-        "run_dir": str(run_dir), "tokens": final["tokens"], "valid_loss": final["valid"]["loss"],
-        "valid_ppl": final["valid"]["ppl"], "per_source": {s: v["loss"] for s, v in final["valid"]["per_source"].items()},
-        "blimp_acc": final.get("blimp", {}).get("acc"), "curve": [(c["tokens"], c["valid"]["loss"]) for c in curve],
+        "run_dir": str(run_dir),
+        "tokens": final["tokens"],
+        "valid_loss": final["valid"]["loss"],
+        "valid_ppl": final["valid"]["ppl"],
+        "per_source": {s: v["loss"] for s, v in final["valid"]["per_source"].items()},
+        "blimp_acc": final.get("blimp", {}).get("acc"),
+        "curve": [(c["tokens"], c["valid"]["loss"]) for c in curve],
         "eval_seconds": round(sum(c.get("seconds", 0.0) for c in curve), 1),
     }
     if (run_dir / "timing.json").is_file():  # the whole lfr-train process, evaluations included
         out["train_seconds"] = json.loads((run_dir / "timing.json").read_text())["train_seconds"]
     if test_files:
         tests = json.loads((run_dir / "test.json").read_text())["valid"]
-        out["test"] = {f: {"loss": tests[f]["loss"], "per_source": {s: v["loss"] for s, v in tests[f]["per_source"].items()}}
-                       for f in test_files}
+        out["test"] = {
+            f: {"loss": tests[f]["loss"], "per_source": {s: v["loss"] for s, v in tests[f]["per_source"].items()}}
+            for f in test_files
+        }
     out.update(_blocks_trained(run_dir, corpus, cfg))
     return out
 
@@ -228,13 +260,24 @@ def _blocks_trained(run_dir: Path, corpus: Corpus, cfg: dict) -> dict:
     trained, focus = [], []
     for p in sorted((run_dir / INDEX_DIR).glob("phase_*.json")):
         manifest = read_manifest(p.with_suffix(".npy"))
-        trained.append(np.load(p.with_suffix(".npy"), allow_pickle=False)[: manifest.steps * manifest.global_batch_size])
+        trained.append(
+            np.load(p.with_suffix(".npy"), allow_pickle=False)[: manifest.steps * manifest.global_batch_size]
+        )
         kept = read_kept_mask(p, manifest)
         if kept is not None:
             dropped = ~kept
-            focus.append({"phase": p.stem, "dropped_blocks": int(dropped.sum()),
-                          "dropped_that_repeat": float(repeat_block[dropped].mean()) if dropped.any() else 0.0,
-                          "repeats_dropped": float(dropped[repeat_block].mean()) if repeat_block.any() else 0.0})
+            focus.append(
+                {
+                    "phase": p.stem,
+                    "dropped_blocks": int(dropped.sum()),
+                    "dropped_that_repeat": float(repeat_block[dropped].mean()) if dropped.any() else 0.0,
+                    "repeats_dropped": float(dropped[repeat_block].mean()) if repeat_block.any() else 0.0,
+                }
+            )
     ids = np.concatenate(trained)
-    return {"unique_blocks_trained": len(np.unique(ids)), "repeat_token_share_trained": float(repeat_share[ids].mean()),
-            "repeat_blocks": int(repeat_block.sum()), "focus": focus}
+    return {
+        "unique_blocks_trained": len(np.unique(ids)),
+        "repeat_token_share_trained": float(repeat_share[ids].mean()),
+        "repeat_blocks": int(repeat_block.sum()),
+        "focus": focus,
+    }

@@ -85,7 +85,9 @@ def ratio_summary(per_seed: Sequence[float | None], kind: str) -> dict:
     return out
 
 
-def summarise(results: dict[tuple[str, int, float], dict], arms: list[str], seeds: list[int], budgets: list[float]) -> dict:
+def summarise(
+    results: dict[tuple[str, int, float], dict], arms: list[str], seeds: list[int], budgets: list[float]
+) -> dict:
     """Per arm: per-seed results at the full budget, their means, and (other than random) the paired
     differences from random and the token ratio. ``results`` maps (arm, seed, budget) to
     :func:`lfr_ds.compare.runs.result`."""
@@ -139,8 +141,9 @@ def _paired(runs: list[dict], base: list[dict]) -> dict:
     out["relative"] = out["valid_loss"]["mean"] / random_mean(lambda r: r["valid_loss"])
     sources = list(base[0]["per_source"])
     out["per_source"] = {s: paired(lambda r, s=s: r["per_source"][s]) for s in sources}
-    out["per_source_relative"] = {s: out["per_source"][s]["mean"] / random_mean(lambda r, s=s: r["per_source"][s])
-                                  for s in sources}
+    out["per_source_relative"] = {
+        s: out["per_source"][s]["mean"] / random_mean(lambda r, s=s: r["per_source"][s]) for s in sources
+    }
     points = min(len(r["curve"]) for r in runs + base)
     out["curve"] = [(base[0]["curve"][i][0], paired(lambda r, i=i: r["curve"][i][1])) for i in range(points)]
     if "test" in base[0]:
@@ -159,7 +162,9 @@ def random_best(results: dict, seeds: list[int], budgets: list[float]) -> list[t
     return out
 
 
-def _token_ratio(arm: str, results: dict, seeds: list[int], budgets: list[float], best: list[tuple[float, float]]) -> dict:
+def _token_ratio(
+    arm: str, results: dict, seeds: list[int], budgets: list[float], best: list[tuple[float, float]]
+) -> dict:
     if len(budgets) > 1:
         per_seed = []
         for s, (b_best, loss) in zip(seeds, best, strict=True):
@@ -172,5 +177,8 @@ def _token_ratio(arm: str, results: dict, seeds: list[int], budgets: list[float]
     for s, (_, loss) in zip(seeds, best, strict=True):
         reached = stays_below_from(results[arm, s, 1.0]["curve"], loss)
         per_seed.append(None if reached is None else reached / results["random", s, 1.0]["tokens"])
-    return {**ratio_summary(per_seed, "in-run proxy (not annealed: prefer --budgets)"), "baseline": "random at 1.0",
-            "random_budget": [1.0] * len(seeds)}
+    return {
+        **ratio_summary(per_seed, "in-run proxy (not annealed: prefer --budgets)"),
+        "baseline": "random at 1.0",
+        "random_budget": [1.0] * len(seeds),
+    }

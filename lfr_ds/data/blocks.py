@@ -70,9 +70,7 @@ def cache_dir(dataset: TokenDataset, seq_length: int, seed: int) -> str:
 class BlockView:
     """Blocks of ``dataset`` for ``seq_length`` and ``seed``; identical in every process and rerun."""
 
-    def __init__(
-        self, dataset: TokenDataset, seq_length: int, seed: int, *, rank: int = 0, barrier=None
-    ) -> None:
+    def __init__(self, dataset: TokenDataset, seq_length: int, seed: int, *, rank: int = 0, barrier=None) -> None:
         """Build (rank 0) or load the index arrays. In a distributed job pass ``rank`` and a
         ``barrier()`` callable: rank 0 builds the cache first, the other ranks then load it."""
         if seq_length < 1:
@@ -172,5 +170,6 @@ class BlockView:
     def _check(self, block_id: int) -> None:
         if not 0 <= block_id < self.num_blocks:
             raise UserError(
-                f"block {block_id}: out of range; this dataset has {self.num_blocks} blocks (0..{self.num_blocks - 1}) at seq_length {self.seq_length}"
+                f"block {block_id}: out of range; this dataset has {self.num_blocks} blocks "
+                f"(0..{self.num_blocks - 1}) at seq_length {self.seq_length}"
             )

@@ -83,7 +83,8 @@ class TokenDataset:
     def document(self, i: int) -> np.ndarray:
         if not 0 <= i < self.num_documents:
             raise UserError(
-                f"document {i}: out of range; {self.prefix} has {self.num_documents} documents (0..{self.num_documents - 1})"
+                f"document {i}: out of range; {self.prefix} has {self.num_documents} documents "
+                f"(0..{self.num_documents - 1})"
             )
         return self.indexed.get(i)
 
@@ -130,9 +131,7 @@ def open_dataset(prefix: str) -> TokenDataset:
             meta_idx, meta_bin, meta_sources = meta["idx_sha256"], meta["bin_bytes"], meta["sources"]
             meta["tokenizer"]["sha256"]
         except (ValueError, KeyError, TypeError):
-            raise UserError(
-                f"{meta_path}: unreadable sidecar; rebuild the dataset with lfr-preprocess"
-            ) from None
+            raise UserError(f"{meta_path}: unreadable sidecar; rebuild the dataset with lfr-preprocess") from None
         if meta_idx != idx_sha or meta_bin != bin_bytes:
             raise UserError(
                 f"{meta_path}: describes a different .bin/.idx (checksum mismatch); rebuild with lfr-preprocess"
@@ -141,9 +140,7 @@ def open_dataset(prefix: str) -> TokenDataset:
         try:
             doc_source = np.load(src_path, allow_pickle=False, mmap_mode="r")
         except (OSError, ValueError):
-            raise UserError(
-                f"{src_path}: missing or unreadable; rebuild the dataset with lfr-preprocess"
-            ) from None
+            raise UserError(f"{src_path}: missing or unreadable; rebuild the dataset with lfr-preprocess") from None
         if len(doc_source) != num_docs:
             raise UserError(
                 f"{src_path}: {len(doc_source)} entries for {num_docs} documents; rebuild with lfr-preprocess"
@@ -176,9 +173,7 @@ def _read_index(idx_path: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.d
     with open(idx_path, "rb") as f:
         head = f.read(header)
     if len(head) < header or head[:9] != INDEX_MAGIC:
-        raise UserError(
-            f"{idx_path}: not a Megatron index file (wrong magic number); rebuild with lfr-preprocess"
-        )
+        raise UserError(f"{idx_path}: not a Megatron index file (wrong magic number); rebuild with lfr-preprocess")
     version, code, n_seq, n_doc = struct.unpack("<QBQQ", head[9:])
     if version != 1 or code not in DTYPE_CODES:
         raise UserError(

@@ -87,11 +87,14 @@ def _pick_split(arg: str, files: list[str], base: str, split: str | None) -> lis
     if split is not None:
         picked = [f for f in files if labels[f] == split.lower()]
         if not picked:
-            held = f"it holds the splits {', '.join(found)}" if found else "it has no split folders or split-named files"
+            held = (
+                f"it holds the splits {', '.join(found)}" if found else "it has no split folders or split-named files"
+            )
             raise UserError(f"{arg}: no files of split {split!r}; {held}: fix --split, or drop it")
         return picked
     if len(found) > 1:
         raise UserError(
-            f"{arg}: holds the splits {', '.join(found)}; choose one with --split NAME (or name that split's folder or files)"
+            f"{arg}: holds the splits {', '.join(found)}; "
+            "choose one with --split NAME (or name that split's folder or files)"
         )
     return files

@@ -1,7 +1,7 @@
 """``lfr-inspect-data``: summarise a ``.bin/.idx`` dataset or a blend of them, or decode one of its documents or blocks.
 
-    lfr-inspect-data data/web                                  # one dataset
-    lfr-inspect-data "0.3 data/web 0.7 data/code"              # a blend: each corpus, its weight and size
+lfr-inspect-data data/web                                  # one dataset
+lfr-inspect-data "0.3 data/web 0.7 data/code"              # a blend: each corpus, its weight and size
 """
 
 from __future__ import annotations
@@ -59,28 +59,40 @@ def _format(s: dict) -> str:
     lines.append(f"fingerprint {s['fingerprint'][:16]}")
     lines.append(f"{'source':<12}{'documents':>12}{'tokens':>14}{'share':>8}")
     for name, c in s["sources"].items():
-        lines.append(
-            f"{name:<12}{c['documents']:>12,}{c['tokens']:>14,}{c['tokens'] / max(s['tokens'], 1):>8.1%}"
-        )
+        lines.append(f"{name:<12}{c['documents']:>12,}{c['tokens']:>14,}{c['tokens'] / max(s['tokens'], 1):>8.1%}")
     return "\n".join(lines)
 
 
 def blend_summary(blend: Blend) -> dict:
     """A blend: its fingerprint and tokenizer, and per corpus its weight, prefix and :func:`summary`."""
-    corpora = {name: {"weight": float(w), **summary(ds)}
-               for name, w, ds in zip(blend.names, blend.weights, blend.datasets, strict=True)}
+    corpora = {
+        name: {"weight": float(w), **summary(ds)}
+        for name, w, ds in zip(blend.names, blend.weights, blend.datasets, strict=True)
+    }
     tokens = sum(c["tokens"] for c in corpora.values())
     for c in corpora.values():
         c["token_share"] = c["tokens"] / max(tokens, 1)
-    return {"blend": blend.spec, "fingerprint": blend.fingerprint, "tokens": tokens,
-            "tokenizer": next(iter(corpora.values()))["tokenizer"], "corpora": corpora}
+    return {
+        "blend": blend.spec,
+        "fingerprint": blend.fingerprint,
+        "tokens": tokens,
+        "tokenizer": next(iter(corpora.values()))["tokenizer"],
+        "corpora": corpora,
+    }
 
 
 def _format_blend(s: dict) -> str:
-    lines = [f"blend       {s['blend']}", f"fingerprint {s['fingerprint'][:16]}", f"tokens      {s['tokens']:,}",
-             f"{'corpus':<12}{'weight':>8}{'tokens':>14}{'share':>8}{'documents':>12}  prefix"]
+    lines = [
+        f"blend       {s['blend']}",
+        f"fingerprint {s['fingerprint'][:16]}",
+        f"tokens      {s['tokens']:,}",
+        f"{'corpus':<12}{'weight':>8}{'tokens':>14}{'share':>8}{'documents':>12}  prefix",
+    ]
     for name, c in s["corpora"].items():
-        lines.append(f"{name:<12}{c['weight']:>8.1%}{c['tokens']:>14,}{c['token_share']:>8.1%}{c['documents']:>12,}  {c['prefix']}")
+        lines.append(
+            f"{name:<12}{c['weight']:>8.1%}{c['tokens']:>14,}{c['token_share']:>8.1%}"
+            f"{c['documents']:>12,}  {c['prefix']}"
+        )
     lines.append("(weight: the corpus's share of the blocks drawn; share: its share of the tokens)")
     return "\n".join(lines)
 
@@ -101,7 +113,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="lfr-inspect-data",
         description="Summarise a Megatron .bin/.idx dataset, or decode a document or block.",
     )
-    p.add_argument("prefix", help="dataset prefix (PREFIX.bin / PREFIX.idx), or a blend: \"0.3 data/web 0.7 data/code\"")
+    p.add_argument("prefix", help='dataset prefix (PREFIX.bin / PREFIX.idx), or a blend: "0.3 data/web 0.7 data/code"')
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.add_argument("--doc", type=int, help="decode this document")
     p.add_argument("--block", type=int, help="decode this block (needs --seq-length and --seed of the run)")
@@ -138,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         docs = view.documents(args.block)
         srcs = ", ".join(f"{int(d)} ({ds.sources[int(ds.doc_source[int(d)])]})" for d in docs)
         print(
-            f"# block {args.block} of {view.num_blocks} (seq_length {args.seq_length}, seed {args.seed}): documents {srcs}",
+            f"# block {args.block} of {view.num_blocks} (seq_length {args.seq_length}, seed {args.seed}): "
+            f"documents {srcs}",
             file=sys.stderr,
         )
         print(tok.render(ids))
@@ -156,7 +169,10 @@ def _inspect_blend(blend: Blend, args) -> int:
     tok = _tokenizer_for(blend.datasets[0], args.tokenizer)
     view = BlendView(blend, args.seq_length, args.seed)
     c, docs = view.documents(args.block)
-    print(f"# block {args.block} of {view.num_blocks} (seq_length {args.seq_length}, seed {args.seed}): corpus "
-          f"{blend.names[c]}, documents {', '.join(str(int(d)) for d in docs)}", file=sys.stderr)
+    print(
+        f"# block {args.block} of {view.num_blocks} (seq_length {args.seq_length}, seed {args.seed}): corpus "
+        f"{blend.names[c]}, documents {', '.join(str(int(d)) for d in docs)}",
+        file=sys.stderr,
+    )
     print(tok.render(view.tokens(args.block)))
     return 0

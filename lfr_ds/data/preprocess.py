@@ -124,8 +124,9 @@ class _Tally:
 
     def add(self, enc) -> None:
         names = [s if s is not None else UNKNOWN_SOURCE for s in enc.sources]
-        self.doc_source.append(np.array([self.source_codes.setdefault(s, len(self.source_codes)) for s in names],
-                                        dtype=np.int32))
+        self.doc_source.append(
+            np.array([self.source_codes.setdefault(s, len(self.source_codes)) for s in names], dtype=np.int32)
+        )
         for s, n in zip(names, enc.lengths, strict=True):
             self.doc_counts[s] += 1
             self.token_counts[s] += int(n)
@@ -147,7 +148,8 @@ class _Tally:
             "format": "lfr-ds-dataset/1",
             "created_by": f"lfr-ds {__version__}",
             "inputs": [
-                {"path": os.path.abspath(p), "bytes": os.path.getsize(p), "rows": self.file_rows[p]} for p in self.inputs
+                {"path": os.path.abspath(p), "bytes": os.path.getsize(p), "rows": self.file_rows[p]}
+                for p in self.inputs
             ],
             "json_key": opts.json_key,
             "tokenizer": tok.identity(),
@@ -180,9 +182,7 @@ def preprocess(
     inputs = check_inputs(inputs, split)
     out_dir = os.path.dirname(os.path.abspath(output_prefix))
     if not os.path.isdir(out_dir):
-        raise UserError(
-            f"--output-prefix {output_prefix}: directory {out_dir} does not exist; create it first"
-        )
+        raise UserError(f"--output-prefix {output_prefix}: directory {out_dir} does not exist; create it first")
     if workers < 1:
         raise UserError(f"--workers {workers}: must be at least 1")
     tok = Tokenizer(tokenizer_path)
@@ -194,8 +194,15 @@ def preprocess(
     t0 = time.time()
     tally = _Tally(inputs)
     file_number = {p: i for i, p in enumerate(inputs, 1)}
-    bar = tqdm(total=sum(os.path.getsize(p) for p in inputs), unit="B", unit_scale=True, desc="preprocess",
-               disable=not progress, mininterval=1.0, file=sys.stderr)
+    bar = tqdm(
+        total=sum(os.path.getsize(p) for p in inputs),
+        unit="B",
+        unit_scale=True,
+        desc="preprocess",
+        disable=not progress,
+        mininterval=1.0,
+        file=sys.stderr,
+    )
 
     with contextlib.ExitStack() as stack:
         # Entered first = renamed last: meta.json appears only once every other file is in place.
@@ -259,9 +266,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="tokenizer processes (default: all cores)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.add_argument("--probe-fraction", type=float, default=0.0,
-                   help="also split off this share of the documents' tokens (at least 512 blocks of 1,025 tokens) as "
-                        "PREFIX_probe, a probe set no run trains on (lfr.probe_path; docs/lfr.md); default 0 = none")
+    p.add_argument(
+        "--probe-fraction",
+        type=float,
+        default=0.0,
+        help="also split off this share of the documents' tokens (at least 512 blocks of 1,025 tokens) as "
+        "PREFIX_probe, a probe set no run trains on (lfr.probe_path; docs/lfr.md); default 0 = none",
+    )
     p.add_argument("--probe-seed", type=int, default=0, help="seed of the probe documents' draw (default 0)")
     args = p.parse_args(argv)
     if not 0 <= args.probe_fraction <= 0.5:
@@ -279,8 +290,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         from lfr_ds.data.probe_split import split_probe_set
 
         split = split_probe_set(args.output_prefix, args.probe_fraction, args.probe_seed)
-        print(f"split off {split['probe_prefix']}: {split['probe_documents']:,} documents, {split['probe_tokens']:,} tokens "
-              "(lfr.probe_path)", file=sys.stderr)
+        print(
+            f"split off {split['probe_prefix']}: {split['probe_documents']:,} documents, "
+            f"{split['probe_tokens']:,} tokens (lfr.probe_path)",
+            file=sys.stderr,
+        )
     secs = meta["seconds"]
     print(
         f"wrote {args.output_prefix}.{{bin,idx}}: {meta['num_documents']:,} documents, {meta['num_tokens']:,} tokens "

@@ -33,9 +33,11 @@ def probe_documents(lengths: np.ndarray, fraction: float, seed: int) -> np.ndarr
     total = int(lengths.sum())
     target = max(fraction * total, SPLIT_MIN_BLOCKS * _BLOCK_TOKENS)
     if 2 * target > total:
-        raise UserError(f"--probe-fraction {fraction}: the dataset holds {total:,} tokens, and a probe set of at least "
-                        f"{SPLIT_MIN_BLOCKS} blocks of {_BLOCK_TOKENS} tokens would be more than half of it; give more data, "
-                        "or split the probe documents off by hand")
+        raise UserError(
+            f"--probe-fraction {fraction}: the dataset holds {total:,} tokens, and a probe set of at least "
+            f"{SPLIT_MIN_BLOCKS} blocks of {_BLOCK_TOKENS} tokens would be more than half of it; give more data, "
+            "or split the probe documents off by hand"
+        )
     order = np.random.default_rng(seed).permutation(len(lengths))
     taken = int(np.searchsorted(np.cumsum(lengths[order]), target)) + 1
     out = np.zeros(len(lengths), dtype=bool)
@@ -50,15 +52,22 @@ def split_probe_set(prefix: str, fraction: float, seed: int = 0) -> dict:
     lengths = dataset.indexed.sequence_lengths.astype(np.int64)
     probe = probe_documents(lengths, fraction, seed)
     if dataset.meta is None:
-        raise UserError(f"{prefix}: no lfr-ds sidecar (.meta.json); --probe-fraction splits datasets lfr-preprocess wrote")
+        raise UserError(
+            f"{prefix}: no lfr-ds sidecar (.meta.json); --probe-fraction splits datasets lfr-preprocess wrote"
+        )
     meta, doc_source = dataset.meta, dataset.doc_source
     written = {}
     # The probe set first; the rest replaces prefix's files by rename, the old ones still mapped for reading.
     for out, mask, role in ((prefix + "_probe", probe, "probe"), (prefix, ~probe, "train")):
         docs = (np.asarray(dataset.indexed[int(i)]) for i in np.flatnonzero(mask))  # one at a time: memory stays flat
-        written[role] = _write_subset(out, docs, doc_source[mask], lengths[mask],
-                                      {**meta, "probe_split": {"role": role, "fraction": fraction, "seed": seed}},
-                                      dataset.indexed.index.dtype)
+        written[role] = _write_subset(
+            out,
+            docs,
+            doc_source[mask],
+            lengths[mask],
+            {**meta, "probe_split": {"role": role, "fraction": fraction, "seed": seed}},
+            dataset.indexed.index.dtype,
+        )
     return {"probe_prefix": prefix + "_probe", "probe_documents": int(probe.sum()), "probe_tokens": written["probe"]}
 
 
@@ -82,10 +91,15 @@ def _write_subset(prefix: str, docs, doc_source: np.ndarray, lengths: np.ndarray
         with open(src_tmp, "wb") as f:
             np.save(f, doc_source, allow_pickle=False)
         n_tokens = int(lengths.sum())
-        meta = {**meta, "num_documents": len(lengths), "num_tokens": n_tokens,
-                "source_documents": {s: int(n) for s, n in zip(sources, counts, strict=True)},
-                "source_tokens": {s: int(n) for s, n in zip(sources, token_counts, strict=True)},
-                "idx_sha256": sha256_file(idx_tmp), "bin_bytes": bin_tmp.stat().st_size}
+        meta = {
+            **meta,
+            "num_documents": len(lengths),
+            "num_tokens": n_tokens,
+            "source_documents": {s: int(n) for s, n in zip(sources, counts, strict=True)},
+            "source_tokens": {s: int(n) for s, n in zip(sources, token_counts, strict=True)},
+            "idx_sha256": sha256_file(idx_tmp),
+            "bin_bytes": bin_tmp.stat().st_size,
+        }
         meta_tmp.write_text(json.dumps(meta, indent=2) + "\n")
         for tmp in (bin_tmp, idx_tmp, src_tmp, meta_tmp):
             atomic.fsync_file(tmp)

@@ -236,7 +236,7 @@ def _decompressed_chunks(path: str, opts: ReadOptions, chunk_bytes: int) -> Iter
     size, first, pos = 0, 1, 0
     kind = "gzip" if path.endswith(".gz") else "zstd"
     try:
-        with open(path, "rb") as raw, (gzip.GzipFile(fileobj=raw) if kind == "gzip" else _ZstdStream(raw)) as stream:
+        with open(path, "rb") as raw, gzip.GzipFile(fileobj=raw) if kind == "gzip" else _ZstdStream(raw) as stream:
             for lineno, line in enumerate(stream, 1):
                 lines.append(line.removeprefix(_BOM) if lineno == 1 else line)
                 size += len(line)
@@ -246,7 +246,9 @@ def _decompressed_chunks(path: str, opts: ReadOptions, chunk_bytes: int) -> Iter
                     lines, size, first, pos = [], 0, lineno + 1, raw.tell()
     except (EOFError, gzip.BadGzipFile, zlib.error, zstandard.ZstdError) as e:
         what = "ends early" if isinstance(e, EOFError) else f"is not valid {kind} data ({_reason(e)})"
-        raise UserError(f"{path}: the compressed stream {what}; the file is truncated or damaged: copy it again") from None
+        raise UserError(
+            f"{path}: the compressed stream {what}; the file is truncated or damaged: copy it again"
+        ) from None
     yield Decompressed(path, first, b"".join(lines), os.path.getsize(path) - pos)
 
 
@@ -404,7 +406,9 @@ def _open_parquet(path: str) -> tuple[pq.ParquetFile, pa.Schema, list[int]]:
         meta = pf.metadata
         return pf, pf.schema_arrow, [meta.row_group(g).num_rows for g in range(meta.num_row_groups)]
     except _PARQUET_ERRORS as e:
-        raise UserError(f"{path}: not a readable parquet file ({_reason(e)}); the file is truncated or damaged: copy it again") from None
+        raise UserError(
+            f"{path}: not a readable parquet file ({_reason(e)}); the file is truncated or damaged: copy it again"
+        ) from None
 
 
 def _row_groups(path: str, opts: ReadOptions) -> Iterator[RowGroup]:
@@ -421,7 +425,8 @@ def _row_groups(path: str, opts: ReadOptions) -> Iterator[RowGroup]:
         # A column of nulls only (type null) is one of empty documents, which are counted and skipped.
         if not any(is_type(kind) for is_type in _TEXT_TYPES):
             raise UserError(
-                f"{path}: column {opts.json_key!r} holds {kind}, not strings; pass --json-key with the text column's name"
+                f"{path}: column {opts.json_key!r} holds {kind}, not strings; "
+                "pass --json-key with the text column's name"
             )
         size, total, row = os.path.getsize(path), max(sum(group_rows), 1), 0
         for g, n in enumerate(group_rows):
@@ -452,7 +457,8 @@ def _parquet_documents(chunk: RowGroup, opts: ReadOptions) -> list[Document]:
         table = pf.read_row_group(chunk.index, columns=columns, use_threads=False)
     except _PARQUET_ERRORS as e:
         raise UserError(
-            f"{chunk.path}: row group {chunk.index} is unreadable ({_reason(e)}); the file is truncated or damaged: copy it again"
+            f"{chunk.path}: row group {chunk.index} is unreadable ({_reason(e)}); "
+            "the file is truncated or damaged: copy it again"
         ) from None
     texts = _pylist(table.column(0), chunk)
     sources = _pylist(table.column(1), chunk) if len(columns) > 1 else [None] * len(texts)

@@ -72,9 +72,7 @@ def read_sample_index(path: str | os.PathLike, *, dataset: str | None = None) ->
     except ValueError:
         raise UserError(f"{path}: not a numpy array file; delete it and re-run the rewrite") from None
     if ids.ndim != 1 or len(ids) != manifest.length:
-        raise UserError(
-            f"{path}: shape {ids.shape} disagrees with its manifest length {manifest.length}"
-        )
+        raise UserError(f"{path}: shape {ids.shape} disagrees with its manifest length {manifest.length}")
     if len(ids) and int(ids.max()) >= manifest.num_blocks:
         raise UserError(f"{path}: holds block ids beyond the dataset's {manifest.num_blocks} blocks")
     return ids, manifest
@@ -86,9 +84,7 @@ def read_manifest(path: str | os.PathLike) -> PhaseManifest:
     try:
         obj = json.loads(mpath.read_text())
     except ValueError:
-        raise UserError(
-            f"{mpath}: unreadable sample index manifest; delete the pair and re-run the rewrite"
-        ) from None
+        raise UserError(f"{mpath}: unreadable sample index manifest; delete the pair and re-run the rewrite") from None
     return PhaseManifest.from_json(obj, str(mpath))
 
 

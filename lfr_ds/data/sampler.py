@@ -35,7 +35,8 @@ class DataParallelSampler:
         per_rank, rem = divmod(global_batch_size, world_size)
         if rem or per_rank % micro_batch_size:
             raise ValueError(
-                f"global batch {global_batch_size} does not split into {world_size} ranks × micro batches of {micro_batch_size}"
+                f"global batch {global_batch_size} does not split into {world_size} ranks "
+                f"× micro batches of {micro_batch_size}"
             )
         self.order = order
         self.global_batch_size = global_batch_size

@@ -47,9 +47,7 @@ class Tokenizer:
         try:
             self.sp.LoadFromSerializedProto(self.model_bytes)
         except Exception:
-            raise UserError(
-                f"{self.path}: not a sentencepiece model; train one with lfr-train-tokenizer"
-            ) from None
+            raise UserError(f"{self.path}: not a sentencepiece model; train one with lfr-train-tokenizer") from None
         if self.sp.piece_to_id("<eod>") != EOD_ID or self.sp.pad_id() != PAD_ID:
             raise UserError(
                 f"{self.path}: not an lfr-ds tokenizer (no <eod> at id {EOD_ID}); train one with lfr-train-tokenizer"

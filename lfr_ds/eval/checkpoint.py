@@ -117,9 +117,7 @@ def _run_tokenizer(ckpt: Path, config: dict) -> Tokenizer:
     try:
         recorded = json.loads(sidecar.read_text())["tokenizer"]
     except (OSError, ValueError, KeyError, TypeError):
-        raise UserError(
-            f"{ckpt}: the run's dataset sidecar {sidecar} is missing or unreadable; {hint}"
-        ) from None
+        raise UserError(f"{ckpt}: the run's dataset sidecar {sidecar} is missing or unreadable; {hint}") from None
     if not os.path.isfile(recorded["path"]):
         raise UserError(f"{ckpt}: the run's tokenizer {recorded['path']} is gone; {hint}")
     tok = Tokenizer(recorded["path"])
@@ -179,6 +177,7 @@ def load_model(ckpt: Checkpoint) -> torch.nn.Module:
     missing = [k for k in missing if not k.endswith("._extra_state")]
     if missing or unexpected:
         raise UserError(
-            f"{ckpt.path}: weights do not fit the model in its config (missing {missing[:3]}, unexpected {unexpected[:3]})"
+            f"{ckpt.path}: weights do not fit the model in its config "
+            f"(missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
     return model.eval()

@@ -78,9 +78,7 @@ def parse_args(argv: Sequence[str] | None):
     p.add_argument("--batch-size", type=int, default=8, help="sequences per forward pass (default: 8)")
     p.add_argument("--tokenizer", metavar="MODEL", help="the run's tokenizer, if it has moved since training")
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON to this file")
-    p.add_argument(
-        "--export-hf", metavar="DIR", help="write a HuggingFace GPT-2 directory (needs transformers)"
-    )
+    p.add_argument("--export-hf", metavar="DIR", help="write a HuggingFace GPT-2 directory (needs transformers)")
     args = p.parse_args(argv)
     if not (args.valid or args.blimp or args.lambada or args.mc or args.export_hf):
         raise UserError("nothing to do; give --valid, --blimp, --lambada, --mc or --export-hf")
@@ -114,8 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
 
     t0 = time.time()
-    with out_of_memory("loading the model", "evaluate on a machine with more memory (or, on a GPU, hide it with "
-                       "CUDA_VISIBLE_DEVICES= to use host memory)"):
+    with out_of_memory(
+        "loading the model",
+        "evaluate on a machine with more memory (or, on a GPU, hide it with CUDA_VISIBLE_DEVICES= to use host memory)",
+    ):
         model = load_model(ckpt)
     device = next(model.parameters()).device
     print(

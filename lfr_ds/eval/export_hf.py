@@ -92,9 +92,7 @@ def hf_tokenizer(tokenizer: Tokenizer):
         if sp.is_control(i) or sp.is_unknown(i) or sp.is_byte(i) or sp.is_unused(i):
             continue
         piece = sp.id_to_piece(i)
-        splits = [
-            (piece[:k], piece[k:]) for k in range(1, len(piece)) if piece[:k] in vocab and piece[k:] in vocab
-        ]
+        splits = [(piece[:k], piece[k:]) for k in range(1, len(piece)) if piece[:k] in vocab and piece[k:] in vocab]
         merges.extend((sp.get_score(i), vocab[a], vocab[b], a, b) for a, b in splits)
     merges.sort(key=lambda m: (-m[0], m[1], m[2]))
     hf = HFTokenizer(
@@ -126,9 +124,7 @@ def check_out_dir(out_dir: str | os.PathLike) -> Path:
     return out
 
 
-def export_hf(
-    model: torch.nn.Module, cfg: ModelConfig, tokenizer: Tokenizer, out_dir: str | os.PathLike
-) -> Path:
+def export_hf(model: torch.nn.Module, cfg: ModelConfig, tokenizer: Tokenizer, out_dir: str | os.PathLike) -> Path:
     """Write ``model`` (a megatron-core GPT with the local layer spec, shape ``cfg``) and ``tokenizer`` as
     a HuggingFace GPT-2 directory ``out_dir`` (created whole, atomically; it must not exist or be empty)."""
     try:
@@ -171,9 +167,7 @@ def export_hf(
     }
     with atomic.atomic_path(out, is_dir=True) as tmp:
         config.save_pretrained(tmp)
-        save_file(
-            hf_state_dict(model.state_dict(), cfg), tmp / "model.safetensors", metadata={"format": "pt"}
-        )
+        save_file(hf_state_dict(model.state_dict(), cfg), tmp / "model.safetensors", metadata={"format": "pt"})
         shutil.copyfile(tokenizer.path, tmp / "tokenizer.model")
         hf_tokenizer(tokenizer).save(str(tmp / "tokenizer.json"))
         (tmp / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")

@@ -23,7 +23,7 @@ def check_eval_paths(cfg: EvalConfig) -> None:
     """The evaluation inputs exist. Called before any process group starts; their contents are read after."""
     valid = cfg.valid_path
     raw = isinstance(valid, str) and is_raw_text(valid)
-    for path in ([valid] if raw else blend_prefixes(valid, "eval.valid_path") if valid else []):
+    for path in [valid] if raw else blend_prefixes(valid, "eval.valid_path") if valid else []:
         if not os.path.isfile(path if raw else path + ".idx"):
             raise UserError(
                 f"eval.valid_path: {path} not found; give a .jsonl/.txt file or a dataset prefix (PREFIX.idx)"
@@ -35,8 +35,17 @@ def check_eval_paths(cfg: EvalConfig) -> None:
 class PeriodicEval:
     """Loads the evaluation data once; :meth:`run` scores the model on it."""
 
-    def __init__(self, cfg: EvalConfig, *, tokenizer: Tokenizer | None, seq_length: int, seed: int, micro_batch_size: int,
-                 rank: int, barrier: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        cfg: EvalConfig,
+        *,
+        tokenizer: Tokenizer | None,
+        seq_length: int,
+        seed: int,
+        micro_batch_size: int,
+        rank: int,
+        barrier: Callable[[], None],
+    ) -> None:
         self.cfg = cfg
         self.seq_length = seq_length
         self.micro_batch_size = micro_batch_size
@@ -45,8 +54,15 @@ class PeriodicEval:
             raise UserError("eval: scoring text needs the run's tokenizer; set data.tokenizer")
         self.heldout = None
         if cfg.valid_path:
-            self.heldout = load_heldout(cfg.valid_path, seq_length, tokenizer=tokenizer, max_blocks=cfg.valid_blocks, seed=seed,
-                                        rank=rank, barrier=barrier)
+            self.heldout = load_heldout(
+                cfg.valid_path,
+                seq_length,
+                tokenizer=tokenizer,
+                max_blocks=cfg.valid_blocks,
+                seed=seed,
+                rank=rank,
+                barrier=barrier,
+            )
         self.blimp = None
         if cfg.blimp:
             self.blimp = {name: pairs[: cfg.blimp_pairs] for name, pairs in load_blimp([cfg.blimp]).items()}
@@ -64,6 +80,8 @@ class PeriodicEval:
         if self.heldout is not None:
             results["valid"] = heldout_loss(model, self.heldout, micro_batch_size=self.micro_batch_size)
         if self.blimp is not None:
-            blimp = evaluate_blimp(model, self.tokenizer, self.blimp, seq_length=self.seq_length, batch_size=self.micro_batch_size * 4)
+            blimp = evaluate_blimp(
+                model, self.tokenizer, self.blimp, seq_length=self.seq_length, batch_size=self.micro_batch_size * 4
+            )
             results["blimp"] = {"acc": blimp["acc"], "acc_mean": blimp["acc_mean"]}
         return results

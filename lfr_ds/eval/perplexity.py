@@ -9,7 +9,8 @@ over the model's full (padded) output vocabulary, exactly the training objective
 Two kinds of held-out data:
 
 * a ``.bin/.idx`` dataset from ``lfr-preprocess``, or a blend of them (as ``data.path``: then each
-  corpus gives up to ``max_blocks`` blocks and the loss is reported per corpus): its blocks are megatron-core's, cut with the run's
+  corpus gives up to ``max_blocks`` blocks and the loss is reported per corpus): its blocks are megatron-core's,
+  cut with the run's
   ``data.seed`` (:class:`~lfr_ds.data.blocks.BlockView`); with ``max_blocks`` a fixed, evenly spaced
   subset is scored. A block's tokens all count towards the source of its middle token
   (:attr:`~lfr_ds.data.blocks.BlockView.block_source`).
@@ -172,8 +173,7 @@ def heldout_loss(
     world, rank = (dist.get_world_size(), dist.get_rank()) if dist.is_initialized() else (1, 0)
     device = next(model.parameters()).device
     batches = [
-        np.arange(i, min(i + micro_batch_size, data.num_blocks))
-        for i in range(0, data.num_blocks, micro_batch_size)
+        np.arange(i, min(i + micro_batch_size, data.num_blocks)) for i in range(0, data.num_blocks, micro_batch_size)
     ]
     rounds = -(-len(batches) // world)
     # Per source: summed loss and tokens (float64: sums of millions of tokens keep their precision).
@@ -205,9 +205,7 @@ def heldout_loss(
         dist.all_reduce(sums)
     sums = sums.cpu().numpy()
     per_source = {
-        name: _summary(loss, tokens)
-        for name, (loss, tokens) in zip(data.sources, sums, strict=True)
-        if tokens > 0
+        name: _summary(loss, tokens) for name, (loss, tokens) in zip(data.sources, sums, strict=True) if tokens > 0
     }
     return {**_summary(*sums.sum(axis=0)), "blocks": data.num_blocks, "per_source": per_source}
 

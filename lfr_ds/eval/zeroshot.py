@@ -206,9 +206,7 @@ def evaluate_mc(
 ) -> dict:
     """``acc`` and ``acc_norm`` (lm-evaluation-harness definitions) over ``items``, and per-item log-likelihoods."""
     requests = [encode_pair(tokenizer, it.context, c) for it in items for c in it.choices]
-    scores = iter(
-        score_requests(model, requests, seq_length=seq_length, batch_size=batch_size, progress=progress)
-    )
+    scores = iter(score_requests(model, requests, seq_length=seq_length, batch_size=batch_size, progress=progress))
     acc = acc_norm = 0
     logprobs = []
     for it in items:
@@ -233,9 +231,7 @@ def evaluate_blimp(
     """BLiMP accuracy over all pairs (``acc``), per file (``per_set``), and the mean of the files (``acc_mean``)."""
     names = list(sets)
     requests = [encode_pair(tokenizer, "", s) for name in names for pair in sets[name] for s in pair]
-    scores = iter(
-        score_requests(model, requests, seq_length=seq_length, batch_size=batch_size, progress=progress)
-    )
+    scores = iter(score_requests(model, requests, seq_length=seq_length, batch_size=batch_size, progress=progress))
     per_set, correct, logprobs = {}, 0, {}
     for name in names:
         pairs = [(next(scores).logprob, next(scores).logprob) for _ in sets[name]]

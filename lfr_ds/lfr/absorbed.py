@@ -47,9 +47,14 @@ class Absorbed:
 
     def fields(self, alpha: float) -> dict:
         """The ``auto_drop`` manifest entries."""
-        return {"criterion": f"relative loss below the probes' {alpha}-quantile around the visit, at both visits where seen twice",
-                "alpha": alpha, "probe_quantile": round(self.quantile, 4),
-                "absorbed_one_visit": self.one_visit, "absorbed_two_visits": self.two_visits}
+        return {
+            "criterion": f"relative loss below the probes' {alpha}-quantile around the visit, "
+            "at both visits where seen twice",
+            "alpha": alpha,
+            "probe_quantile": round(self.quantile, 4),
+            "absorbed_one_visit": self.one_visit,
+            "absorbed_two_visits": self.two_visits,
+        }
 
 
 def window_steps(probe_step: np.ndarray) -> int:
@@ -82,4 +87,6 @@ def absorbed(table: LossTable, alpha: float) -> Absorbed:
     mask = seen & (relative < q[np.clip(table.last_step, 0, last)])  # NaN (no window) compares False
     twice = seen & (table.prev_step >= 0) & np.isfinite(table.prev_relative)
     mask &= ~twice | (table.prev_relative < q[np.clip(table.prev_step, 0, last)])
-    return Absorbed(mask, float(np.quantile(table.probe_relative, alpha)), int((mask & ~twice).sum()), int((mask & twice).sum()))
+    return Absorbed(
+        mask, float(np.quantile(table.probe_relative, alpha)), int((mask & ~twice).sum()), int((mask & twice).sum())
+    )

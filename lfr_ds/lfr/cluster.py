@@ -108,9 +108,7 @@ def _assign(x: np.ndarray, centroids: np.ndarray, pool: ThreadPoolExecutor) -> t
         _nearest(x[start:stop], aug, out=cell[start:stop])
         idx = cell[start:stop].astype(np.intp)
         counts = np.bincount(idx, minlength=k)
-        sums = np.stack(
-            [np.bincount(idx, weights=x[start:stop, j], minlength=k) for j in range(x.shape[1])], 1
-        )
+        sums = np.stack([np.bincount(idx, weights=x[start:stop, j], minlength=k) for j in range(x.shape[1])], 1)
         return counts, sums
 
     parts = list(pool.map(span, range(0, len(x), _SPAN)))
@@ -172,9 +170,7 @@ def weighted_ward(points: np.ndarray, weights: np.ndarray) -> np.ndarray:
     return tree
 
 
-def _minibatch_kmeans(
-    x: np.ndarray, k: int, rng: np.random.Generator, batch_size: int, n_steps: int
-) -> np.ndarray:
+def _minibatch_kmeans(x: np.ndarray, k: int, rng: np.random.Generator, batch_size: int, n_steps: int) -> np.ndarray:
     """Sculley's mini-batch k-means: each centroid is the running mean of every batch point it has won."""
     sample = x[np.sort(rng.choice(len(x), size=min(len(x), _SEED_SAMPLE * k), replace=False))]
     c = _kmeans_pp(sample.astype(np.float64), k, rng)
@@ -183,9 +179,7 @@ def _minibatch_kmeans(
         batch = x[np.sort(rng.integers(0, len(x), size=batch_size))]
         idx = _nearest(batch, _augmented(c)).astype(np.intp)
         hits = np.bincount(idx, minlength=len(c))
-        sums = np.stack(
-            [np.bincount(idx, weights=batch[:, j], minlength=len(c)) for j in range(x.shape[1])], 1
-        )
+        sums = np.stack([np.bincount(idx, weights=batch[:, j], minlength=len(c)) for j in range(x.shape[1])], 1)
         won += hits
         h = hits > 0
         c[h] += (sums[h] - hits[h, None] * c[h]) / won[h, None]

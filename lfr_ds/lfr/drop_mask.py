@@ -39,8 +39,10 @@ def read_drop_mask(path: str | os.PathLike, num_blocks: int) -> np.ndarray:
     except (OSError, ValueError) as e:
         raise UserError(f"lfr.drop_mask {path}: unreadable ({e}); {fix}") from None
     if packed.dtype != np.uint8 or packed.ndim != 1 or len(packed) != -(-num_blocks // 8):
-        raise UserError(f"lfr.drop_mask {path}: {packed.dtype} {list(packed.shape)} is not a packed mask of this run's "
-                        f"{num_blocks} blocks ({-(-num_blocks // 8)} uint8 bytes); {fix}")
+        raise UserError(
+            f"lfr.drop_mask {path}: {packed.dtype} {list(packed.shape)} is not a packed mask of this run's "
+            f"{num_blocks} blocks ({-(-num_blocks // 8)} uint8 bytes); {fix}"
+        )
     bits = np.unpackbits(packed)
     if bits[num_blocks:].any():
         raise UserError(f"lfr.drop_mask {path}: names blocks past this run's {num_blocks}; {fix}")

@@ -175,20 +175,33 @@ class FocusSelection:
     """``weighting="learnable"``: per cluster, :func:`cluster_learnability`."""
 
 
-def focus_selection(table: LossTable, phase: Phase, *, global_batch: int, seed: list[int], options: LFRConfig,
-                    corpora: Corpora | None = None) -> FocusSelection:
+def focus_selection(
+    table: LossTable,
+    phase: Phase,
+    *,
+    global_batch: int,
+    seed: list[int],
+    options: LFRConfig,
+    corpora: Corpora | None = None,
+) -> FocusSelection:
     """Select ``phase``'s kept blocks from the loss table and draw its order (see the module docstring).
     ``corpora``: a blend of several corpora (``None`` = one dataset)."""
     eligible = table.seen > 0
     n_eligible = int(eligible.sum())
     if n_eligible == 0:
-        raise UserError(f"{phase.name}: no block has been seen yet, so Focus has nothing to rank; start the schedule with learn")
+        raise UserError(
+            f"{phase.name}: no block has been seen yet, so Focus has nothing to rank; start the schedule with learn"
+        )
     score = difficulty(table, options.score)
     features = block_features(table, score, progress(table), eligible)
     # int16 labels when they fit: at 100M blocks every byte per block is 100 MB at the peak.
     labels = np.full(table.num_blocks, -1, dtype=np.int16 if options.clusters < 2**15 - 1 else np.int32)
-    labels[eligible] = hierarchical_clusters(features, options.clusters, seed=int(np.random.default_rng(seed).integers(2**31)),
-                                             n_centroids=min(options.centroids, n_eligible))
+    labels[eligible] = hierarchical_clusters(
+        features,
+        options.clusters,
+        seed=int(np.random.default_rng(seed).integers(2**31)),
+        n_centroids=min(options.centroids, n_eligible),
+    )
     del features
     n_clusters = int(labels.max()) + 1
     stride = max(1, n_eligible // 1_000_000)  # medians and deciles from at most ~1M blocks
@@ -215,7 +228,9 @@ def focus_selection(table: LossTable, phase: Phase, *, global_batch: int, seed: 
     mean_kept = cluster_sums(labels, score, keep, n_clusters) / np.maximum(kept_per_cluster, 1)
     n_kept = int(keep.sum())
     steps = phase.steps if phase.kept_passes is None else kept_pass_steps(phase.kept_passes, n_kept, global_batch)
-    learnability = cluster_learnability(table, labels, eligible, n_clusters) if options.weighting == "learnable" else None
+    learnability = (
+        cluster_learnability(table, labels, eligible, n_clusters) if options.weighting == "learnable" else None
+    )
     del eligible
     # Cluster first: ∝ kept blocks × exp(mean kept difficulty / T); then block: ∝ exp(difficulty / T).
     # The block weights overwrite the scores, which are not needed any more: one 4-byte array fewer at
@@ -224,7 +239,9 @@ def focus_selection(table: LossTable, phase: Phase, *, global_batch: int, seed: 
     if learnability is not None:
         cluster_weight = kept_per_cluster * learnability
     else:
-        cluster_weight = np.where(kept_per_cluster > 0, kept_per_cluster * np.exp((mean_kept - top) / options.temperature), 0.0)
+        cluster_weight = np.where(
+            kept_per_cluster > 0, kept_per_cluster * np.exp((mean_kept - top) / options.temperature), 0.0
+        )
     block_weight = perplexity_weights(score, options.temperature, top=top, out=score)  # dropped blocks' are never read
     del score
     if corpora is not None and options.blend == "keep":  # blend (issue 20): each corpus its weight of the draws
@@ -232,13 +249,26 @@ def focus_selection(table: LossTable, phase: Phase, *, global_batch: int, seed: 
     else:
         if corpora is not None:  # blend=free: one draw, clusters weighted by their corpus's weight too
             cluster_weight = _free_cluster_weight(keep, cluster_weight, corpora)
-        order = draw_order(keep, labels, block_weight, cluster_weight, steps * global_batch,
-                           seed=int(np.random.default_rng([*seed, 1]).integers(2**31)))
-    return FocusSelection(order, keep, steps, cap, sizes, kept_per_cluster, mean_difficulty, sample, stride, auto, learnability)
+        order = draw_order(
+            keep,
+            labels,
+            block_weight,
+            cluster_weight,
+            steps * global_batch,
+            seed=int(np.random.default_rng([*seed, 1]).integers(2**31)),
+        )
+    return FocusSelection(
+        order, keep, steps, cap, sizes, kept_per_cluster, mean_difficulty, sample, stride, auto, learnability
+    )
 
 
 def _keep(
-    table: LossTable, phase: Phase, rank_score: np.ndarray, labels: np.ndarray, eligible: np.ndarray, options: LFRConfig,
+    table: LossTable,
+    phase: Phase,
+    rank_score: np.ndarray,
+    labels: np.ndarray,
+    eligible: np.ndarray,
+    options: LFRConfig,
     corpora: Corpora | None = None,
 ) -> tuple[np.ndarray, float, dict | None]:
     """The kept mask, the per-cluster cap applied and (``@auto``) how the drop fraction was chosen.
@@ -254,14 +284,21 @@ def _keep(
         n_learned, n_eligible = int(is_learned.sum()), int(eligible.sum())
         drop = min(n_learned / n_eligible, options.auto_max_drop)
         rank_score[~is_learned] = np.finfo(np.float32).max  # last in line: never dropped, see below
-        auto = {"criterion": f"loss <= {LEARNED_RATIO} x batch mean, and below the batch mean at the previous visit",
-                "learned": n_learned, "learned_seen_twice": int((is_learned & np.isfinite(table.prev_relative)).sum()),
-                "eligible": n_eligible, "max_drop": options.auto_max_drop, "target_fraction": round(drop, 4)}
+        auto = {
+            "criterion": f"loss <= {LEARNED_RATIO} x batch mean, and below the batch mean at the previous visit",
+            "learned": n_learned,
+            "learned_seen_twice": int((is_learned & np.isfinite(table.prev_relative)).sum()),
+            "eligible": n_eligible,
+            "max_drop": options.auto_max_drop,
+            "target_fraction": round(drop, 4),
+        }
         if test is not None:  # probes (issue 21)
             auto.update(test.fields(options.absorbed_alpha))
     cap = max(options.max_cluster_drop, drop)
     if corpora is None:
-        keep = focus_keep_mask(rank_score, labels, drop, eligible=eligible, policy=options.selection, max_cluster_drop=cap)
+        keep = focus_keep_mask(
+            rank_score, labels, drop, eligible=eligible, policy=options.selection, max_cluster_drop=cap
+        )
     else:  # blend (issue 20): each corpus drops its own share
         keep = _keep_per_corpus(rank_score, labels, eligible, corpora, drop, is_learned, options)
     if auto is not None:
@@ -282,8 +319,15 @@ def _split_by_corpus(labels: np.ndarray, n_clusters: int, corpora: Corpora) -> t
     return out, n
 
 
-def _keep_per_corpus(rank_score: np.ndarray, labels: np.ndarray, eligible: np.ndarray, corpora: Corpora, drop: float,
-                     is_learned: np.ndarray | None, options: LFRConfig) -> np.ndarray:
+def _keep_per_corpus(
+    rank_score: np.ndarray,
+    labels: np.ndarray,
+    eligible: np.ndarray,
+    corpora: Corpora,
+    drop: float,
+    is_learned: np.ndarray | None,
+    options: LFRConfig,
+) -> np.ndarray:
     """The kept mask when each corpus drops ``drop`` of its own seen blocks (an ``@auto`` phase: its own
     learned share, up to ``auto_max_drop``), under the same per-cluster cap."""
     keep = np.ones(len(labels), dtype=bool)
@@ -293,8 +337,14 @@ def _keep_per_corpus(rank_score: np.ndarray, labels: np.ndarray, eligible: np.nd
         if not seen:
             continue
         d = drop if is_learned is None else min(int(is_learned[sl].sum()) / seen, options.auto_max_drop)
-        keep[sl] = focus_keep_mask(rank_score[sl], labels[sl], d, eligible=eligible[sl], policy=options.selection,
-                                   max_cluster_drop=max(options.max_cluster_drop, d))
+        keep[sl] = focus_keep_mask(
+            rank_score[sl],
+            labels[sl],
+            d,
+            eligible=eligible[sl],
+            policy=options.selection,
+            max_cluster_drop=max(options.max_cluster_drop, d),
+        )
     return keep
 
 
@@ -306,8 +356,15 @@ def _free_cluster_weight(keep: np.ndarray, cluster_weight: np.ndarray, corpora: 
     return cluster_weight * per_block[np.arange(len(cluster_weight)) % corpora.count]
 
 
-def _draw_per_corpus(keep: np.ndarray, labels: np.ndarray, block_weight: np.ndarray, cluster_weight: np.ndarray, n: int,
-                     seed: list[int], corpora: Corpora) -> np.ndarray:
+def _draw_per_corpus(
+    keep: np.ndarray,
+    labels: np.ndarray,
+    block_weight: np.ndarray,
+    cluster_weight: np.ndarray,
+    n: int,
+    seed: list[int],
+    corpora: Corpora,
+) -> np.ndarray:
     """``lfr.blend=keep``: each corpus gets its weight of the ``n`` positions (megatron-core's blending
     interleave) and draws them from its own clusters."""
     which = corpora.draw_positions(n)
@@ -318,5 +375,7 @@ def _draw_per_corpus(keep: np.ndarray, labels: np.ndarray, block_weight: np.ndar
             continue
         sl = corpora.slice(c)
         c_seed = int(np.random.default_rng([*seed, 1, c]).integers(2**31))
-        order[mine] = sl.start + draw_order(keep[sl], labels[sl], block_weight[sl], cluster_weight, int(mine.sum()), seed=c_seed)
+        order[mine] = sl.start + draw_order(
+            keep[sl], labels[sl], block_weight[sl], cluster_weight, int(mine.sum()), seed=c_seed
+        )
     return order

@@ -4,7 +4,8 @@ Each rank computes the mean loss of each block it trained on in the ordinary tra
 (no extra pass). :func:`gather_step` all-gathers those records as one float64 tensor
 (:func:`step_rows`): 3 numbers a block (id, loss, tokens), plus the sketch when on. Ranks hold
 consecutive slices of the global batch, so the gathered rows come back in global-batch order and every
-rank ends up with the same table. Cost at GPT-2 1.5B scale, global batch 512: 512 × 24 B = 12 KiB per step, or with the default
+rank ends up with the same table. Cost at GPT-2 1.5B scale, global batch 512: 512 × 24 B = 12 KiB per step,
+or with the default
 16-wide sketch 512 × 152 B = 78 KB, next to a ~3 GB bf16 gradient reduce-scatter per step: far below
 0.1 % of the step's communication.
 
@@ -31,9 +32,7 @@ NAN = np.float32("nan")
 PROBE_ARRAYS = ("prev_step", "probe_step", "probe_id", "probe_relative")
 
 
-def step_rows(
-    ids: np.ndarray, losses: torch.Tensor, tokens: torch.Tensor, sketch: torch.Tensor | None
-) -> torch.Tensor:
+def step_rows(ids: np.ndarray, losses: torch.Tensor, tokens: torch.Tensor, sketch: torch.Tensor | None) -> torch.Tensor:
     """This rank's records of one step as the float64 rows :func:`gather_step` sends: ``[n, 3(+k)]``, one
     ``(block id, mean loss, tokens[, sketch])`` row per block, on the losses' device. float64 holds block
     ids exactly up to 2^53 and the float32 losses and sketches without rounding."""

@@ -1,7 +1,8 @@
 """``lfr-rewrite``: run a phase's sample index rewrite offline, from a checkpoint's saved loss table.
 
     lfr-rewrite runs/x/checkpoints/step_00002000 --out /tmp/focus.npy                # the next phase, as training would
-    lfr-rewrite runs/x/checkpoints/step_00002000 --out /tmp/raw.npy lfr.score=raw    # the same with the paper's raw losses
+    lfr-rewrite runs/x/checkpoints/step_00002000 --out /tmp/raw.npy lfr.score=raw    # the same with the paper's
+                                                                                     # raw losses
     lfr-rewrite CKPT --phase 3 --drop 0.6 --out /tmp/p3.npy lfr.temperature=2        # any phase, any settings
 
 The result is byte-identical to what training writes for the same inputs (same code path), so it is
@@ -29,7 +30,9 @@ from lfr_ds.safe_load import load_arrays
 def load_checkpoint_state(path: str) -> tuple[RunState, LossTable]:
     """``(state, loss table)`` of an lfr-ds checkpoint directory, without DeepSpeed or a model."""
     if not (Path(path) / STATE_FILE).is_file() or not (Path(path) / ARRAYS_FILE).is_file():
-        raise UserError(f"{path}: not an lfr-ds checkpoint (no {STATE_FILE}); give a step_* directory under RUN_DIR/checkpoints")
+        raise UserError(
+            f"{path}: not an lfr-ds checkpoint (no {STATE_FILE}); give a step_* directory under RUN_DIR/checkpoints"
+        )
     state = RunState.read(path)
     table = LossTable.from_arrays(load_arrays(Path(path) / ARRAYS_FILE))
     return state, table
@@ -37,10 +40,14 @@ def load_checkpoint_state(path: str) -> tuple[RunState, LossTable]:
 
 @cli
 def main(argv: Sequence[str] | None = None) -> int:
-    p = ArgumentParser(prog="lfr-rewrite", description="Write a phase's sample index offline from a checkpoint's loss table.")
+    p = ArgumentParser(
+        prog="lfr-rewrite", description="Write a phase's sample index offline from a checkpoint's loss table."
+    )
     p.add_argument("checkpoint", help="a RUN_DIR/checkpoints/step_* directory")
     p.add_argument("--out", "-o", required=True, help="the .npy to write (its .json manifest goes next to it)")
-    p.add_argument("--phase", type=int, help="schedule phase index (default: the first phase starting at or after the checkpoint)")
+    p.add_argument(
+        "--phase", type=int, help="schedule phase index (default: the first phase starting at or after the checkpoint)"
+    )
     p.add_argument("--drop", type=float, help="override the phase's drop fraction (focus)")
     p.add_argument("--data", help="dataset prefix or blend (default: the checkpoint config's data.path)")
     p.add_argument("overrides", nargs="*", help="lfr.* settings as key=value, e.g. lfr.score=raw lfr.temperature=2")
@@ -55,7 +62,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         bad = [o for o in args.overrides if not o.startswith("lfr.")]
         if bad:
             raise UserError(f"override {bad[0]!r}: only lfr.* settings change a rewrite")
-        cfg = dataclasses.replace(cfg, lfr=load_config(None, [f"data.path={blend_spec(cfg.data.path)}", *args.overrides]).lfr)
+        cfg = dataclasses.replace(
+            cfg, lfr=load_config(None, [f"data.path={blend_spec(cfg.data.path)}", *args.overrides]).lfr
+        )
     phases = state.schedule
     if args.phase is None:
         later = [ph for ph in phases if ph.start >= state.step]
@@ -77,10 +86,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     dataset = Blend(args.data or cfg.data.path, "--data")
     check_fits(Path(args.checkpoint), state, {"data.path": dataset_digest(dataset)}, flags={"data.path": "--data"})
     rewriter = Rewriter.for_run(cfg, dataset, BlendView(dataset, cfg.model.seq_length, cfg.data.seed))
-    with out_of_memory("ranking and clustering the blocks", f"lower lfr.centroids (now {cfg.lfr.centroids}), or run "
-                       "lfr-rewrite on a machine with more memory"):
+    with out_of_memory(
+        "ranking and clustering the blocks",
+        f"lower lfr.centroids (now {cfg.lfr.centroids}), or run lfr-rewrite on a machine with more memory",
+    ):
         built = rewriter.build(phase, table)
     with out_of_disk(out.parent, "--out"):
         manifest = rewriter.write(out, built)
-    print(f"wrote {out}: {phase.name}, {manifest.length:,} samples, kept {manifest.kept:,} of {manifest.num_blocks:,} blocks", file=sys.stderr)
+    print(
+        f"wrote {out}: {phase.name}, {manifest.length:,} samples, "
+        f"kept {manifest.kept:,} of {manifest.num_blocks:,} blocks",
+        file=sys.stderr,
+    )
     return 0

@@ -51,11 +51,15 @@ def check_probe_set(path: str, seq_length: int, train_blocks: int) -> None:
     training data (a probe set that large is a training set left unused)."""
     n = probe_set_blocks(path, seq_length)
     if n < MIN_PROBE_BLOCKS:
-        raise UserError(f"lfr.probe_path: {path} holds {n} blocks of {seq_length + 1} tokens, fewer than "
-                        f"{MIN_PROBE_BLOCKS}; split off more documents (lfr-preprocess --probe-fraction)")
+        raise UserError(
+            f"lfr.probe_path: {path} holds {n} blocks of {seq_length + 1} tokens, fewer than "
+            f"{MIN_PROBE_BLOCKS}; split off more documents (lfr-preprocess --probe-fraction)"
+        )
     if 2 * n > train_blocks:
-        raise UserError(f"lfr.probe_path: {path} holds {n:,} blocks, more than half the training data's "
-                        f"{train_blocks:,}; split off a smaller fraction (lfr-preprocess --probe-fraction)")
+        raise UserError(
+            f"lfr.probe_path: {path} holds {n:,} blocks, more than half the training data's "
+            f"{train_blocks:,}; split off a smaller fraction (lfr-preprocess --probe-fraction)"
+        )
 
 
 def probe_ids(seed: int, step: int, num_probe_blocks: int, count: int) -> np.ndarray:

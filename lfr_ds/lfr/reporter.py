@@ -41,13 +41,16 @@ def focus_fields(
     edges = np.quantile(sample, np.linspace(0, 1, 11))
     decile = np.clip(np.searchsorted(edges, sample, side="right") - 1, 0, 9)
     kept_sample = keep[eligible][:: sel.sample_stride].copy()
-    decile_dropped = np.bincount(decile, weights=~kept_sample, minlength=10) / np.maximum(np.bincount(decile, minlength=10), 1)
+    decile_dropped = np.bincount(decile, weights=~kept_sample, minlength=10) / np.maximum(
+        np.bincount(decile, minlength=10), 1
+    )
     sizes, mean_difficulty = sel.cluster_blocks, sel.cluster_difficulty
     fields = {
         "steps": sel.steps,
         # oracle (issue 21): a drop mask, like @auto, decides the fraction itself
         "drop_fraction": round(int((eligible & ~keep).sum()) / n_eligible, 4)
-        if sel.auto is not None or options.drop_mask is not None else drop,
+        if sel.auto is not None or options.drop_mask is not None
+        else drop,
         "kept": int(keep.sum()),
         "dropped": int((~keep).sum()),
         "eligible": n_eligible,
@@ -58,15 +61,25 @@ def focus_fields(
         "weighting": options.weighting,
         "source_blocks": {s: int(n) for s, n in zip(sources, seen_by_source, strict=True)},
         "source_drop_fraction": {
-            s: round(float(d) / max(1, int(n)), 4) for s, n, d in zip(sources, seen_by_source, dropped_by_source, strict=True)
+            s: round(float(d) / max(1, int(n)), 4)
+            for s, n, d in zip(sources, seen_by_source, dropped_by_source, strict=True)
         },
         "difficulty_deciles": [
-            {"from": round(float(edges[i]), 4), "to": round(float(edges[i + 1]), 4), "drop_fraction": round(float(decile_dropped[i]), 4)}
+            {
+                "from": round(float(edges[i]), 4),
+                "to": round(float(edges[i + 1]), 4),
+                "drop_fraction": round(float(decile_dropped[i]), 4),
+            }
             for i in range(10)
         ],
         "clusters": [
-            {"cluster": c, "blocks": int(sizes[c]), "dropped": int(dropped[c]), "drop_fraction": round(float(dropped[c]) / max(1, int(sizes[c])), 4),
-             "mean_difficulty": round(float(mean_difficulty[c]), 4) if sizes[c] else None}
+            {
+                "cluster": c,
+                "blocks": int(sizes[c]),
+                "dropped": int(dropped[c]),
+                "drop_fraction": round(float(dropped[c]) / max(1, int(sizes[c])), 4),
+                "mean_difficulty": round(float(mean_difficulty[c]), 4) if sizes[c] else None,
+            }
             for c in range(len(sizes))
         ],
     }
@@ -84,13 +97,18 @@ def corpus_shares(corpora: Corpora, order: np.ndarray) -> dict[str, dict[str, fl
     """Per corpus of a blend: its weight, its share of ``order``'s draws and by how much that moved off the weight."""
     counts = corpora.counts(order)
     return {
-        name: {"weight": round(float(w), 6), "share": round(float(n) / max(1, len(order)), 6),
-               "share_minus_weight": round(float(n) / max(1, len(order)) - float(w), 6)}
+        name: {
+            "weight": round(float(w), 6),
+            "share": round(float(n) / max(1, len(order)), 6),
+            "share_minus_weight": round(float(n) / max(1, len(order)) - float(w), 6),
+        }
         for name, w, n in zip(corpora.names, corpora.weights, counts, strict=True)
     }
 
 
-def corpus_focus_fields(fields: dict, sel: FocusSelection, seen: np.ndarray, corpora: Corpora, options: LFRConfig) -> None:
+def corpus_focus_fields(
+    fields: dict, sel: FocusSelection, seen: np.ndarray, corpora: Corpora, options: LFRConfig
+) -> None:
     """Add to a Focus phase's :func:`focus_fields` over a blend: each corpus's drop (of its seen blocks),
     each cluster's corpus (clusters are corpus-major, see :mod:`lfr_ds.lfr.focus`) and ``lfr.blend``."""
     drop = {}

@@ -61,9 +61,15 @@ def declared_settings(phase: Phase, options: LFRConfig) -> list:
     if phase.auto_drop or phase.kept_passes is not None:
         settings += [phase.auto_drop, phase.kept_passes]
         settings += [getattr(options, f.name) if phase.auto_drop else None for f in declared("auto")]
-    settings += [getattr(options, f.name) for f in declared("focus-if-changed") if getattr(options, f.name) != f.default]
+    settings += [
+        getattr(options, f.name) for f in declared("focus-if-changed") if getattr(options, f.name) != f.default
+    ]
     # oracle (issue 21): a file setting enters by its content, and only when set, so other runs' digests stay the same.
-    settings += [_file_sha256(f.name, getattr(options, f.name)) for f in declared("focus-file-if-set") if getattr(options, f.name)]
+    settings += [
+        _file_sha256(f.name, getattr(options, f.name))
+        for f in declared("focus-file-if-set")
+        if getattr(options, f.name)
+    ]
     return settings
 
 
@@ -71,7 +77,9 @@ def _file_sha256(name: str, path: str) -> str:
     try:
         return sha256_file(path)
     except OSError as e:
-        raise UserError(f"lfr.{name} {path}: unreadable ({e.strerror}); give an existing file or unset lfr.{name}") from None
+        raise UserError(
+            f"lfr.{name} {path}: unreadable ({e.strerror}); give an existing file or unset lfr.{name}"
+        ) from None
 
 
 @dataclass(frozen=True)
@@ -108,12 +116,24 @@ class Rewriter:
     weights, Focus drops and draws within each corpus. ``None`` (or one corpus) = one dataset."""
 
     @classmethod
-    def for_run(cls, cfg: TrainConfig, dataset: Blend, blocks: BlendView, *, rank: int = 0,
-                device: torch.device | None = None) -> Rewriter:
+    def for_run(
+        cls, cfg: TrainConfig, dataset: Blend, blocks: BlendView, *, rank: int = 0, device: torch.device | None = None
+    ) -> Rewriter:
         """The rewriter of run ``cfg`` on ``dataset`` (one dataset or a blend), whose ``blocks`` are cut with
         ``cfg.model.seq_length`` and ``cfg.data.seed``."""
-        return cls(Path(cfg.run_dir), cfg.lfr, cfg.data.seed, dataset.fingerprint, list(dataset.sources),
-                   blocks.block_source, cfg.model.seq_length, cfg.engine.global_batch_size, rank, device, blocks.corpora)
+        return cls(
+            Path(cfg.run_dir),
+            cfg.lfr,
+            cfg.data.seed,
+            dataset.fingerprint,
+            list(dataset.sources),
+            blocks.block_source,
+            cfg.model.seq_length,
+            cfg.engine.global_batch_size,
+            rank,
+            device,
+            blocks.corpora,
+        )
 
     @property
     def num_blocks(self) -> int:
@@ -126,7 +146,16 @@ class Rewriter:
 
     def digest(self, phase: Phase, table: LossTable | None) -> str:
         """Everything the phase's order depends on; a file whose manifest records the same digest is reused."""
-        settings = [phase.kind, phase.index, phase.start, phase.steps, phase.drop, self.seed, self.dataset, self.global_batch]
+        settings = [
+            phase.kind,
+            phase.index,
+            phase.start,
+            phase.steps,
+            phase.drop,
+            self.seed,
+            self.dataset,
+            self.global_batch,
+        ]
         h = hashlib.sha256(json.dumps(settings + declared_settings(phase, self.options)).encode())
         if table is not None and phase.kind == "focus":
             for arr in table.arrays().values():
@@ -137,17 +166,32 @@ class Rewriter:
         """The phase's order (``steps × global_batch`` ids, ``steps`` resolved here for a ``kp`` phase), its
         manifest and kept mask: a seeded shuffle, or for Focus a selection from ``table``. ``digest``: its
         :meth:`digest`, if the caller has it already (hashing a 100M-block table takes seconds)."""
-        base = {"phase": phase.name, "kind": phase.kind, "seed": phase_seed(self.seed, phase), "dataset": self.dataset,
-                "num_blocks": self.num_blocks, "index": phase.index, "start_step": phase.start, "drop_fraction": phase.drop,
-                "seq_length": self.seq_length, "global_batch_size": self.global_batch,
-                "inputs_sha256": digest or self.digest(phase, table)}
+        base = {
+            "phase": phase.name,
+            "kind": phase.kind,
+            "seed": phase_seed(self.seed, phase),
+            "dataset": self.dataset,
+            "num_blocks": self.num_blocks,
+            "index": phase.index,
+            "start_step": phase.start,
+            "drop_fraction": phase.drop,
+            "seq_length": self.seq_length,
+            "global_batch_size": self.global_batch,
+            "inputs_sha256": digest or self.digest(phase, table),
+        }
         if phase.kind != "focus":
             corpora = self.blend or Corpora(["data"], np.ones(1), np.array([0, self.num_blocks], dtype=np.int64))
             order = blended_order(corpora, phase.steps * self.global_batch, phase_seed(self.seed, phase))
             fields, keep = {"steps": phase.steps, "kept": self.num_blocks, "dropped": 0}, None
         else:
-            sel = focus_selection(table, phase, global_batch=self.global_batch, seed=phase_seed(self.seed, phase),
-                                  options=self.options, corpora=self.blend)
+            sel = focus_selection(
+                table,
+                phase,
+                global_batch=self.global_batch,
+                seed=phase_seed(self.seed, phase),
+                options=self.options,
+                corpora=self.blend,
+            )
             order, keep = sel.order, sel.keep
             fields = reporter.focus_fields(sel, table.seen, self.block_source, self.sources, self.options, phase.drop)
             if self.blend is not None:  # blend (issue 20): each corpus's drop, and each cluster's corpus
@@ -168,7 +212,9 @@ class Rewriter:
             manifest = dataclasses.replace(manifest, kept_mask=kept_path.name)
         return write_sample_index(path, built.order, manifest)
 
-    def prepare(self, phase: Phase, table: LossTable | None, resumed_digest: str | None = None) -> tuple[np.ndarray, PhaseManifest]:
+    def prepare(
+        self, phase: Phase, table: LossTable | None, resumed_digest: str | None = None
+    ) -> tuple[np.ndarray, PhaseManifest]:
         """Make ``phase``'s sample index available on every rank; returns ``(order, manifest)`` (same on all).
 
         At the phase's first step the order follows from the current loss table. A run resumed in the middle
@@ -181,8 +227,9 @@ class Rewriter:
             path.parent.mkdir(parents=True, exist_ok=True)
             if resumed_digest is not None and not _reusable(path, digest, self.dataset):
                 raise UserError(
-                    f"{path}: missing or not the file this run was using when it was checkpointed; it cannot be rebuilt "
-                    f"mid-phase (the loss table has moved on): restore it, or resume from a checkpoint before step {phase.start + 1}"
+                    f"{path}: missing or not the file this run was using when it was checkpointed; "
+                    "it cannot be rebuilt mid-phase (the loss table has moved on): "
+                    f"restore it, or resume from a checkpoint before step {phase.start + 1}"
                 )
             if not _reusable(path, digest, self.dataset):
                 self.write(path, self.build(phase, table, digest))

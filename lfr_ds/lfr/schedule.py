@@ -8,7 +8,8 @@ Grammar (comma-separated phases)::
     DROP   := fraction of the seen blocks a focus phase drops, in [0, 1)  |  "auto"
 
 A bare number is optimizer steps; a ``t`` suffix is tokens (rounded to whole steps); ``ep`` is passes
-over all blocks (``1ep`` = one review); ``%`` is a share of the run's steps; ``*`` takes whatever steps remain (at most one phase). A review without a length is one
+over all blocks (``1ep`` = one review); ``%`` is a share of the run's steps; ``*`` takes whatever steps remain
+(at most one phase). A review without a length is one
 pass over every block, so each block's loss is fresh before the next Focus. The lengths must add up to
 the run's ``steps``. Named presets: ``random`` (the baseline), ``paper`` and ``recipe`` (see ``PRESETS``).
 
@@ -104,9 +105,7 @@ def parse_schedule(
     if sum(p.rest for p in parsed) > 1:
         raise UserError(f"lfr.schedule {text!r}: at most one phase may have length '*'")
     if parsed[0].kind not in ("random", "learn"):
-        raise UserError(
-            f"lfr.schedule {text!r}: must start with learn (or be random): Focus needs recorded losses"
-        )
+        raise UserError(f"lfr.schedule {text!r}: must start with learn (or be random): Focus needs recorded losses")
     if "random" in (p.kind for p in parsed) and len(parsed) > 1:
         raise UserError(
             f"lfr.schedule {text!r}: random is the whole-run baseline and cannot be mixed with other phases"
@@ -122,7 +121,8 @@ def parse_schedule(
     if any(p.rest for p in parsed):
         if rest < 1:
             raise UserError(
-                f"lfr.schedule {text!r}: the fixed phases take {fixed} of the run's {total_steps} steps, leaving none for '*'"
+                f"lfr.schedule {text!r}: the fixed phases take {fixed} of the run's {total_steps} steps, "
+                "leaving none for '*'"
             )
         # Each kp phase is longest when Focus keeps every block: the '*' phase must survive that too.
         longest = sum(round(p.kept_passes * review_steps) - p.steps for p in kp)
@@ -133,7 +133,8 @@ def parse_schedule(
             )
     elif rest != 0:
         raise UserError(
-            f"lfr.schedule {text!r}: phases add up to {fixed} steps but the run has steps={total_steps}; make them agree or use '*'"
+            f"lfr.schedule {text!r}: phases add up to {fixed} steps but the run has steps={total_steps}; "
+            "make them agree or use '*'"
         )
     return _restart([dataclasses.replace(p, steps=rest) if p.rest else p for p in parsed])
 
@@ -163,9 +164,12 @@ def resumed_schedule(phases: list[Phase], saved: list[Phase]) -> list[Phase]:
     if not any(p.kept_passes is not None for p in phases):
         return phases
     old = saved
-    if [_shape(p) for p in old] != [_shape(p) for p in phases] or sum(p.steps for p in old) != sum(p.steps for p in phases):
+    if [_shape(p) for p in old] != [_shape(p) for p in phases] or sum(p.steps for p in old) != sum(
+        p.steps for p in phases
+    ):
         raise UserError(
-            "lfr.schedule: not the schedule the checkpoint was trained with; resume with its lfr.schedule, steps and lfr.length_scale"
+            "lfr.schedule: not the schedule the checkpoint was trained with; "
+            "resume with its lfr.schedule, steps and lfr.length_scale"
         )
     return old
 
@@ -218,8 +222,10 @@ def _length(
         return None, None
     unit = re.fullmatch(r"[\d.]+([a-zA-Z%]*)", text)
     if unit and unit[1] not in _UNITS:
-        raise UserError(f"{where}: unknown length unit {unit[1]!r}; use steps (2000), tokens (5Mt), passes (1.5ep), "
-                        "kept passes (1kp, focus only), a percentage (20%) or *")
+        raise UserError(
+            f"{where}: unknown length unit {unit[1]!r}; use steps (2000), tokens (5Mt), passes (1.5ep), "
+            "kept passes (1kp, focus only), a percentage (20%) or *"
+        )
     if text.endswith("kp"):
         if kind != "focus":
             raise UserError(f"{where}: kp (passes over the blocks a Focus keeps) is a Focus length; use ep for {kind}")

@@ -55,9 +55,7 @@ def focus_keep_mask(
     if not 0 <= drop_fraction < 1:
         raise UserError(f"focus drop fraction {drop_fraction} is outside [0, 1): set it to e.g. 0.5")
     if policy == "capped" and not drop_fraction <= max_cluster_drop <= 1:
-        raise UserError(
-            f"max cluster drop {max_cluster_drop} must be in [drop fraction {drop_fraction}, 1]: raise it"
-        )
+        raise UserError(f"max cluster drop {max_cluster_drop} must be in [drop fraction {drop_fraction}, 1]: raise it")
 
     n_drop = round(drop_fraction * int(np.count_nonzero(eligible)))
     if n_drop >= n:

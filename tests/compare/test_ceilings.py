@@ -18,8 +18,22 @@ from lfr_ds.lfr.rewriter import read_kept_mask
 from lfr_ds.lfr.schedule import parse_schedule
 from lfr_ds.run_state import INDEX_DIR
 
-ARGS = ["--preset", "smoke", "--seeds", "1", "--arms", "random,dedup,oracle", "--redundancy", "0.5", "--blimp", "",
-        "--evals", "2", "--valid-blocks", "32"]
+ARGS = [
+    "--preset",
+    "smoke",
+    "--seeds",
+    "1",
+    "--arms",
+    "random,dedup,oracle",
+    "--redundancy",
+    "0.5",
+    "--blimp",
+    "",
+    "--evals",
+    "2",
+    "--valid-blocks",
+    "32",
+]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +45,9 @@ def ceiling_runs(tmp_path_factory, webmix_train):
 
 def _corpus(out):
     record = json.loads((out / "data" / "corpus.json").read_text())
-    spec = compare.CorpusSpec(**{k: v["path"] if isinstance(v, dict) else v for k, v in record["inputs"].items() if k != "builder"})
+    spec = compare.CorpusSpec(
+        **{k: v["path"] if isinstance(v, dict) else v for k, v in record["inputs"].items() if k != "builder"}
+    )
     return prepare(spec, out)
 
 
@@ -52,8 +68,11 @@ def test_dedup_trains_on_the_originals_alone(ceiling_runs):
     assert repeats.any() and dedup.num_documents == len(originals)
     assert all(np.array_equal(dedup.document(j), train.document(i)) for j, i in enumerate(originals))
     run = json.loads((ceiling_runs / "dedup-seed1" / "compare_run.json").read_text())["config"]
-    assert run["data"]["path"] == ceilings.dedup_prefix(corpus) and run["steps"] == json.loads(
-        (ceiling_runs / "random-seed1" / "compare_run.json").read_text())["config"]["steps"]
+    assert (
+        run["data"]["path"] == ceilings.dedup_prefix(corpus)
+        and run["steps"]
+        == json.loads((ceiling_runs / "random-seed1" / "compare_run.json").read_text())["config"]["steps"]
+    )
     # Every block it trained lies in that dataset, so no copied document's token was trained on.
     view = BlockView(dedup, run["model"]["seq_length"], run["data"]["seed"])
     ids = _trained(ceiling_runs / "dedup-seed1")
@@ -79,8 +98,16 @@ def test_the_oracle_s_focus_drops_exactly_the_copy_blocks(ceiling_runs):
 
 def test_with_budgets_every_arm_random_included_runs_at_every_budget():
     args = compare.parse_args(["--out", "x", "--arms", "random,lfr", "--seeds", "1,2", "--budgets", "1.0,0.5"])
-    assert [r.name for r in compare.plan(args)] == ["random-b0.5-seed1", "random-seed1", "lfr-b0.5-seed1", "lfr-seed1",
-                                                    "random-b0.5-seed2", "random-seed2", "lfr-b0.5-seed2", "lfr-seed2"]
+    assert [r.name for r in compare.plan(args)] == [
+        "random-b0.5-seed1",
+        "random-seed1",
+        "lfr-b0.5-seed1",
+        "lfr-seed1",
+        "random-b0.5-seed2",
+        "random-seed2",
+        "lfr-b0.5-seed2",
+        "lfr-seed2",
+    ]
 
 
 def test_the_multipass_preset_has_a_kp_schedule_the_parser_takes_at_every_budget():
@@ -90,8 +117,13 @@ def test_the_multipass_preset_has_a_kp_schedule_the_parser_takes_at_every_budget
     blocks = preset.unique_tokens // seq
     steps = round(preset.passes * blocks / batch)
     for budget in (0.5, 0.65, 0.8, 1.0):
-        phases = parse_schedule(preset.schedule, total_steps=round(budget * steps), tokens_per_step=seq * batch,
-                                review_steps=-(-blocks // batch), scale=budget)
+        phases = parse_schedule(
+            preset.schedule,
+            total_steps=round(budget * steps),
+            tokens_per_step=seq * batch,
+            review_steps=-(-blocks // batch),
+            scale=budget,
+        )
         assert sum(p.steps for p in phases) == round(budget * steps)
         assert [p.kind for p in phases].count("focus") == 4 and phases[-1].kind == "review"
 
@@ -99,4 +131,7 @@ def test_the_multipass_preset_has_a_kp_schedule_the_parser_takes_at_every_budget
 def test_a_results_json_read_back_renders_again(ceiling_runs):
     """results.json is written with sorted keys (dedup, oracle, random): its tables render from the file as
     they did from the summary."""
-    assert report.markdown(json.loads((ceiling_runs / "results.json").read_text())) == (ceiling_runs / "results.md").read_text()
+    assert (
+        report.markdown(json.loads((ceiling_runs / "results.json").read_text()))
+        == (ceiling_runs / "results.md").read_text()
+    )

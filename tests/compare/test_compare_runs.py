@@ -11,7 +11,20 @@ from clitools import assert_one_line_error
 from lfr_ds import demo, report, synthetic
 from lfr_ds.compare import cli as compare
 
-ARGS = ["--preset", "smoke", "--seeds", "1", "--arms", "random,lfr", "--blimp-pairs", "1", "--evals", "4", "--valid-blocks", "32"]
+ARGS = [
+    "--preset",
+    "smoke",
+    "--seeds",
+    "1",
+    "--arms",
+    "random,lfr",
+    "--blimp-pairs",
+    "1",
+    "--evals",
+    "4",
+    "--valid-blocks",
+    "32",
+]
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +59,9 @@ def test_compare_writes_results_table_and_plot(smoke, test_file):
     # Every source of the dev split is in the fixed held-out set.
     assert set(results["arms"]["random"]["seeds"][0]["per_source"]) == {"chat", "news", "reviews", "speeches", "wiki"}
     lfr = results["arms"]["lfr"]
-    assert lfr["paired"]["valid_loss"]["values"] == [lfr["seeds"][0]["valid_loss"] - results["arms"]["random"]["seeds"][0]["valid_loss"]]
+    assert lfr["paired"]["valid_loss"]["values"] == [
+        lfr["seeds"][0]["valid_loss"] - results["arms"]["random"]["seeds"][0]["valid_loss"]
+    ]
     assert lfr["token_ratio"]["kind"].startswith("in-run proxy")
     # Learn is the random arm's order for the first pass (same phase seed): identical curves until Focus.
     assert results["arms"]["random"]["seeds"][0]["curve"][0] == lfr["seeds"][0]["curve"][0]
@@ -55,8 +70,9 @@ def test_compare_writes_results_table_and_plot(smoke, test_file):
     assert (smoke / "heldout.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_the_same_comparison_gives_the_same_losses_one_run_at_a_time_or_two_side_by_side(smoke, tmp_path, test_file,
-                                                                                         capfd):
+def test_the_same_comparison_gives_the_same_losses_one_run_at_a_time_or_two_side_by_side(
+    smoke, tmp_path, test_file, capfd
+):
     assert compare.main([*ARGS, "--out", str(tmp_path), "--test", str(test_file), "--jobs", "2"]) == 0
     assert _losses(tmp_path) == _losses(smoke)
     # Both runs were under way at once: the second started before the first finished.
@@ -67,10 +83,18 @@ def test_the_same_comparison_gives_the_same_losses_one_run_at_a_time_or_two_side
 def test_rerun_reuses_or_refuses_never_mixes(smoke, run_cli, webmix_train, test_file, tmp_path):
     again = run_cli(compare.main, [*ARGS, "--out", smoke, "--test", test_file])
     assert again.code == 0 and again.err.count("already done, reusing") == 2
-    assert_one_line_error(run_cli(compare.main, [*ARGS, "--out", smoke, "--schedule", "learn:1ep,focus:*@0.3"]),
-                          "lfr-seed1", "lfr.schedule", "new --out")
-    assert_one_line_error(run_cli(compare.main, [*ARGS, "--out", smoke, "lfr.temperature=2"]), "lfr.temperature", "new --out")
-    assert_one_line_error(run_cli(compare.main, [*ARGS, "--out", smoke, "--redundancy", "0.2"]), "redundancy: 0.0 -> 0.2")
+    assert_one_line_error(
+        run_cli(compare.main, [*ARGS, "--out", smoke, "--schedule", "learn:1ep,focus:*@0.3"]),
+        "lfr-seed1",
+        "lfr.schedule",
+        "new --out",
+    )
+    assert_one_line_error(
+        run_cli(compare.main, [*ARGS, "--out", smoke, "lfr.temperature=2"]), "lfr.temperature", "new --out"
+    )
+    assert_one_line_error(
+        run_cli(compare.main, [*ARGS, "--out", smoke, "--redundancy", "0.2"]), "redundancy: 0.0 -> 0.2"
+    )
     other = tmp_path / "other.jsonl"
     other.write_text(webmix_train.read_text()[:2_000_000].rsplit("\n", 1)[0] + "\n")
     assert_one_line_error(run_cli(compare.main, [*ARGS, "--out", smoke, "--train", other]), "train.path", "new --out")
@@ -90,8 +114,10 @@ def test_random_runs_copied_into_a_comparison_of_other_lfr_settings_are_reused(s
     # The random arm ignores lfr.* settings, and paths are taken relative to --out: a study of LFR
     # variants pays for each random run once.
     shutil.copytree(smoke / "random-seed1", tmp_path / "random-seed1")
-    variant = run_cli(compare.main, [*ARGS, "--out", tmp_path, "--schedule", "learn:1ep,focus:*@0.3", "lfr.temperature=2",
-                                             "model.sketch_dim=0"])
+    variant = run_cli(
+        compare.main,
+        [*ARGS, "--out", tmp_path, "--schedule", "learn:1ep,focus:*@0.3", "lfr.temperature=2", "model.sketch_dim=0"],
+    )
     assert variant.code == 0, variant.err
     assert "random-seed1: already done, reusing" in variant.err and "lfr-seed1: already done" not in variant.err
 
@@ -113,15 +139,28 @@ def test_report_on_the_lfr_arm(smoke):
     assert (smoke / "lfr-seed1" / "report" / "drops.png").is_file()
 
 
-@pytest.mark.parametrize(("argv", "needle"), [
-    (["--arms", "lfr"], "need random"), (["--arms", "random,lfr,lfr"], "repeated"), (["--arms", "random,nope"], "need random"),
-    (["--seeds", "a,b"], "--seeds"), (["--seeds", ","], "empty"), (["--seeds", "1,2,1"], "repeated"),
-    (["--redundancy", "1"], "[0, 1)"), (["--redundancy", "-0.1"], "[0, 1)"),
-    (["--budgets", "0.5,0.8"], "including 1.0"), (["--budgets", "0,1"], "(0, 1]"), (["--budgets", "1.0,1.5"], "(0, 1]"),
-    (["--test", "nope.jsonl"], "nope.jsonl"), (["--train", "nope.jsonl"], "nope.jsonl"),
-    (["--jobs", "0"], "--jobs"), (["--threads", "0"], "--threads"),
-    (["steps=5"], "set by lfr-compare"), (["eval.valid_blocks=5"], "set by lfr-compare"),
-])
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["--arms", "lfr"], "need random"),
+        (["--arms", "random,lfr,lfr"], "repeated"),
+        (["--arms", "random,nope"], "need random"),
+        (["--seeds", "a,b"], "--seeds"),
+        (["--seeds", ","], "empty"),
+        (["--seeds", "1,2,1"], "repeated"),
+        (["--redundancy", "1"], "[0, 1)"),
+        (["--redundancy", "-0.1"], "[0, 1)"),
+        (["--budgets", "0.5,0.8"], "including 1.0"),
+        (["--budgets", "0,1"], "(0, 1]"),
+        (["--budgets", "1.0,1.5"], "(0, 1]"),
+        (["--test", "nope.jsonl"], "nope.jsonl"),
+        (["--train", "nope.jsonl"], "nope.jsonl"),
+        (["--jobs", "0"], "--jobs"),
+        (["--threads", "0"], "--threads"),
+        (["steps=5"], "set by lfr-compare"),
+        (["eval.valid_blocks=5"], "set by lfr-compare"),
+    ],
+)
 def test_compare_bad_input(tmp_path, run_cli, argv, needle):
     assert_one_line_error(run_cli(compare.main, ["--out", tmp_path, *argv]), needle)
     assert not (tmp_path / "data").exists()
@@ -129,7 +168,9 @@ def test_compare_bad_input(tmp_path, run_cli, argv, needle):
 
 def test_compare_refuses_an_empty_test_set(tmp_path, run_cli):
     (tmp_path / "empty.jsonl").write_text('{"text": ""}\n')
-    assert_one_line_error(run_cli(compare.main, ["--out", tmp_path / "o", "--test", tmp_path / "empty.jsonl"]), "empty.jsonl", "no text")
+    assert_one_line_error(
+        run_cli(compare.main, ["--out", tmp_path / "o", "--test", tmp_path / "empty.jsonl"]), "empty.jsonl", "no text"
+    )
     assert_one_line_error(run_cli(report.main, [tmp_path]), "no checkpoints/latest")
 
 
@@ -149,12 +190,17 @@ def test_demo_refuses_tiny_data(tmp_path, run_cli):
 
 def test_demo_verdict_names_the_ratio_and_the_least_helped_source():
     def results(reached):
-        lfr = {"mean": {"valid_loss": 0.9}, "paired": {"relative": -0.1, "per_source_relative": {"a": -0.2, "b": 0.01}},
-               "token_ratio": {"reached": reached, "mean": 0.7 if reached else None}}
+        lfr = {
+            "mean": {"valid_loss": 0.9},
+            "paired": {"relative": -0.1, "per_source_relative": {"a": -0.2, "b": 0.01}},
+            "token_ratio": {"reached": reached, "mean": 0.7 if reached else None},
+        }
         return {"arms": {"lfr": lfr, "random": {"mean": {"valid_loss": 1.0}}}}
 
     text = demo.verdict(results(1))
-    assert "0.9000 vs 1.0000 (-10.00%)" in text and "token ratio 0.70" in text and "least helped source: b +1.00%" in text
+    assert (
+        "0.9000 vs 1.0000 (-10.00%)" in text and "token ratio 0.70" in text and "least helped source: b +1.00%" in text
+    )
     assert "token ratio: never" in demo.verdict(results(0))
     swept = results(1)
     swept["arms"]["lfr"]["token_ratio"]["baseline"] = "random's best budget"
@@ -171,8 +217,11 @@ def test_demo_compares_the_corpus_as_it_is_and_with_copies(tmp_path, monkeypatch
         out = tmp_path / argv[argv.index("--out") + 1]
         out.mkdir(parents=True)
         r = float(argv[argv.index("--redundancy") + 1])
-        lfr = {"mean": {"valid_loss": 1.0 - r}, "paired": {"relative": 0.005 - r, "per_source_relative": {"a": 0.0}},
-               "token_ratio": {"reached": 0, "mean": None}}
+        lfr = {
+            "mean": {"valid_loss": 1.0 - r},
+            "paired": {"relative": 0.005 - r, "per_source_relative": {"a": 0.0}},
+            "token_ratio": {"reached": 0, "mean": None},
+        }
         (out / "results.json").write_text(json.dumps({"arms": {"lfr": lfr, "random": {"mean": {"valid_loss": 1.0}}}}))
         return 0
 

@@ -28,7 +28,9 @@ def test_builder_is_deterministic_heavy_tailed_and_exact_in_share():
     assert docs != redundant.build(unique, lengths, 0.5, seed=8)[0]
     copies = [d for d in docs if d["repeat_of"] is not None]
     chars = sum(len(d["text"]) for d in docs)
-    assert abs(sum(len(d["text"]) for d in copies) / chars - 0.5) < 0.01 and built.repeat_share == pytest.approx(0.5, abs=0.005)
+    assert abs(sum(len(d["text"]) for d in copies) / chars - 0.5) < 0.01 and built.repeat_share == pytest.approx(
+        0.5, abs=0.005
+    )
     for d in copies:  # a copy points at an original, and is it or differs in a few words
         original = docs[d["repeat_of"]]
         assert original["repeat_of"] is None and d["source"] == original["source"]
@@ -51,8 +53,16 @@ def valid_with_leak(tmp_path_factory, webmix_train):
 
 
 def _spec(train, valid, redundancy: float, **kw) -> CorpusSpec:
-    return CorpusSpec(str(train), str(valid), redundancy, subset_seed=kw.get("subset_seed", 0), vocab_size=1024,
-                      unique_tokens=kw.get("unique_tokens", 200_000), seq_length=64, heldout_blocks=512)
+    return CorpusSpec(
+        str(train),
+        str(valid),
+        redundancy,
+        subset_seed=kw.get("subset_seed", 0),
+        vocab_size=1024,
+        unique_tokens=kw.get("unique_tokens", 200_000),
+        seq_length=64,
+        heldout_blocks=512,
+    )
 
 
 def test_redundant_corpus_share_heldout_and_determinism(tmp_path, webmix_train, valid_with_leak):
@@ -66,7 +76,9 @@ def test_redundant_corpus_share_heldout_and_determinism(tmp_path, webmix_train, 
     share = ds.indexed.sequence_lengths[repeats].sum() / ds.num_tokens
     assert abs(share - 0.5) <= 0.02 and a.info["repeat_token_share"] == pytest.approx(share)
     # Held-out text never reaches training, not even when the dev file shares documents with train.
-    train_texts = {json.loads(line)["text"] for line in (tmp_path / "a" / "data" / "train.jsonl").read_text().splitlines()}
+    train_texts = {
+        json.loads(line)["text"] for line in (tmp_path / "a" / "data" / "train.jsonl").read_text().splitlines()
+    }
     heldout = [json.loads(line) for line in (tmp_path / "a" / "data" / "heldout.jsonl").read_text().splitlines()]
     assert not train_texts & {d["text"] for d in heldout} and not train_texts & set(leaked)
     assert a.info["left_out_as_heldout"] == 2
@@ -79,14 +91,18 @@ def test_redundant_corpus_share_heldout_and_determinism(tmp_path, webmix_train, 
 def test_a_changed_corpus_is_refused_not_reused(tmp_path, webmix_train, valid_with_leak):
     valid, _ = valid_with_leak
     prepare(_spec(webmix_train, valid, 0.0, unique_tokens=30_000), tmp_path)
-    for changed, needle in ((_spec(webmix_train, valid, 0.25, unique_tokens=30_000), "redundancy: 0.0 -> 0.25"),
-                            (_spec(webmix_train, valid, 0.0, unique_tokens=30_000, subset_seed=1), "subset_seed: 0 -> 1"),
-                            (_spec(valid, valid, 0.0, unique_tokens=30_000), "train.path")):
+    for changed, needle in (
+        (_spec(webmix_train, valid, 0.25, unique_tokens=30_000), "redundancy: 0.0 -> 0.25"),
+        (_spec(webmix_train, valid, 0.0, unique_tokens=30_000, subset_seed=1), "subset_seed: 0 -> 1"),
+        (_spec(valid, valid, 0.0, unique_tokens=30_000), "train.path"),
+    ):
         with pytest.raises(UserError, match="use a new --out") as e:
             prepare(changed, tmp_path)
         assert needle in str(e.value)
-    assert np.array_equal(prepare(_spec(webmix_train, valid, 0.0, unique_tokens=30_000), tmp_path).repeats(), np.zeros(
-        open_dataset(str(tmp_path / "data" / "train")).num_documents, bool))
+    assert np.array_equal(
+        prepare(_spec(webmix_train, valid, 0.0, unique_tokens=30_000), tmp_path).repeats(),
+        np.zeros(open_dataset(str(tmp_path / "data" / "train")).num_documents, bool),
+    )
 
 
 def test_probes_are_originals_that_no_arm_trains_on(tmp_path, webmix_train, valid_with_leak):
@@ -102,9 +118,17 @@ def test_probes_are_originals_that_no_arm_trains_on(tmp_path, webmix_train, vali
     assert probe_texts and not train_texts & set(probe_texts)  # not even a text the input holds twice
     # No copy's twin is a probe: no training document is a near copy of one (same length in words, few edits).
     words = {len(t.split(" ")) for t in probe_texts}
-    near = [t for t in train_texts if len(t.split(" ")) in words and
-            any(sum(a != b for a, b in zip(t.split(" "), p.split(" "), strict=True)) <= max(1, round(0.03 * len(p.split(" "))))
-                for p in probe_texts if len(p.split(" ")) == len(t.split(" ")))]
+    near = [
+        t
+        for t in train_texts
+        if len(t.split(" ")) in words
+        and any(
+            sum(a != b for a, b in zip(t.split(" "), p.split(" "), strict=True))
+            <= max(1, round(0.03 * len(p.split(" "))))
+            for p in probe_texts
+            if len(p.split(" ")) == len(t.split(" "))
+        )
+    ]
     assert not near
     assert (open_dataset(corpus.probe).num_tokens - 1) // 64 >= 512
     assert corpus.info["probe_documents"] == len(probe_texts) and corpus.info["left_out_as_heldout"] == 2

@@ -21,9 +21,13 @@ def test_in_run_proxy_needs_the_curve_to_stay_below():
 
 def test_budget_ratio_is_the_smallest_budget_from_which_all_reach_the_target():
     target = 4.0
-    assert stats.budget_ratio({0.5: 4.4, 0.65: 4.2, 0.8: 3.9, 1.0: 3.8}, target) == pytest.approx(0.65 + 0.15 * 0.2 / 0.3)
+    assert stats.budget_ratio({0.5: 4.4, 0.65: 4.2, 0.8: 3.9, 1.0: 3.8}, target) == pytest.approx(
+        0.65 + 0.15 * 0.2 / 0.3
+    )
     # 0.5 dips under by luck, 0.65 does not: the ratio starts above 0.65.
-    assert stats.budget_ratio({0.5: 3.95, 0.65: 4.1, 0.8: 3.9, 1.0: 3.8}, target) == pytest.approx(0.65 + 0.15 * 0.1 / 0.2)
+    assert stats.budget_ratio({0.5: 3.95, 0.65: 4.1, 0.8: 3.9, 1.0: 3.8}, target) == pytest.approx(
+        0.65 + 0.15 * 0.1 / 0.2
+    )
     assert stats.budget_ratio({0.5: 3.9, 1.0: 3.8}, target) == 0.5  # already at the smallest budget
     assert stats.budget_ratio({0.5: 3.9, 0.8: 3.9, 1.0: 4.1}, target) is None  # the full budget misses: never
 
@@ -39,16 +43,30 @@ def test_summaries_count_never_as_one():
 
 
 def _run(loss: float, curve: list[float], chat: float) -> dict:
-    return {"valid_loss": loss, "valid_ppl": math.exp(loss), "per_source": {"chat": chat}, "blimp_acc": None, "tokens": 300,
-            "curve": list(zip((100, 200, 300), curve, strict=True)), "unique_blocks_trained": 10, "repeat_token_share_trained": 0.0}
+    return {
+        "valid_loss": loss,
+        "valid_ppl": math.exp(loss),
+        "per_source": {"chat": chat},
+        "blimp_acc": None,
+        "tokens": 300,
+        "curve": list(zip((100, 200, 300), curve, strict=True)),
+        "unique_blocks_trained": 10,
+        "repeat_token_share_trained": 0.0,
+    }
 
 
 def test_summarise_pairs_each_seed_with_its_own_random_run():
-    results = {("random", 1, 1.0): _run(4.0, [5.0, 4.5, 4.0], 4.0), ("random", 2, 1.0): _run(4.4, [5.2, 4.8, 4.4], 4.4),
-               ("lfr", 1, 1.0): _run(3.9, [5.0, 4.4, 3.9], 4.2), ("lfr", 2, 1.0): _run(4.2, [5.2, 4.6, 4.2], 4.4)}
+    results = {
+        ("random", 1, 1.0): _run(4.0, [5.0, 4.5, 4.0], 4.0),
+        ("random", 2, 1.0): _run(4.4, [5.2, 4.8, 4.4], 4.4),
+        ("lfr", 1, 1.0): _run(3.9, [5.0, 4.4, 3.9], 4.2),
+        ("lfr", 2, 1.0): _run(4.2, [5.2, 4.6, 4.2], 4.4),
+    }
     arms = stats.summarise(results, ["random", "lfr"], [1, 2], [1.0])
     paired = arms["lfr"]["paired"]
-    assert paired["valid_loss"]["values"] == pytest.approx([-0.1, -0.2]) and paired["valid_loss"]["mean"] == pytest.approx(-0.15)
+    assert paired["valid_loss"]["values"] == pytest.approx([-0.1, -0.2]) and paired["valid_loss"][
+        "mean"
+    ] == pytest.approx(-0.15)
     assert paired["relative"] == pytest.approx(-0.15 / 4.2)
     assert [p[1]["mean"] for p in paired["curve"]] == pytest.approx([0.0, -0.15, -0.15])
     assert paired["per_source_relative"]["chat"] == pytest.approx(0.1 / 4.2)
@@ -61,8 +79,12 @@ def test_the_budget_sweep_ratio_is_against_random_s_best_budget():
     # Random overfits on seed 1 (its 0.8 budget ends lowest) and not on seed 2 (its full budget does).
     random = {1: {0.5: 4.30, 0.8: 4.00, 1.0: 4.10}, 2: {0.5: 4.60, 0.8: 4.45, 1.0: 4.40}}
     lfr = {1: {0.5: 4.20, 0.8: 3.95, 1.0: 3.90}, 2: {0.5: 4.50, 0.8: 4.42, 1.0: 4.35}}
-    results = {(arm, s, b): _run(loss, [5.0, 4.8, loss], loss) for arm, table in (("random", random), ("lfr", lfr))
-               for s, finals in table.items() for b, loss in finals.items()}
+    results = {
+        (arm, s, b): _run(loss, [5.0, 4.8, loss], loss)
+        for arm, table in (("random", random), ("lfr", lfr))
+        for s, finals in table.items()
+        for b, loss in finals.items()
+    }
     arms = stats.summarise(results, ["random", "lfr"], [1, 2], [0.5, 0.8, 1.0])
     best = arms["random"]["best_budget"]
     assert best["budget"] == [0.8, 1.0] and best["valid_loss"] == [random[1][0.8], random[2][1.0]]
@@ -80,7 +102,11 @@ def test_the_budget_sweep_ratio_is_against_random_s_best_budget():
 
 def test_results_without_a_random_sweep_keep_random_at_the_full_budget_as_the_baseline():
     lfr = {0.5: 4.3, 1.0: 3.9}
-    results = {("random", 1, 1.0): _run(4.0, [5.0, 4.5, 4.0], 4.0),
-               **{("lfr", 1, b): _run(loss, [5.0, 4.5, loss], loss) for b, loss in lfr.items()}}
+    results = {
+        ("random", 1, 1.0): _run(4.0, [5.0, 4.5, 4.0], 4.0),
+        **{("lfr", 1, b): _run(loss, [5.0, 4.5, loss], loss) for b, loss in lfr.items()},
+    }
     ratio = stats.summarise(results, ["random", "lfr"], [1], [0.5, 1.0])["lfr"]["token_ratio"]
-    assert ratio["per_seed"] == pytest.approx([stats.budget_ratio(lfr, 4.0)]) and ratio["baseline"].startswith("random at 1.0")
+    assert ratio["per_seed"] == pytest.approx([stats.budget_ratio(lfr, 4.0)]) and ratio["baseline"].startswith(
+        "random at 1.0"
+    )

@@ -51,9 +51,7 @@ def test_preprocess_bad_inputs(case, tmp_path, run_cli, webmix_tokenizer):
     out = tmp_path / "out"
     out.mkdir()
     before = _listing(out)
-    result = run_cli(
-        preprocess.main, [src, "-o", out / "ds", "-t", webmix_tokenizer, "--no-progress", "-j", "1"]
-    )
+    result = run_cli(preprocess.main, [src, "-o", out / "ds", "-t", webmix_tokenizer, "--no-progress", "-j", "1"])
     assert_one_line_error(result, needle)
     if case != "blank_only":
         assert src.name in result.err_lines[0]
@@ -64,9 +62,7 @@ def test_non_utf8_in_gzip_reports_line(tmp_path, run_cli, webmix_tokenizer):
     src = tmp_path / "bad.jsonl.gz"
     with gzip.open(src, "wb") as f:
         f.write(b'{"text": "ok"}\n' * 5 + b'{"text": "\xff"}\n')
-    result = run_cli(
-        preprocess.main, [src, "-o", tmp_path / "ds", "-t", webmix_tokenizer, "--no-progress", "-j", "2"]
-    )
+    result = run_cli(preprocess.main, [src, "-o", tmp_path / "ds", "-t", webmix_tokenizer, "--no-progress", "-j", "2"])
     assert_one_line_error(result, "bad.jsonl.gz:6: not valid UTF-8")
     assert not list(tmp_path.glob("ds*"))
 
@@ -152,7 +148,9 @@ def _parquet_bytes(table: pa.Table) -> bytes:
 
 def _bad_utf8_parquet() -> bytes:
     offsets = pa.py_buffer(np.array([0, 2, 4], dtype=np.int32).tobytes())
-    return _parquet_bytes(pa.table({"text": pa.Array.from_buffers(pa.string(), 2, [None, offsets, pa.py_buffer(b"ok\xff\xfe")])}))
+    return _parquet_bytes(
+        pa.table({"text": pa.Array.from_buffers(pa.string(), 2, [None, offsets, pa.py_buffer(b"ok\xff\xfe")])})
+    )
 
 
 _GOOD_PARQUET = _parquet_bytes(pa.table({"text": [f"row {i}" for i in range(400)], "url": ["u"] * 400}))
@@ -160,23 +158,52 @@ _GOOD_PARQUET = _parquet_bytes(pa.table({"text": [f"row {i}" for i in range(400)
 #: name: (file name, content, needle in the message). A name ending in "/" is a directory of those files.
 DAMAGED = {
     "gz-truncated": ("in.jsonl.gz", _cut(gzip.compress(_DOCS)), "in.jsonl.gz: the compressed stream ends early"),
-    "gz-corrupt": ("in.jsonl.gz", gzip.compress(_DOCS)[:30] + b"\x00" * 200, "in.jsonl.gz: the compressed stream is not valid gzip"),
-    "zst-truncated": ("in.jsonl.zst", _cut(zstandard.compress(_DOCS)), "in.jsonl.zst: the compressed stream ends early"),
+    "gz-corrupt": (
+        "in.jsonl.gz",
+        gzip.compress(_DOCS)[:30] + b"\x00" * 200,
+        "in.jsonl.gz: the compressed stream is not valid gzip",
+    ),
+    "zst-truncated": (
+        "in.jsonl.zst",
+        _cut(zstandard.compress(_DOCS)),
+        "in.jsonl.zst: the compressed stream ends early",
+    ),
     "zst-not-zstd": ("in.jsonl.zst", _DOCS, "in.jsonl.zst: the compressed stream is not valid zstd"),
     "parquet-truncated": ("in.parquet", _cut(_GOOD_PARQUET), "in.parquet: not a readable parquet file"),
     "parquet-not-parquet": ("in.parquet", _DOCS, "in.parquet: not a readable parquet file"),
-    "parquet-no-text-column": ("in.parquet", _parquet_bytes(pa.table({"body": ["x"], "url": ["u"]})),
-                               "in.parquet: no column 'text' (columns: body, url)"),
-    "parquet-text-not-string": ("in.parquet", _parquet_bytes(pa.table({"text": [1, 2]})),
-                                "in.parquet: column 'text' holds int64, not strings"),
+    "parquet-no-text-column": (
+        "in.parquet",
+        _parquet_bytes(pa.table({"body": ["x"], "url": ["u"]})),
+        "in.parquet: no column 'text' (columns: body, url)",
+    ),
+    "parquet-text-not-string": (
+        "in.parquet",
+        _parquet_bytes(pa.table({"text": [1, 2]})),
+        "in.parquet: column 'text' holds int64, not strings",
+    ),
     "parquet-not-utf8": ("in.parquet", _bad_utf8_parquet(), "in.parquet: row 2: not valid UTF-8"),
-    "jsonl-lone-surrogate": ("in.jsonl", b'{"text": "ok"}\n{"text": "a \\ud800 b"}\n',
-                             "in.jsonl:2: the escape \\ud800 is half of a UTF-16 surrogate pair"),
+    "jsonl-lone-surrogate": (
+        "in.jsonl",
+        b'{"text": "ok"}\n{"text": "a \\ud800 b"}\n',
+        "in.jsonl:2: the escape \\ud800 is half of a UTF-16 surrogate pair",
+    ),
     "jsonl-surrogate-source": ("in.jsonl", b'{"text": "ok", "source": "\\udfff"}\n', "in.jsonl:1: the escape \\udfff"),
-    "jsonl-nested-too-deep": ("in.jsonl", b'{"text": "ok", "x": ' + b"[" * 100_000 + b"}\n", "in.jsonl:1: not valid JSON (nested too deeply)"),
-    "jsonl-huge-integer": ("in.jsonl", b'{"text": "ok", "n": ' + b"7" * 5000 + b"}\n", "in.jsonl:1: not valid JSON (Exceeds the limit"),
+    "jsonl-nested-too-deep": (
+        "in.jsonl",
+        b'{"text": "ok", "x": ' + b"[" * 100_000 + b"}\n",
+        "in.jsonl:1: not valid JSON (nested too deeply)",
+    ),
+    "jsonl-huge-integer": (
+        "in.jsonl",
+        b'{"text": "ok", "n": ' + b"7" * 5000 + b"}\n",
+        "in.jsonl:1: not valid JSON (Exceeds the limit",
+    ),
     "jsonl-text-a-number": ("in.jsonl", b'{"text": 3}\n', "in.jsonl:1: 'text' is not a string"),
-    "split-ambiguous": ("snap/", {"train-0.jsonl": _DOCS, "test-0.jsonl": _DOCS}, "holds the splits test, train; choose one with --split"),
+    "split-ambiguous": (
+        "snap/",
+        {"train-0.jsonl": _DOCS, "test-0.jsonl": _DOCS},
+        "holds the splits test, train; choose one with --split",
+    ),
     "empty-directory": ("snap/", {}, "snap: directory holds no input files"),
 }
 

@@ -20,8 +20,17 @@ SEQ = 64
 
 
 def _learn(view: BlendView, steps: int, global_batch: int = 32) -> np.ndarray:
-    rewriter = Rewriter(Path("."), LFRConfig(), 1234, "fp", view.blend.sources, view.block_source, SEQ, global_batch,
-                        corpora=view.corpora)
+    rewriter = Rewriter(
+        Path("."),
+        LFRConfig(),
+        1234,
+        "fp",
+        view.blend.sources,
+        view.block_source,
+        SEQ,
+        global_batch,
+        corpora=view.corpora,
+    )
     return rewriter.build(Phase(0, "learn", 0, steps), None, digest="d").order
 
 
@@ -55,7 +64,9 @@ def test_block_ids_are_offset_local_ids_and_read_the_corpus_tokens(webmix_blend)
         assert view.corpora.offsets[c + 1] - start == alone.num_blocks
         for local in (0, alone.num_blocks // 2, alone.num_blocks - 1):
             np.testing.assert_array_equal(view.tokens(start + local), alone.tokens(local))
-        assert set(view.block_source[start : start + alone.num_blocks].tolist()) == {view.blend.sources.index(["news", "chat", "wiki"][c])}
+        assert set(view.block_source[start : start + alone.num_blocks].tolist()) == {
+            view.blend.sources.index(["news", "chat", "wiki"][c])
+        }
     with pytest.raises(UserError, match="out of range"):
         view.tokens(view.num_blocks)
 
@@ -64,8 +75,10 @@ def test_megatron_string_and_yaml_list_are_the_same_blend(webmix_blend, tmp_path
     news, chat, wiki = webmix_blend
     text = f"0.5 {news} 0.3 {chat} 0.2 {wiki}"
     config = tmp_path / "cfg.yaml"
-    config.write_text(f"data:\n  path:\n    - {{weight: 5, path: {news}}}\n    - {{weight: 3, path: {chat}}}\n"
-                      f"    - {{weight: 2, path: {wiki}}}\n")
+    config.write_text(
+        f"data:\n  path:\n    - {{weight: 5, path: {news}}}\n    - {{weight: 3, path: {chat}}}\n"
+        f"    - {{weight: 2, path: {wiki}}}\n"
+    )
     as_yaml = load_config(str(config)).data.path
     a, b = Blend(text), Blend(as_yaml)
     assert a.fingerprint == b.fingerprint  # relative weights: 5/3/2 is 0.5/0.3/0.2

@@ -58,8 +58,13 @@ def formats(tmp_path_factory, docs) -> dict[str, Path]:
     for i, start in enumerate(range(0, len(docs), 1000)):
         _parquet(shards / f"part-{i:05d}.parquet", docs[start : start + 1000], row_group=400)
     (shards / "README.md").write_text("a dataset card: not an input\n")
-    return {"jsonl": d / "a.jsonl", "jsonl.gz": d / "a.jsonl.gz", "jsonl.zst": d / "a.jsonl.zst",
-            "parquet": d / "a.parquet", "parquet shards": shards}
+    return {
+        "jsonl": d / "a.jsonl",
+        "jsonl.gz": d / "a.jsonl.gz",
+        "jsonl.zst": d / "a.jsonl.zst",
+        "parquet": d / "a.parquet",
+        "parquet shards": shards,
+    }
 
 
 def _build(src: Path, prefix: Path, tok: Path, workers: int) -> tuple[list[bytes], dict]:
@@ -78,7 +83,10 @@ def test_every_format_gives_the_same_bytes_with_1_and_2_workers(tmp_path, format
             assert sum(f["rows"] for f in meta["inputs"]) == len(docs)
     shard_meta = _build(formats["parquet shards"], tmp_path / "again", webmix_tokenizer, 2)[1]
     assert [(Path(f["path"]).name, f["rows"]) for f in shard_meta["inputs"]] == [
-        ("part-00000.parquet", 1000), ("part-00001.parquet", 1000), ("part-00002.parquet", 400)]
+        ("part-00000.parquet", 1000),
+        ("part-00001.parquet", 1000),
+        ("part-00002.parquet", 400),
+    ]
     assert all(f["bytes"] == Path(f["path"]).stat().st_size for f in shard_meta["inputs"])
 
 
@@ -108,19 +116,31 @@ def _snapshot(root: Path, names: list[str]) -> Path:
 
 
 def test_split_folders_and_split_named_files(tmp_path):
-    hf = _snapshot(tmp_path / "hf", ["data/train-00000-of-00002.jsonl", "data/train-00001-of-00002.jsonl",
-                                     "data/validation-00000-of-00001.jsonl", ".cache/train-x.jsonl"])
+    hf = _snapshot(
+        tmp_path / "hf",
+        [
+            "data/train-00000-of-00002.jsonl",
+            "data/train-00001-of-00002.jsonl",
+            "data/validation-00000-of-00001.jsonl",
+            ".cache/train-x.jsonl",
+        ],
+    )
     with pytest.raises(UserError, match="holds the splits train, validation; choose one with --split"):
         check_inputs([str(hf)])
     assert [Path(f).name for f in check_inputs([str(hf)], split="train")] == [
-        "train-00000-of-00002.jsonl", "train-00001-of-00002.jsonl"]
+        "train-00000-of-00002.jsonl",
+        "train-00001-of-00002.jsonl",
+    ]
     assert [Path(f).name for f in check_inputs([str(hf / "data" / "*.jsonl")], split="validation")] == [
-        "validation-00000-of-00001.jsonl"]
+        "validation-00000-of-00001.jsonl"
+    ]
     with pytest.raises(UserError, match="no files of split 'test'; it holds the splits train, validation"):
         check_inputs([str(hf)], split="test")
     folders = _snapshot(tmp_path / "folders", ["train/b.jsonl", "train/a/c.jsonl", "test/a.jsonl"])
     assert [Path(f).relative_to(folders).as_posix() for f in check_inputs([str(folders)], split="train")] == [
-        "train/a/c.jsonl", "train/b.jsonl"]
+        "train/a/c.jsonl",
+        "train/b.jsonl",
+    ]
     # One split only (or a split's own folder) needs no --split; a plain directory has none to pick.
     assert len(check_inputs([str(folders / "train")])) == 2
     with pytest.raises(UserError, match="has no split folders or split-named files"):

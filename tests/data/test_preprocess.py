@@ -32,10 +32,7 @@ def test_webmix_round_trip_every_document(webmix_train, webmix_tokenizer, webmix
 def test_workers_do_not_change_output(tmp_path, webmix_tokenizer):
     """1 worker (in-process) and 3 workers write byte-identical files."""
     src = tmp_path / "in.jsonl"
-    lines = [
-        json.dumps({"text": f"document {i} " + "words " * (i % 50), "source": f"s{i % 3}"})
-        for i in range(3000)
-    ]
+    lines = [json.dumps({"text": f"document {i} " + "words " * (i % 50), "source": f"s{i % 3}"}) for i in range(3000)]
     src.write_text("\n".join(lines) + "\n")
     out = {}
     for workers in (1, 3):
@@ -71,9 +68,7 @@ def test_txt_line_and_paragraph_modes(tmp_path, webmix_tokenizer):
         ("line", ["para one line a", "para one line b", "para two", "line"]),
     ):
         prefix = tmp_path / mode
-        preprocess(
-            [str(src)], str(prefix), str(webmix_tokenizer), opts=ReadOptions(txt_mode=mode), progress=False
-        )
+        preprocess([str(src)], str(prefix), str(webmix_tokenizer), opts=ReadOptions(txt_mode=mode), progress=False)
         ds = open_dataset(str(prefix))
         assert [tok.decode(ds.document(i)[:-1]) for i in range(ds.num_documents)] == expected
         assert ds.sources == ["unknown"]

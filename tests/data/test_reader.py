@@ -33,8 +33,14 @@ def test_jsonl_plain_and_gzip_chunks_agree(tmp_path_factory, docs, chunk):
 
 
 @settings(max_examples=40, deadline=None)
-@given(paras=st.lists(st.lists(st.text(alphabet="ab c\t", min_size=1, max_size=12).filter(str.strip), min_size=1, max_size=4), min_size=1, max_size=12),
-       chunk=st.integers(1, 50))
+@given(
+    paras=st.lists(
+        st.lists(st.text(alphabet="ab c\t", min_size=1, max_size=12).filter(str.strip), min_size=1, max_size=4),
+        min_size=1,
+        max_size=12,
+    ),
+    chunk=st.integers(1, 50),
+)
 def test_paragraph_chunks_never_split_a_paragraph(tmp_path_factory, paras, chunk):
     d = tmp_path_factory.mktemp("p")
     (d / "a.txt").write_text("\n\n".join("\n".join(p) for p in paras) + "\n")

@@ -62,8 +62,13 @@ def _read_and_encode(path: Path, opts: ReadOptions, chunk_bytes: int, tok: Token
 
 
 @settings(max_examples=120, deadline=None)
-@given(data=st.binary(max_size=300), suffix=st.sampled_from(SUFFIXES), wrap=st.booleans(), opts=options,
-       chunk=st.integers(1, 64))
+@given(
+    data=st.binary(max_size=300),
+    suffix=st.sampled_from(SUFFIXES),
+    wrap=st.booleans(),
+    opts=options,
+    chunk=st.integers(1, 64),
+)
 def test_random_bytes(scratch, tok, data, suffix, wrap, opts, chunk):
     """Random bytes as the file itself, or correctly compressed (so the decoder behind it sees them)."""
     kind = suffix.rsplit(".", 1)[-1]
@@ -73,8 +78,13 @@ def test_random_bytes(scratch, tok, data, suffix, wrap, opts, chunk):
 
 
 @settings(max_examples=120, deadline=None)
-@given(rows=st.lists(documents | json_values, max_size=8), ascii_only=st.booleans(), bom=st.booleans(),
-       suffix=st.sampled_from([".jsonl", ".jsonl.gz", ".jsonl.zst"]), chunk=st.integers(1, 64))
+@given(
+    rows=st.lists(documents | json_values, max_size=8),
+    ascii_only=st.booleans(),
+    bom=st.booleans(),
+    suffix=st.sampled_from([".jsonl", ".jsonl.gz", ".jsonl.zst"]),
+    chunk=st.integers(1, 64),
+)
 def test_random_json(scratch, tok, rows, ascii_only, bom, suffix, chunk):
     """Any JSON at all, escaped or raw (a raw lone surrogate becomes bytes that are not UTF-8)."""
     body = "".join(json.dumps(r, ensure_ascii=ascii_only) + "\n" for r in rows).encode("utf-8", "surrogatepass")
@@ -89,8 +99,10 @@ valid_texts = st.none() | st.text(max_size=30)
 
 
 @settings(max_examples=50, deadline=None)
-@given(rows=st.lists(st.tuples(valid_texts, st.none() | st.text(max_size=5)), min_size=1, max_size=40),
-       group=st.integers(1, 16))
+@given(
+    rows=st.lists(st.tuples(valid_texts, st.none() | st.text(max_size=5)), min_size=1, max_size=40),
+    group=st.integers(1, 16),
+)
 def test_parquet_reads_as_the_same_jsonl(scratch, tok, rows, group):
     """Parquet (any row-group size) and JSONL holding the same rows read as the same documents."""
     table = pa.table({"text": [t for t, _ in rows], "source": [s for _, s in rows], "n": list(range(len(rows)))})
@@ -111,8 +123,11 @@ def _good_file(suffix: str, docs: list[str]) -> bytes:
 
 
 @settings(max_examples=80, deadline=None)
-@given(docs=st.lists(st.text(max_size=20), min_size=1, max_size=12),
-       suffix=st.sampled_from([".jsonl.gz", ".jsonl.zst", ".parquet"]), data=st.data())
+@given(
+    docs=st.lists(st.text(max_size=20), min_size=1, max_size=12),
+    suffix=st.sampled_from([".jsonl.gz", ".jsonl.zst", ".parquet"]),
+    data=st.data(),
+)
 def test_damaged_compressed_and_parquet_files(scratch, tok, docs, suffix, data):
     """A good file cut short or with bytes overwritten: read whole, or one line naming the file."""
     good = bytearray(_good_file(suffix, docs))
@@ -133,8 +148,11 @@ def base_corpus(webmix_train) -> list[str]:
 
 
 @settings(max_examples=30, deadline=None)
-@given(docs=st.lists(st.none() | texts, min_size=1, max_size=10), at=st.integers(0, 60),
-       vocab=st.integers(MIN_VOCAB + 1, 700))
+@given(
+    docs=st.lists(st.none() | texts, min_size=1, max_size=10),
+    at=st.integers(0, 60),
+    vocab=st.integers(MIN_VOCAB + 1, 700),
+)
 def test_tokenizer_training_on_random_documents(scratch, base_corpus, docs, at, vocab):
     """The trainer, fed real text with random documents among it: a model, or one line (a lone
     surrogate, too small or too large a vocabulary)."""

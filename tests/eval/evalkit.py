@@ -39,9 +39,7 @@ def logits_of(model: torch.nn.Module, ids: list[int]) -> torch.Tensor:
         return model(x, torch.arange(len(ids))[None], None)[0]
 
 
-def logprob_by_hand(
-    model: torch.nn.Module, context: list[int], continuation: list[int]
-) -> tuple[float, bool]:
+def logprob_by_hand(model: torch.nn.Module, context: list[int], continuation: list[int]) -> tuple[float, bool]:
     """Summed log-probability of ``continuation`` after ``context`` and whether it is the greedy choice:
     one unbatched forward, log-softmax written out (a row's log-sum-exp), no truncation."""
     ids = context + continuation
@@ -102,8 +100,9 @@ def heldout_on_rank(
 
     torch.set_num_threads(1)
     # As a launcher sets them (one node): an inherited LOCAL_WORLD_SIZE=1 would not fit LOCAL_RANK=1.
-    env = dict(RANK=rank, LOCAL_RANK=rank, WORLD_SIZE=world, LOCAL_WORLD_SIZE=world, MASTER_ADDR="127.0.0.1",
-               MASTER_PORT=port)
+    env = dict(
+        RANK=rank, LOCAL_RANK=rank, WORLD_SIZE=world, LOCAL_WORLD_SIZE=world, MASTER_ADDR="127.0.0.1", MASTER_PORT=port
+    )
     os.environ.update({k: str(v) for k, v in env.items()})
     init_distributed("gloo")
     tok = Tokenizer(tokenizer)

@@ -18,12 +18,7 @@ from lfr_ds.eval.perplexity import heldout_loss, load_heldout
 def test_a_run_its_checkpoints_and_a_step_directory_name_the_same_checkpoint(trained_runs):
     run = trained_runs[2]
     step = run / "checkpoints" / "step_00000003"
-    assert (
-        find_checkpoint_dir(run)
-        == find_checkpoint_dir(run / "checkpoints")
-        == find_checkpoint_dir(step)
-        == step
-    )
+    assert find_checkpoint_dir(run) == find_checkpoint_dir(run / "checkpoints") == find_checkpoint_dir(step) == step
     ckpt = open_checkpoint(run)
     assert ckpt.step == 3 and ckpt.model_config.num_layers == 4  # the tiny preset
     assert ckpt.model_config.vocab_size == ckpt.tokenizer.vocab_size == 8192
@@ -33,9 +28,7 @@ def test_zero2_weights_are_the_weights_deepspeed_saved(trained_runs):
     ckpt = open_checkpoint(trained_runs[2])
     loaded = load_model(ckpt).state_dict()
     # On CPU in fp32, ZeRO-2 also saves the full module, which must equal the consolidated masters.
-    saved = torch.load(ckpt.path / "mp_rank_00_model_states.pt", weights_only=False, map_location="cpu")[
-        "module"
-    ]
+    saved = torch.load(ckpt.path / "mp_rank_00_model_states.pt", weights_only=False, map_location="cpu")["module"]
     tensors = {k: v for k, v in saved.items() if torch.is_tensor(v)}
     assert tensors.keys() == {k for k, v in loaded.items() if torch.is_tensor(v)}
     for name, tensor in tensors.items():
@@ -117,18 +110,14 @@ def test_lfr_eval_end_to_end(trained_runs, run_cli, tmp_path, valid_jsonl, small
     ckpt = open_checkpoint(run)
     model = load_model(ckpt)
     data = load_heldout(str(valid_jsonl), 256, tokenizer=ckpt.tokenizer, max_blocks=6, seed=ckpt.data_seed)
-    assert results["valid"][str(valid_jsonl)]["loss"] == pytest.approx(
-        heldout_loss(model, data)["loss"], rel=1e-5
-    )
+    assert results["valid"][str(valid_jsonl)]["loss"] == pytest.approx(heldout_loss(model, data)["loss"], rel=1e-5)
     # The exported trained model computes the same logits.
     from transformers import GPT2LMHeadModel
 
     hf = GPT2LMHeadModel.from_pretrained(hf_dir).eval()
     ids = ckpt.tokenizer.encode(["The committee met on Tuesday to discuss the harvest."])[0]
     with torch.no_grad():
-        torch.testing.assert_close(
-            hf(torch.tensor([ids])).logits[0], logits_of(model, ids), rtol=0, atol=1e-5
-        )
+        torch.testing.assert_close(hf(torch.tensor([ids])).logits[0], logits_of(model, ids), rtol=0, atol=1e-5)
 
 
 def test_lfr_eval_on_a_zero3_checkpoint(trained_runs, run_cli, tmp_path, valid_jsonl):

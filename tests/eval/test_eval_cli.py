@@ -75,9 +75,7 @@ def test_nothing_to_do(run_cli, stand_in):
 
 
 def test_missing_valid_file_and_dataset(run_cli, stand_in, tmp_path):
-    assert_one_line_error(
-        run_cli(main, [stand_in, "--valid", tmp_path / "v.jsonl"]), "v.jsonl", "does not exist"
-    )
+    assert_one_line_error(run_cli(main, [stand_in, "--valid", tmp_path / "v.jsonl"]), "v.jsonl", "does not exist")
     assert_one_line_error(run_cli(main, [stand_in, "--valid", tmp_path / "v"]), "v.idx", "not found")
 
 
@@ -107,9 +105,7 @@ def test_bad_blimp_and_lambada(run_cli, stand_in, tmp_path):
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text(json.dumps({"sentence_good": "A cat."}) + "\n")
     assert_one_line_error(run_cli(main, [stand_in, "--blimp", pairs]), f"{pairs}:1", "'sentence_bad'")
-    assert_one_line_error(
-        run_cli(main, [stand_in, "--lambada", tmp_path / "l.jsonl"]), "l.jsonl", "not found"
-    )
+    assert_one_line_error(run_cli(main, [stand_in, "--lambada", tmp_path / "l.jsonl"]), "l.jsonl", "not found")
     one_word = tmp_path / "one.jsonl"
     one_word.write_text(json.dumps({"text": "Hello"}) + "\n")
     assert_one_line_error(run_cli(main, [stand_in, "--lambada", one_word]), f"{one_word}:1", "no last word")
@@ -124,9 +120,7 @@ def test_bad_flags(run_cli, stand_in, tmp_path, mc):
     )
     (tmp_path / "used").mkdir()
     (tmp_path / "used" / "f").write_text("")
-    assert_one_line_error(
-        run_cli(main, [stand_in, "--export-hf", tmp_path / "used"]), "not an empty directory"
-    )
+    assert_one_line_error(run_cli(main, [stand_in, "--export-hf", tmp_path / "used"]), "not an empty directory")
 
 
 def test_checkpoint_without_deepspeed_files(run_cli, stand_in, mc):

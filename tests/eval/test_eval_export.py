@@ -24,9 +24,7 @@ def exported(tok, tmp_path_factory):
     """A random small model whose vocabulary is padded (8192 -> 9000 rows), exported."""
     changes = {"make_vocab_size_divisible_by": 1000}
     model = small_model(tok.vocab_size, seed=5, **changes)
-    out = export_hf(
-        model, small_config(tok.vocab_size, **changes), tok, tmp_path_factory.mktemp("hf") / "gpt2"
-    )
+    out = export_hf(model, small_config(tok.vocab_size, **changes), tok, tmp_path_factory.mktemp("hf") / "gpt2")
     return model, out
 
 
@@ -51,9 +49,7 @@ def test_auto_tokenizer_gives_the_same_ids(exported, tok, webmix_train, eval_dat
     texts = [json.loads(line)["text"] for line in (webmix_train.parent / "valid.jsonl").open()]
     texts += [json.loads(line)["text"] for line in (eval_data / "lambada_test.jsonl").open()][:1000]
     for name in ("adjunct_island", "irregular_plural_subject_verb_agreement_1", "wh_questions_object_gap"):
-        texts += [
-            json.loads(line)["sentence_good"] for line in (eval_data / "blimp" / f"{name}.jsonl").open()
-        ][:200]
+        texts += [json.loads(line)["sentence_good"] for line in (eval_data / "blimp" / f"{name}.jsonl").open()][:200]
     texts += [
         "  two leading spaces, three trailing   ",
         "tabs\tand\n\nblank lines \n x",

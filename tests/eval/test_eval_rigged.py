@@ -67,9 +67,7 @@ def test_lambada_accuracy_counts_exactly_the_words_decoded_greedily(tok, passage
         elif i % 4 == 2 and chain(follow, [ctx[-1], *cont[:-1]]):
             partial += 1  # all but the word's last token: greedy decoding gets it wrong
     assert whole >= 4 and partial >= 4
-    result = evaluate_lambada(
-        NextTokenStub(tok.vocab_size, follow), tok, passages, seq_length=SEQ, batch_size=8
-    )
+    result = evaluate_lambada(NextTokenStub(tok.vocab_size, follow), tok, passages, seq_length=SEQ, batch_size=8)
     assert result["acc"] == whole / len(passages)
 
 

@@ -74,16 +74,12 @@ def test_multiple_choice_matches_hand_computed_log_likelihoods(tok, model, eval_
 
 
 def test_blimp_scores_whole_sentences_after_eod(tok, model, eval_data):
-    sets = load_blimp(
-        [eval_data / "blimp" / "anaphor_gender_agreement.jsonl", eval_data / "blimp" / "causative.jsonl"]
-    )
+    sets = load_blimp([eval_data / "blimp" / "anaphor_gender_agreement.jsonl", eval_data / "blimp" / "causative.jsonl"])
     sets = {name: pairs[:4] for name, pairs in sets.items()}
     result = evaluate_blimp(model, tok, sets, seq_length=SEQ, batch_size=5)
     right = 0
     for name, pairs in sets.items():
-        expected = [
-            tuple(logprob_by_hand(model, [EOD_ID], tok.encode([s])[0])[0] for s in pair) for pair in pairs
-        ]
+        expected = [tuple(logprob_by_hand(model, [EOD_ID], tok.encode([s])[0])[0] for s in pair) for pair in pairs]
         assert np.array(result["logprobs"][name]) == pytest.approx(np.array(expected), abs=1e-4)
         assert result["per_set"][name] == {"acc": sum(g > b for g, b in expected) / 4, "n": 4}
         right += sum(g > b for g, b in expected)

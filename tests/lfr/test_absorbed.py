@@ -21,7 +21,9 @@ def _record(table: LossTable, step: int, ids: np.ndarray, relative: np.ndarray, 
     """One step: blocks whose loss is ``3 + offset``, probes ``3 + probe offset`` (the table takes the batch mean)."""
     losses = 3.0 + relative
     rows = np.stack([ids, losses, np.full(len(ids), 64)], axis=1)
-    probe_rows = np.stack([-(np.arange(len(probe_relative)) + 1), 3.0 + probe_relative, np.full(len(probe_relative), 64)], axis=1)
+    probe_rows = np.stack(
+        [-(np.arange(len(probe_relative)) + 1), 3.0 + probe_relative, np.full(len(probe_relative), 64)], axis=1
+    )
     table.update(rows, step, probe_rows)
 
 
@@ -39,8 +41,13 @@ def test_unseen_text_is_flagged_at_rate_alpha(alpha):
     table = _table(n)
     for step in range(STEPS):
         ids = np.arange(step * BATCH, (step + 1) * BATCH)
-        table.update(np.stack([ids, 3.0 + rng.normal(0, _spread(step), BATCH), np.full(BATCH, 64)], axis=1), step,
-                     np.stack([-np.arange(1, PROBES + 1), 3.0 + rng.normal(0, _spread(step), PROBES), np.full(PROBES, 64)], axis=1))
+        table.update(
+            np.stack([ids, 3.0 + rng.normal(0, _spread(step), BATCH), np.full(BATCH, 64)], axis=1),
+            step,
+            np.stack(
+                [-np.arange(1, PROBES + 1), 3.0 + rng.normal(0, _spread(step), PROBES), np.full(PROBES, 64)], axis=1
+            ),
+        )
     result = absorbed(table, alpha)
     rate = result.mask.mean()
     # The batch mean is a sample mean, shared by blocks and probes alike; the noise is the blocks' binomial

@@ -26,9 +26,18 @@ def _blend(prefixes) -> str:
 
 
 def _overrides(data, run_dir, **extra) -> list[str]:
-    cfg = {"data.path": data, "run_dir": run_dir, "steps": STEPS, "lfr.schedule": SCHEDULE, "engine.micro_batch_size": 16,
-           "engine.global_batch_size": 32, "checkpoint.interval": 4, "checkpoint.keep_last": 10, "log.trace_blocks": "true",
-           **extra}
+    cfg = {
+        "data.path": data,
+        "run_dir": run_dir,
+        "steps": STEPS,
+        "lfr.schedule": SCHEDULE,
+        "engine.micro_batch_size": 16,
+        "engine.global_batch_size": 32,
+        "checkpoint.interval": 4,
+        "checkpoint.keep_last": 10,
+        "log.trace_blocks": "true",
+        **extra,
+    }
     return [*SMALL_MODEL, *(f"{k}={v}" for k, v in cfg.items())]
 
 
@@ -37,15 +46,27 @@ def reference(webmix_blend, tmp_path_factory):
     """A 2-rank run on the blend, checkpointed every 4 steps (the Learn/Focus boundary at 8, mid-Focus at 12),
     with TensorBoard and a held-out blend."""
     run = tmp_path_factory.mktemp("blend2") / "run"
-    launch(_overrides(_blend(webmix_blend), run, **{"log.tensorboard": "true", "eval.valid_path": _blend(webmix_blend),
-                                                   "eval.valid_blocks": 16}), nproc=2)
+    launch(
+        _overrides(
+            _blend(webmix_blend),
+            run,
+            **{"log.tensorboard": "true", "eval.valid_path": _blend(webmix_blend), "eval.valid_blocks": 16},
+        ),
+        nproc=2,
+    )
     return run
 
 
 def test_resume_mid_focus_on_a_blend_is_exact(reference, webmix_blend, tmp_path):
     resumed = copy_run(reference, tmp_path / "resumed", "step_00000012")
-    proc = launch(_overrides(_blend(webmix_blend), resumed, **{"log.tensorboard": "true",
-                                                               "eval.valid_path": _blend(webmix_blend), "eval.valid_blocks": 16}), nproc=2)
+    proc = launch(
+        _overrides(
+            _blend(webmix_blend),
+            resumed,
+            **{"log.tensorboard": "true", "eval.valid_path": _blend(webmix_blend), "eval.valid_blocks": 16},
+        ),
+        nproc=2,
+    )
     assert "resumed from" in proc.stderr
     full, again = read_trace(reference), read_trace(resumed)
     assert [t["step"] for t in again] == list(range(1, STEPS + 1))
@@ -56,8 +77,13 @@ def test_resume_mid_focus_on_a_blend_is_exact(reference, webmix_blend, tmp_path)
 
 def test_two_ranks_equal_one_process(reference, webmix_blend, tmp_path):
     one = tmp_path / "one"
-    proc = launch(_overrides(_blend(webmix_blend), one, **{"engine.micro_batch_size": 32}), nproc=1, launcher="python",
-                  extra_env={"LFR_CRASH_AT": "step:9"}, check=False)  # stop once Learn is over
+    proc = launch(
+        _overrides(_blend(webmix_blend), one, **{"engine.micro_batch_size": 32}),
+        nproc=1,
+        launcher="python",
+        extra_env={"LFR_CRASH_AT": "step:9"},
+        check=False,
+    )  # stop once Learn is over
     assert proc.returncode != 0
     learn = "index/phase_000_learn.npy"
     assert (one / learn).read_bytes() == (reference / learn).read_bytes()
@@ -80,8 +106,12 @@ def test_per_corpus_shares_drops_and_held_out_loss_are_reported(reference):
     acc = EventAccumulator(str(reference / "tb")).Reload()
     tags = set(acc.Tags()["scalars"])
     for name in ("news", "chat", "wiki"):
-        assert {f"lfr/corpus share/{name}", f"lfr/corpus weight/{name}", f"lfr/corpus drop fraction/{name}",
-                f"lm loss validation/{name}"} <= tags
+        assert {
+            f"lfr/corpus share/{name}",
+            f"lfr/corpus weight/{name}",
+            f"lfr/corpus drop fraction/{name}",
+            f"lm loss validation/{name}",
+        } <= tags
 
 
 def test_resume_refuses_a_changed_blend(reference, webmix_blend, tmp_path):
@@ -90,7 +120,9 @@ def test_resume_refuses_a_changed_blend(reference, webmix_blend, tmp_path):
     proc = launch(_overrides(f"0.4 {news} 0.4 {chat} 0.2 {wiki}", resumed), nproc=1, launcher="python", check=False)
     assert proc.returncode == 2
     lines = [line for line in proc.stderr.strip().splitlines() if "lfr-train" in line or "data.path" in line]
-    assert len(lines) == 1 and "the checkpoint has dataset 0.5 " in lines[0] and "this run dataset 0.4 " in lines[0], proc.stderr
+    assert len(lines) == 1 and "the checkpoint has dataset 0.5 " in lines[0] and "this run dataset 0.4 " in lines[0], (
+        proc.stderr
+    )
 
 
 def test_a_blend_of_one_trains_exactly_as_its_prefix(webmix_blend, tmp_path):
@@ -98,8 +130,20 @@ def test_a_blend_of_one_trains_exactly_as_its_prefix(webmix_blend, tmp_path):
     runs = {}
     for name, path in (("prefix", news), ("blend", f"1.0 {news}")):
         runs[name] = tmp_path / name
-        launch(_overrides(path, runs[name], **{"engine.micro_batch_size": 32, "steps": 10, "lfr.schedule": "learn:6,focus:4@0.5",
-                                               "checkpoint.interval": 0}), nproc=1, launcher="python")
+        launch(
+            _overrides(
+                path,
+                runs[name],
+                **{
+                    "engine.micro_batch_size": 32,
+                    "steps": 10,
+                    "lfr.schedule": "learn:6,focus:4@0.5",
+                    "checkpoint.interval": 0,
+                },
+            ),
+            nproc=1,
+            launcher="python",
+        )
     a, b = runs["prefix"], runs["blend"]
     assert [t["losses"] for t in read_trace(a)] == [t["losses"] for t in read_trace(b)]
     for p in sorted((a / "index").glob("phase_*")):

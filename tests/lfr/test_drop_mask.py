@@ -24,8 +24,14 @@ def _table(n: int, seed: int = 0) -> LossTable:
     return table
 
 
-@pytest.mark.parametrize("phase", [Phase(1, "focus", 100, 40, 0.5), Phase(1, "focus", 100, 40, 0.0, auto_drop=True),
-                                   Phase(1, "focus", 100, 40, 0.5, kept_passes=1.0)])
+@pytest.mark.parametrize(
+    "phase",
+    [
+        Phase(1, "focus", 100, 40, 0.5),
+        Phase(1, "focus", 100, 40, 0.0, auto_drop=True),
+        Phase(1, "focus", 100, 40, 0.5, kept_passes=1.0),
+    ],
+)
 def test_focus_drops_exactly_the_masked_blocks_and_draws_the_rest_as_lfr_does(tmp_path, phase):
     n = 2000
     table = _table(n)

@@ -37,7 +37,9 @@ def blend():
 
 def _focus(blend, mode, tmp_path, corpora=True):
     c, table, source = blend
-    rewriter = Rewriter(tmp_path, LFRConfig(blend=mode), 7, "fp", c.names, source, 64, G, corpora=c if corpora else None)
+    rewriter = Rewriter(
+        tmp_path, LFRConfig(blend=mode), 7, "fp", c.names, source, 64, G, corpora=c if corpora else None
+    )
     built = rewriter.build(FOCUS, table, digest="d")
     manifest = rewriter.write(tmp_path / f"{mode}.npy", built)
     return built.order, manifest, built.keep

@@ -26,9 +26,20 @@ from lfr_ds.lfr.schedule import Phase
 def auto_run(planted_dataset, tmp_path_factory):
     """A 2-pass Learn (88 steps a pass) on the planted corpus, then Focus @auto; checkpointed at the boundary."""
     run = tmp_path_factory.mktemp("auto") / "run"
-    launch([f"data.path={planted_dataset}", f"run_dir={run}", *SMALL_MODEL, "engine.micro_batch_size=32",
-            "engine.global_batch_size=32", "steps=180", "lfr.schedule=learn:176,focus:*@auto", "checkpoint.interval=176"],
-           nproc=1, launcher="python")
+    launch(
+        [
+            f"data.path={planted_dataset}",
+            f"run_dir={run}",
+            *SMALL_MODEL,
+            "engine.micro_batch_size=32",
+            "engine.global_batch_size=32",
+            "steps=180",
+            "lfr.schedule=learn:176,focus:*@auto",
+            "checkpoint.interval=176",
+        ],
+        nproc=1,
+        launcher="python",
+    )
     return run
 
 
@@ -36,7 +47,10 @@ def test_auto_drops_what_is_learned(auto_run, capsys):
     manifest = json.loads((auto_run / "index" / "phase_001_focus.json").read_text())
     drop, why = manifest["source_drop_fraction"], manifest["auto_drop"]
     with capsys.disabled():
-        print(f"\nplanted corpus, Focus @auto after a 2-pass Learn: chose {manifest['drop_fraction']}, dropped {drop}, because {why}")
+        print(
+            f"\nplanted corpus, Focus @auto after a 2-pass Learn: chose {manifest['drop_fraction']}, "
+            f"dropped {drop}, because {why}"
+        )
     assert drop["trivial"] >= 0.9
     assert drop["learnable"] <= 0.1
     assert drop["noise"] <= 0.1
@@ -55,12 +69,23 @@ def test_learnable_weighting_draws_noise_no_more_than_its_share(auto_run, plante
     focus = Phase(1, "focus", 176, 100, drop=0.5)  # 3,200 draws: shares to about +-0.01
     shares = {}
     for weighting in ("perplexity", "learnable"):
-        rewriter = Rewriter(auto_run, LFRConfig(weighting=weighting), 1, dataset.fingerprint, dataset.sources, block_source,
-                            seq_length=64, global_batch=32)
+        rewriter = Rewriter(
+            auto_run,
+            LFRConfig(weighting=weighting),
+            1,
+            dataset.fingerprint,
+            dataset.sources,
+            block_source,
+            seq_length=64,
+            global_batch=32,
+        )
         built = rewriter.build(focus, table)
         shares[weighting] = float(np.mean(block_source[built.order] == noise))
     with capsys.disabled():
-        print(f"\nnoise: {data_share:.3f} of the blocks, {shares} of Focus @0.5 draws; learnability {built.manifest.cluster_learnability}")
+        print(
+            f"\nnoise: {data_share:.3f} of the blocks, {shares} of Focus @0.5 draws; "
+            f"learnability {built.manifest.cluster_learnability}"
+        )
     assert shares["perplexity"] > 2 * data_share
     assert shares["learnable"] <= data_share
 
@@ -68,7 +93,9 @@ def test_learnable_weighting_draws_noise_no_more_than_its_share(auto_run, plante
 def _focus(table: LossTable, phase: Phase, options: LFRConfig) -> tuple[dict, np.ndarray]:
     """The Focus manifest fields and the kept mask of ``phase`` over ``table``, every block from one source."""
     sel = focus_selection(table, phase, global_batch=32, seed=[1, 1], options=options)
-    return reporter.focus_fields(sel, table.seen, np.zeros(table.num_blocks, dtype=int), ["all"], options, phase.drop), sel.keep
+    return reporter.focus_fields(
+        sel, table.seen, np.zeros(table.num_blocks, dtype=int), ["all"], options, phase.drop
+    ), sel.keep
 
 
 def test_auto_drops_almost_nothing_before_anything_is_learned():
@@ -94,11 +121,14 @@ def test_auto_drops_almost_nothing_before_anything_is_learned():
     assert fields["drop_fraction"] == 0.1 and keep[1000:].all()  # the cap: only learned blocks, at most 10%
 
 
-@pytest.mark.parametrize(("field", "value", "needle"), [
-    ("weighting", "loss", "lfr.weighting: 'loss'; use perplexity or learnable"),
-    ("auto_max_drop", 1.0, "lfr.auto_max_drop: must be a finite number in (0.0, 1.0), got 1.0"),
-    ("auto_max_drop", 0.0, "lfr.auto_max_drop: must be a finite number in (0.0, 1.0), got 0.0"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "needle"),
+    [
+        ("weighting", "loss", "lfr.weighting: 'loss'; use perplexity or learnable"),
+        ("auto_max_drop", 1.0, "lfr.auto_max_drop: must be a finite number in (0.0, 1.0), got 1.0"),
+        ("auto_max_drop", 0.0, "lfr.auto_max_drop: must be a finite number in (0.0, 1.0), got 0.0"),
+    ],
+)
 def test_bad_option_values(field, value, needle):
     with pytest.raises(UserError, match=re.escape(needle)):
         LFRConfig(**{field: value})

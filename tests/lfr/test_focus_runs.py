@@ -17,9 +17,20 @@ def test_planted_difficulty(planted_dataset, tmp_path, capsys):
     """After Learn (2 passes), Focus drops >= 90% of the trivial blocks and keeps >= 90% of the learnable ones."""
     run = tmp_path / "run"
     # ~2,800 blocks / 32 per step = 88 steps a pass: Learn for two passes, so every block has a progress.
-    launch([f"data.path={planted_dataset}", f"run_dir={run}", *SMALL_MODEL, "engine.micro_batch_size=32",
-            "engine.global_batch_size=32", "steps=180", "lfr.schedule=learn:176,focus:*@0.5", "checkpoint.interval=0"],
-           nproc=1, launcher="python")
+    launch(
+        [
+            f"data.path={planted_dataset}",
+            f"run_dir={run}",
+            *SMALL_MODEL,
+            "engine.micro_batch_size=32",
+            "engine.global_batch_size=32",
+            "steps=180",
+            "lfr.schedule=learn:176,focus:*@0.5",
+            "checkpoint.interval=0",
+        ],
+        nproc=1,
+        launcher="python",
+    )
     manifest = json.loads((run / "index" / "phase_001_focus.json").read_text())
     drop, share = manifest["source_drop_fraction"], manifest["source_share"]
     assert drop["trivial"] >= 0.9
@@ -43,13 +54,30 @@ def _position_drop_correlation(learn_order: np.ndarray, keep: np.ndarray, num_bl
 def test_selection_is_not_decided_by_visit_order(equal_dataset, tmp_path, capsys):
     run = tmp_path / "run"
     # 40 documents x 3,000 tokens / 64 = 1,874 blocks; Learn is one pass (59 steps of 32).
-    launch([f"data.path={equal_dataset}", "model.vocab_size=256", f"run_dir={run}", *SMALL_MODEL,
-            "engine.micro_batch_size=32", "engine.global_batch_size=32", "steps=60", "lfr.schedule=learn:59,focus:*@0.5",
-            "checkpoint.interval=59"], nproc=1, launcher="python")
+    launch(
+        [
+            f"data.path={equal_dataset}",
+            "model.vocab_size=256",
+            f"run_dir={run}",
+            *SMALL_MODEL,
+            "engine.micro_batch_size=32",
+            "engine.global_batch_size=32",
+            "steps=60",
+            "lfr.schedule=learn:59,focus:*@0.5",
+            "checkpoint.interval=59",
+        ],
+        nproc=1,
+        launcher="python",
+    )
     learn, manifest = read_sample_index(run / "index" / "phase_000_learn.npy")
     n = manifest.num_blocks
-    relative = read_kept_mask(run / "index" / "phase_001_focus.npy", read_manifest(run / "index" / "phase_001_focus.npy"))
-    assert offline.main([str(run / "checkpoints" / "step_00000059"), "--out", str(tmp_path / "raw.npy"), "lfr.score=raw"]) == 0
+    relative = read_kept_mask(
+        run / "index" / "phase_001_focus.npy", read_manifest(run / "index" / "phase_001_focus.npy")
+    )
+    assert (
+        offline.main([str(run / "checkpoints" / "step_00000059"), "--out", str(tmp_path / "raw.npy"), "lfr.score=raw"])
+        == 0
+    )
     raw = read_kept_mask(tmp_path / "raw.npy", read_manifest(tmp_path / "raw.npy"))
     r_relative = _position_drop_correlation(learn, relative, n)
     r_raw = _position_drop_correlation(learn, raw, n)

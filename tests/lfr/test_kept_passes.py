@@ -20,9 +20,18 @@ SCHEDULE, STEPS, G = "learn:6,focus:1kp@0.5,review:*", 24, 32
 
 def test_kept_passes_resolve_at_the_boundary_and_survive_a_resume(planted_tiny, tmp_path):
     run = tmp_path / "run"
-    args = [*SMALL_MODEL, f"data.path={planted_tiny}", f"run_dir={run}", f"steps={STEPS}", f"lfr.schedule={SCHEDULE}",
-            "engine.micro_batch_size=32", f"engine.global_batch_size={G}", "checkpoint.interval=4",
-            "checkpoint.keep_last=20", "log.trace_blocks=true"]
+    args = [
+        *SMALL_MODEL,
+        f"data.path={planted_tiny}",
+        f"run_dir={run}",
+        f"steps={STEPS}",
+        f"lfr.schedule={SCHEDULE}",
+        "engine.micro_batch_size=32",
+        f"engine.global_batch_size={G}",
+        "checkpoint.interval=4",
+        "checkpoint.keep_last=20",
+        "log.trace_blocks=true",
+    ]
     # Killed in the Review after the resolved boundary (step 16); resumes from step 20's checkpoint. On the
     # provisional schedule the Review would start at step 13 and step 21 would read other batches.
     proc = launch(args, nproc=1, launcher="python", check=False, extra_env={"LFR_CRASH_AT": "step:22"})

@@ -20,9 +20,18 @@ STEPS = 40
 
 
 def _overrides(data, run_dir, **extra) -> list[str]:
-    cfg = {"data.path": data, "run_dir": run_dir, "steps": STEPS, "lfr.schedule": SCHEDULE, "engine.micro_batch_size": 16,
-           "engine.global_batch_size": 32, "checkpoint.interval": 13, "checkpoint.keep_last": 20, "log.trace_blocks": "true",
-           **extra}
+    cfg = {
+        "data.path": data,
+        "run_dir": run_dir,
+        "steps": STEPS,
+        "lfr.schedule": SCHEDULE,
+        "engine.micro_batch_size": 16,
+        "engine.global_batch_size": 32,
+        "checkpoint.interval": 13,
+        "checkpoint.keep_last": 20,
+        "log.trace_blocks": "true",
+        **extra,
+    }
     return [*SMALL_MODEL, *(f"{k}={v}" for k, v in cfg.items())]
 
 
@@ -50,8 +59,13 @@ def test_gathered_table_equals_one_process_run(reference, planted_tiny, tmp_path
     """After Learn (step 13), the table gathered over 2 ranks equals a 1-process run's: the same blocks
     seen at the same steps, and losses equal to float tolerance (only the all-reduce order differs)."""
     one = tmp_path / "one"
-    proc = launch(_overrides(planted_tiny, one, **{"engine.micro_batch_size": 32}), nproc=1, launcher="python",
-                  extra_env={"LFR_CRASH_AT": "step:14"}, check=False)  # stop once Learn's checkpoint is written
+    proc = launch(
+        _overrides(planted_tiny, one, **{"engine.micro_batch_size": 32}),
+        nproc=1,
+        launcher="python",
+        extra_env={"LFR_CRASH_AT": "step:14"},
+        check=False,
+    )  # stop once Learn's checkpoint is written
     assert proc.returncode != 0
     a, b = _arrays(reference / "checkpoints" / "step_00000013"), _arrays(one / "checkpoints" / "step_00000013")
     for k in ("seen", "last_step"):

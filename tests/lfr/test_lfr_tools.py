@@ -20,9 +20,20 @@ from lfr_ds.run_state import RunState
 @pytest.fixture(scope="module")
 def learned(planted_small, tmp_path_factory):
     run = tmp_path_factory.mktemp("tools") / "run"
-    launch([f"data.path={planted_small}", f"run_dir={run}", *SMALL_MODEL, "engine.micro_batch_size=32",
-            "engine.global_batch_size=32", "steps=31", "lfr.schedule=learn:27,focus:*@0.5", "checkpoint.interval=27"],
-           nproc=1, launcher="python")
+    launch(
+        [
+            f"data.path={planted_small}",
+            f"run_dir={run}",
+            *SMALL_MODEL,
+            "engine.micro_batch_size=32",
+            "engine.global_batch_size=32",
+            "steps=31",
+            "lfr.schedule=learn:27,focus:*@0.5",
+            "checkpoint.interval=27",
+        ],
+        nproc=1,
+        launcher="python",
+    )
     return run
 
 
@@ -30,13 +41,25 @@ def test_offline_rewrite_matches_training_bytes(learned, tmp_path, run_cli):
     r = run_cli(offline.main, [learned / "checkpoints" / "step_00000027", "--out", tmp_path / "focus.npy"])
     assert r.code == 0, r.err
     assert (tmp_path / "focus.npy").read_bytes() == (learned / "index" / "phase_001_focus.npy").read_bytes()
-    ours, theirs = (json.loads(p.read_text()) for p in (tmp_path / "focus.json", learned / "index" / "phase_001_focus.json"))
+    ours, theirs = (
+        json.loads(p.read_text()) for p in (tmp_path / "focus.json", learned / "index" / "phase_001_focus.json")
+    )
     assert ours["sha256"] == theirs["sha256"] and ours["source_drop_fraction"] == theirs["source_drop_fraction"]
 
 
 def test_offline_rewrite_with_other_settings(learned, tmp_path, run_cli):
-    r = run_cli(offline.main, [learned / "checkpoints" / "step_00000027", "--out", tmp_path / "p.npy", "--drop", "0.7",
-                               "lfr.selection=paper", "lfr.score=raw"])
+    r = run_cli(
+        offline.main,
+        [
+            learned / "checkpoints" / "step_00000027",
+            "--out",
+            tmp_path / "p.npy",
+            "--drop",
+            "0.7",
+            "lfr.selection=paper",
+            "lfr.score=raw",
+        ],
+    )
     assert r.code == 0, r.err
     m = json.loads((tmp_path / "p.json").read_text())
     assert m["drop_fraction"] == 0.7 and m["selection"] == "paper" and m["score"] == "raw"
@@ -54,14 +77,17 @@ def test_inspect_index_summary(learned, run_cli):
     assert "drop fraction by difficulty decile" in text and "trivial" in text
 
 
-@pytest.mark.parametrize(("argv", "needles"), [
-    (["{tmp}/nothing", "--out", "{tmp}/x.npy"], ["not an lfr-ds checkpoint"]),
-    (["{ckpt}", "--out", "{tmp}/x.npy", "--phase", "9"], ["--phase 9", "phases 0..1"]),
-    (["{ckpt}", "--out", "{tmp}/x.npy", "engine.zero_stage=3"], ["only lfr.* settings"]),
-    (["{ckpt}", "--out", "{tmp}/x.npy", "lfr.selection=best"], ["lfr.selection"]),
-    (["{ckpt}", "--out", "{tmp}/x.npy", "--drop", "1.0"], ["--drop 1.0"]),
-    (["{ckpt}", "--out", "{tmp}/missing/x.npy"], ["--out"]),
-])
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [
+        (["{tmp}/nothing", "--out", "{tmp}/x.npy"], ["not an lfr-ds checkpoint"]),
+        (["{ckpt}", "--out", "{tmp}/x.npy", "--phase", "9"], ["--phase 9", "phases 0..1"]),
+        (["{ckpt}", "--out", "{tmp}/x.npy", "engine.zero_stage=3"], ["only lfr.* settings"]),
+        (["{ckpt}", "--out", "{tmp}/x.npy", "lfr.selection=best"], ["lfr.selection"]),
+        (["{ckpt}", "--out", "{tmp}/x.npy", "--drop", "1.0"], ["--drop 1.0"]),
+        (["{ckpt}", "--out", "{tmp}/missing/x.npy"], ["--out"]),
+    ],
+)
 def test_rewrite_bad_input(learned, tmp_path, run_cli, argv, needles):
     ckpt = learned / "checkpoints" / "step_00000027"
     r = run_cli(offline.main, [a.format(tmp=tmp_path, ckpt=ckpt) for a in argv])
@@ -98,8 +124,16 @@ def damaged(learned, tmp_path_factory):
 
 
 def _resume_args(ckpt, run_dir, planted: str) -> list[str]:
-    return [f"data.path={planted}", f"run_dir={run_dir}", *SMALL_MODEL, "engine.micro_batch_size=32",
-            "engine.global_batch_size=32", "steps=31", "lfr.schedule=learn:27,focus:*@0.5", f"checkpoint.resume={ckpt}"]
+    return [
+        f"data.path={planted}",
+        f"run_dir={run_dir}",
+        *SMALL_MODEL,
+        "engine.micro_batch_size=32",
+        "engine.global_batch_size=32",
+        "steps=31",
+        "lfr.schedule=learn:27,focus:*@0.5",
+        f"checkpoint.resume={ckpt}",
+    ]
 
 
 @pytest.mark.parametrize("name", STATE_FIELDS)

@@ -23,14 +23,28 @@ def probe_set(planted_small, tmp_path_factory) -> str:
     """Planted documents of another seed, tokenized with the training set's tokenizer: never trained on."""
     d = tmp_path_factory.mktemp("probe")
     synthetic.write_jsonl(d / "probe.jsonl", synthetic.generate(12, seed=7))
-    preprocess([str(d / "probe.jsonl")], str(d / "probe"), str(Path(planted_small).parent / "tok.model"), progress=False)
+    preprocess(
+        [str(d / "probe.jsonl")], str(d / "probe"), str(Path(planted_small).parent / "tok.model"), progress=False
+    )
     return str(d / "probe")
 
 
 def _run(dataset: str, run: Path, *extra: str) -> None:
-    launch([f"data.path={dataset}", f"run_dir={run}", *SMALL_MODEL, "engine.micro_batch_size=8",
-            "engine.global_batch_size=16", "steps=8", "checkpoint.interval=4", "lfr.schedule=random", *extra],
-           nproc=1, launcher="python")
+    launch(
+        [
+            f"data.path={dataset}",
+            f"run_dir={run}",
+            *SMALL_MODEL,
+            "engine.micro_batch_size=8",
+            "engine.global_batch_size=16",
+            "steps=8",
+            "checkpoint.interval=4",
+            "lfr.schedule=random",
+            *extra,
+        ],
+        nproc=1,
+        launcher="python",
+    )
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -55,7 +69,9 @@ def test_probes_never_change_training_and_resume_exactly(planted_small, probe_se
     assert np.array_equal(np.unique(table.probe_step), np.arange(8))
     # The step's probes are a function of (seed, step): the recorded ids are the ones the draw names.
     for step in (0, 5):
-        assert np.array_equal(np.sort(table.probe_id[table.probe_step == step]), probe_ids(1234, step, _blocks(probe_set), 6))
+        assert np.array_equal(
+            np.sort(table.probe_id[table.probe_step == step]), probe_ids(1234, step, _blocks(probe_set), 6)
+        )
     assert np.isfinite(table.probe_relative).all() and table.probe_relative.std() > 0
 
     # Resumed at step 4, the run scores the same probes and records the same relative losses, bit for bit.
@@ -105,9 +121,22 @@ def test_auto_with_probes_drops_absorbed_blocks_and_replays_offline(planted_smal
 
     learn = -(-((open_dataset(planted_small).num_tokens - 1) // 64) // 16)  # 1ep = ceil(blocks / global batch)
     run = tmp_path / "run"
-    launch([f"data.path={planted_small}", f"run_dir={run}", *SMALL_MODEL, "engine.micro_batch_size=16",
-            "engine.global_batch_size=16", f"steps={2 * learn + 4}", "lfr.schedule=learn:1ep,focus:1kp@auto,review:*",
-            f"lfr.probe_path={probe_set}", "lfr.absorbed_alpha=0.2", f"checkpoint.interval={learn}"], nproc=1, launcher="python")
+    launch(
+        [
+            f"data.path={planted_small}",
+            f"run_dir={run}",
+            *SMALL_MODEL,
+            "engine.micro_batch_size=16",
+            "engine.global_batch_size=16",
+            f"steps={2 * learn + 4}",
+            "lfr.schedule=learn:1ep,focus:1kp@auto,review:*",
+            f"lfr.probe_path={probe_set}",
+            "lfr.absorbed_alpha=0.2",
+            f"checkpoint.interval={learn}",
+        ],
+        nproc=1,
+        launcher="python",
+    )
     focus = run / "index" / "phase_001_focus.npy"
     manifest = json.loads(focus.with_suffix(".json").read_text())
     assert manifest["start_step"] == learn

@@ -70,9 +70,7 @@ def test_flops_per_token_counts_the_models_matmul_weights() -> None:
     cfg = dataclasses.replace(ModelConfig(preset="gpt2-124m"), vocab_size=50257)
     model = fresh_model(dataclasses.replace(cfg, num_layers=1))  # one layer is enough to measure
     per_layer = sum(
-        p.numel()
-        for name, p in model.decoder.layers[0].named_parameters()
-        if name.endswith("weight") and p.dim() == 2
+        p.numel() for name, p in model.decoder.layers[0].named_parameters() if name.endswith("weight") and p.dim() == 2
     )
     logits = model.embedding.word_embeddings.weight.numel()  # padded vocab x h
     L, s, h = cfg.num_layers, cfg.seq_length, cfg.hidden_size
@@ -144,9 +142,7 @@ def test_per_token_and_per_block_losses_match_cross_entropy_of_the_logits() -> N
         loss_mask[2] = 0  # nothing counted: loss 0, and no division by zero
         out = per_block_loss(model, tokens, labels, loss_mask)
     torch.testing.assert_close(out.tokens, torch.tensor([22.0, 32.0, 0.0]))
-    torch.testing.assert_close(
-        out.per_block, torch.stack([want[0, 10:].mean(), want[1].mean(), torch.tensor(0.0)])
-    )
+    torch.testing.assert_close(out.per_block, torch.stack([want[0, 10:].mean(), want[1].mean(), torch.tensor(0.0)]))
     torch.testing.assert_close(out.loss, torch.cat([want[0, 10:], want[1]]).mean())
     assert out.sketch is None
 

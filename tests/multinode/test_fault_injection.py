@@ -58,6 +58,4 @@ def test_killed_training_resumes_to_the_same_model_table_and_index(job, ref1, tm
         after_kill=lambda k: checkpoints_consistent(run),
     )
     assert (kills, consistent) == (3, 3)
-    assert compare_training(ref1, run) == dict.fromkeys(
-        ["model", "loss_table", "index_files", "step_losses"], True
-    )
+    assert compare_training(ref1, run) == dict.fromkeys(["model", "loss_table", "index_files", "step_losses"], True)

@@ -70,12 +70,28 @@ def _snapshot(root: Path) -> dict[str, int]:
     [
         ({"model.num_layers": 3}, "the checkpoint has 2 layers, this run 3 layers (set model.num_layers=2)"),
         ({"model.hidden_size": 32}, "has hidden size 64, this run hidden size 32 (set model.hidden_size=64)"),
-        ({"model.num_attention_heads": 2}, "has 4 attention heads, this run 2 attention heads (set model.num_attention_heads=4)"),
+        (
+            {"model.num_attention_heads": 2},
+            "has 4 attention heads, this run 2 attention heads (set model.num_attention_heads=4)",
+        ),
         ({"model.seq_length": 32}, "has sequence length 64, this run sequence length 32 (set model.seq_length=64)"),
-        ({"model.make_vocab_size_divisible_by": 64}, "has vocabulary padding to a multiple of 128, this run vocabulary padding to a multiple of 64 (set model.make_vocab_size_divisible_by=128)"),
-        ({"model.sketch_dim": 8}, "has block sketches of width 16, this run block sketches of width 8 (set model.sketch_dim=16)"),
-        ({"data.seed": 7}, "has blocks cut with data.seed 1234, this run blocks cut with data.seed 7 (set data.seed=1234)"),
-        ({"engine.global_batch_size": 32}, "has global batch 16, this run global batch 32 (set engine.global_batch_size=16)"),
+        (
+            {"model.make_vocab_size_divisible_by": 64},
+            "has vocabulary padding to a multiple of 128, this run vocabulary padding to a multiple of 64 "
+            "(set model.make_vocab_size_divisible_by=128)",
+        ),
+        (
+            {"model.sketch_dim": 8},
+            "has block sketches of width 16, this run block sketches of width 8 (set model.sketch_dim=16)",
+        ),
+        (
+            {"data.seed": 7},
+            "has blocks cut with data.seed 1234, this run blocks cut with data.seed 7 (set data.seed=1234)",
+        ),
+        (
+            {"engine.global_batch_size": 32},
+            "has global batch 16, this run global batch 32 (set engine.global_batch_size=16)",
+        ),
         ({"engine.zero_stage": 3}, "has ZeRO stage 2, this run ZeRO stage 3 (set engine.zero_stage=2)"),
     ],
     ids=lambda v: next(iter(v)) if isinstance(v, dict) else "",
@@ -90,7 +106,9 @@ def test_train_refuses_a_changed_setting(run6, job, run_cli, no_engine, change, 
 
 def test_train_names_every_mismatch_in_one_line(run6, job, run_cli, no_engine):
     r = run_cli(train.main, _args(job, run6, **{"model.num_layers": 4, "model.seq_length": 128}))
-    assert_one_line_error(r, "(set model.num_layers=2); the checkpoint has sequence length 64", "(set model.seq_length=64)")
+    assert_one_line_error(
+        r, "(set model.num_layers=2); the checkpoint has sequence length 64", "(set model.seq_length=64)"
+    )
 
 
 def test_train_on_another_dataset_names_the_dataset(run6, job, run_cli, no_engine, other, small_data):

@@ -26,8 +26,13 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 SPIKE = {"LFR_FAULT_LOSS": "spike:8"}
 # Learn for 10 steps then Focus: a rewind from step 8 to checkpoint 5 re-enters the boundary at 10 with a
 # loss table that lacks the skipped batches, so Focus's sample index is rebuilt from it.
-REWIND = {"train.on_spike": "rewind", "train.rewind_skip": 2, "train.spike_warmup": 3, "train.spike_window": 5,
-          "log.tensorboard": "true"}
+REWIND = {
+    "train.on_spike": "rewind",
+    "train.rewind_skip": 2,
+    "train.spike_warmup": 3,
+    "train.spike_window": 5,
+    "log.tensorboard": "true",
+}
 
 
 @pytest.fixture(scope="module")
@@ -59,9 +64,18 @@ def two_ranks(argv: list[str], env: dict) -> list[subprocess.CompletedProcess]:
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "lfr_ds.train", *argv],
-            env={**env, "RANK": str(r), "LOCAL_RANK": str(r), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2",
-                 "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={
+                **env,
+                "RANK": str(r),
+                "LOCAL_RANK": str(r),
+                "WORLD_SIZE": "2",
+                "LOCAL_WORLD_SIZE": "2",
+                "MASTER_ADDR": "127.0.0.1",
+                "MASTER_PORT": port,
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for r in range(2)
     ]
@@ -91,8 +105,13 @@ def test_one_ranks_nan_stops_both_ranks_at_that_step_with_one_line(data, tmp_pat
 
 
 def test_a_non_finite_gradient_alone_stops_the_run(data, tmp_path):
-    proc = launch(job(data, tmp_path / "run", steps=4, **{"checkpoint.interval": 2, "lfr.schedule": "random"}), nproc=1, launcher="python",
-                  check=False, extra_env={"LFR_FAULT_LOSS": "gradnan:3"})
+    proc = launch(
+        job(data, tmp_path / "run", steps=4, **{"checkpoint.interval": 2, "lfr.schedule": "random"}),
+        nproc=1,
+        launcher="python",
+        check=False,
+        extra_env={"LFR_FAULT_LOSS": "gradnan:3"},
+    )
     assert proc.returncode == 2
     assert "stopped at step 3 (phase 0 random): the gradient norm is non-finite" in proc.stderr, proc.stderr[-2000:]
     assert (tmp_path / "run" / "checkpoints" / "latest").read_text() == "step_00000002"
@@ -133,36 +152,72 @@ def test_a_spike_rewinds_to_the_checkpoint_skips_the_batches_and_finishes(rewoun
         assert np.isfinite(z["loss"][z["seen"] > 0]).all()
     acc = EventAccumulator(str(run / "tb"))
     acc.Reload()
-    assert [e.value for e in acc.Scalars("rewinds")][-1] == 1 and [e.value for e in acc.Scalars("skipped-batches")][-1] == 2
+    assert [e.value for e in acc.Scalars("rewinds")][-1] == 1 and [e.value for e in acc.Scalars("skipped-batches")][
+        -1
+    ] == 2
     assert "spikes 1 rewinds 1 skipped 2" in proc.stderr
     assert report.main([str(run), "--out", str(run.parent / "report")]) == 0
     assert json.loads((run.parent / "report" / "report.json").read_text())["guard"] == {
-        "spikes": 1, "rewinds": 1, "skipped_batches": 2, "skipped_steps": "7-8"}
-    assert "Loss spikes 1, rewinds 1, skipped batches 2 (steps 7-8)." in (run.parent / "report" / "report.md").read_text()
+        "spikes": 1,
+        "rewinds": 1,
+        "skipped_batches": 2,
+        "skipped_steps": "7-8",
+    }
+    assert (
+        "Loss spikes 1, rewinds 1, skipped batches 2 (steps 7-8)." in (run.parent / "report" / "report.md").read_text()
+    )
 
 
 def test_a_repeated_rewound_run_is_bit_identical(rewound, data, tmp_path):
     again = tmp_path / "again"
     launch(job(data, again, **REWIND), nproc=2, extra_env=SPIKE)
-    assert compare_training(rewound[0], again) == dict.fromkeys(["model", "loss_table", "index_files", "step_losses"], True)
+    assert compare_training(rewound[0], again) == dict.fromkeys(
+        ["model", "loss_table", "index_files", "step_losses"], True
+    )
 
 
 def test_a_run_killed_during_the_rewind_resumes_to_the_same_weights(rewound, data, tmp_path):
     run = tmp_path / "run"
-    argv = [str(BIN / "torchrun"), "--standalone", "--nproc-per-node=2", "-m", "lfr_ds.train", *job(data, run, **REWIND)]
-    killed = launch_once(argv, env={**ENV, **SPIKE}, log=tmp_path / "kill.log", crash=Kill("rewind", 8), timer=None,
-                         started=None, timeout=300)
+    argv = [
+        str(BIN / "torchrun"),
+        "--standalone",
+        "--nproc-per-node=2",
+        "-m",
+        "lfr_ds.train",
+        *job(data, run, **REWIND),
+    ]
+    killed = launch_once(
+        argv,
+        env={**ENV, **SPIKE},
+        log=tmp_path / "kill.log",
+        crash=Kill("rewind", 8),
+        timer=None,
+        started=None,
+        timeout=300,
+    )
     assert killed == Kill("rewind", 8)
     assert (run / "checkpoints" / "latest").read_text() == "step_00000005"
     launch(job(data, run, **REWIND), nproc=2, extra_env=SPIKE)
-    assert compare_training(rewound[0], run) == dict.fromkeys(["model", "loss_table", "index_files", "step_losses"], True)
+    assert compare_training(rewound[0], run) == dict.fromkeys(
+        ["model", "loss_table", "index_files", "step_losses"], True
+    )
 
 
 def test_the_issues_diverging_run_stops_with_on_spike_stop(webmix_dataset, tmp_path):
     """Issue 19's report: tiny preset, lr 1.0, no clipping, beta2 0.5 went from 7 to 2,207 nats and exited 0."""
-    argv = [f"data.path={webmix_dataset}", f"run_dir={tmp_path / 'run'}", "steps=30", "optim.lr=1.0", "optim.grad_clip=0",
-            "optim.beta2=0.5", "engine.micro_batch_size=8", "engine.global_batch_size=8", "checkpoint.interval=0",
-            "log.progress_bar=false", "train.on_spike=stop"]
+    argv = [
+        f"data.path={webmix_dataset}",
+        f"run_dir={tmp_path / 'run'}",
+        "steps=30",
+        "optim.lr=1.0",
+        "optim.grad_clip=0",
+        "optim.beta2=0.5",
+        "engine.micro_batch_size=8",
+        "engine.global_batch_size=8",
+        "checkpoint.interval=0",
+        "log.progress_bar=false",
+        "train.on_spike=stop",
+    ]
     proc = launch(argv, nproc=1, launcher="python", check=False)
     assert proc.returncode == 2, proc.stderr[-2000:]
     line = next(x for x in proc.stderr.splitlines() if x.startswith("error:"))

@@ -22,11 +22,7 @@ def test_preset_configs_resolve_for_a_node_of_8(preset):
     cfg = load_config(str(SCRIPTS / "configs" / f"{preset}.yaml"), ["data.path=x"])
     assert cfg.model.preset == preset and cfg.model.seq_length == 1024
     ds = build_ds_config(cfg, world_size=8, bf16=True)
-    assert (
-        ds["train_batch_size"]
-        == ds["train_micro_batch_size_per_gpu"] * 8 * ds["gradient_accumulation_steps"]
-        == 512
-    )
+    assert ds["train_batch_size"] == ds["train_micro_batch_size_per_gpu"] * 8 * ds["gradient_accumulation_steps"] == 512
     assert ds["bf16"]["enabled"] and ds["zero_optimization"]["stage"] == cfg.engine.zero_stage
     assert (SCRIPTS / f"{preset}.sh").is_file() and (SCRIPTS / f"{preset}_multinode.sh").is_file()
 

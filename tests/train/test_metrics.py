@@ -21,8 +21,21 @@ def _one_window(tmp_path, peak: float | None, step_time: float) -> dict:
     m = Metrics(str(tmp_path), log, rank=0, world_size=1, flops_per_token=6e6, total_steps=2)
     m.start(0)
     for step in (1, 2):
-        m.step(StepStats(step=step, phase="learn", loss=2.0, lr=1e-3, grad_norm=1.0, loss_scale=1.0,
-                         samples=4 * step, tokens=1000 * step, step_time=step_time, batch_size=4, tokens_per_step=1000))
+        m.step(
+            StepStats(
+                step=step,
+                phase="learn",
+                loss=2.0,
+                lr=1e-3,
+                grad_norm=1.0,
+                loss_scale=1.0,
+                samples=4 * step,
+                tokens=1000 * step,
+                step_time=step_time,
+                batch_size=4,
+                tokens_per_step=1000,
+            )
+        )
     m.close()
     return json.loads((tmp_path / "metrics.json").read_text())
 
@@ -42,8 +55,15 @@ def test_a_configured_peak_gives_mfu(tmp_path, capsys):
     assert summary["mfu_percent"] == pytest.approx(50.0) and summary["peak_tflops"] == 12.0
 
 
-@pytest.mark.parametrize(("gpu", "peak"), [("NVIDIA H100 80GB HBM3", 989.0), ("NVIDIA A100-SXM4-40GB", 312.0),
-                                           ("NVIDIA B200", None), ("NVIDIA GeForce RTX 4090", None)])
+@pytest.mark.parametrize(
+    ("gpu", "peak"),
+    [
+        ("NVIDIA H100 80GB HBM3", 989.0),
+        ("NVIDIA A100-SXM4-40GB", 312.0),
+        ("NVIDIA B200", None),
+        ("NVIDIA GeForce RTX 4090", None),
+    ],
+)
 def test_peak_is_a_listed_gpus_or_none(monkeypatch, gpu, peak):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: gpu)

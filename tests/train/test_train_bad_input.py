@@ -105,7 +105,10 @@ def test_world_size_left_in_the_shell_is_refused_before_deepspeed(webmix_dataset
     run = tmp_path / "run"
     proc = subprocess.run(
         [sys.executable, "-m", "lfr_ds.train", f"data.path={webmix_dataset}", "model.preset=tiny", f"run_dir={run}"],
-        capture_output=True, text=True, env=env, timeout=300,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     r = CliResult(proc.returncode, proc.stdout, proc.stderr)
     assert_one_line_error(r, "WORLD_SIZE=2 but ", f"{' and '.join(unset)} ", "unset WORLD_SIZE to run one process")
