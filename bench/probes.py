@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from runs import _free_port, random_token_dataset
+from runs import random_token_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -42,15 +42,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=40, help="timed steps of each kind (after 3 warm-up steps)")
     p.add_argument("--probe-blocks", type=int, default=1, help="probes a step (default 1, lfr.probe_blocks's default)")
     args = p.parse_args()
-    os.environ.update(
-        RANK="0",
-        WORLD_SIZE="1",
-        LOCAL_RANK="0",
-        LOCAL_WORLD_SIZE="1",
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(_free_port()),
-        OMP_NUM_THREADS="1",
-    )
+    os.environ["OMP_NUM_THREADS"] = "1"  # one process, no launcher: init_distributed sets its rank and address
     import torch
 
     torch.set_num_threads(1)

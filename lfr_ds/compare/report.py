@@ -70,13 +70,7 @@ def markdown(results: dict) -> str:
             f"Evaluation took {share:.0%} of the runs' time ({len(timed)} runs timed; "
             f"{sum(r['train_seconds'] for r in timed) / len(timed) / 60:.1f} min a run).",
         ]
-    lines += [
-        "",
-        "## Per seed",
-        "",
-        "| arm | " + " | ".join(f"seed {s}" for s in results["seeds"]) + " |",
-        "|---|" + "---|" * len(results["seeds"]),
-    ]
+    lines += _section("Per seed", "arm", [f"seed {s}" for s in results["seeds"]])
     for name, a in arms.items():
         cells = [f"{r['valid_loss']:.4f}" for r in a["seeds"]]
         if "paired" in a:
@@ -88,14 +82,13 @@ def markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _section(title: str, first: str, columns: list[str]) -> list[str]:
+    """A markdown section: a blank line, its heading and the header of its table."""
+    return ["", f"## {title}", "", f"| {first} | " + " | ".join(columns) + " |", "|---|" + "---|" * len(columns)]
+
+
 def _per_source_deltas(arms: dict, sources: list[str]) -> list[str]:
-    lines = [
-        "",
-        "## Paired Δ per source (arm − random, relative to random)",
-        "",
-        "| arm | " + " | ".join(sources) + " |",
-        "|---|" + "---|" * len(sources),
-    ]
+    lines = _section("Paired Δ per source (arm − random, relative to random)", "arm", sources)
     for name, a in arms.items():
         if "paired" in a:
             lines.append(
@@ -106,13 +99,7 @@ def _per_source_deltas(arms: dict, sources: list[str]) -> list[str]:
 
 def _curve_table(arms: dict) -> list[str]:
     names = list(arms)
-    lines = [
-        "",
-        "## Held-out loss at equal tokens (mean over seeds; paired Δ vs random)",
-        "",
-        "| tokens | " + " | ".join(names) + " |",
-        "|---|" + "---|" * len(names),
-    ]
+    lines = _section("Held-out loss at equal tokens (mean over seeds; paired Δ vs random)", "tokens", names)
     for i, (tokens, loss) in enumerate(arms["random"]["mean"]["curve"]):
         cells = [f"{loss:.4f}"]
         for name in names[1:]:
@@ -125,13 +112,11 @@ def _budget_table(results: dict) -> list[str]:
     budgets = results["budgets"]
     if len(budgets) < 2:
         return []
-    lines = [
-        "",
-        "## Budget sweep: final held-out loss (mean ± std over seeds), each budget its own full schedule",
-        "",
-        "| arm | " + " | ".join(f"{b:g}" for b in budgets) + " |",
-        "|---|" + "---|" * len(budgets),
-    ]
+    lines = _section(
+        "Budget sweep: final held-out loss (mean ± std over seeds), each budget its own full schedule",
+        "arm",
+        [f"{b:g}" for b in budgets],
+    )
     if "budgets" not in results["arms"]["random"]:  # random ran at the full budget alone (results before its sweep)
         r = results["arms"]["random"]["spread"]
         lines.append("| random (1.0 only) | " + " | ".join("" for _ in budgets[:-1]) + f" | {r['mean']:.4f} |")
@@ -182,13 +167,9 @@ def _focus_table(arms: dict) -> list[str]:
 def _test_table(results: dict) -> list[str]:
     if not results["test"]:
         return []
-    lines = [
-        "",
-        "## Test sets (reported once, never used for any choice)",
-        "",
-        "| arm | " + " | ".join(Path(f).name for f in results["test"]) + " |",
-        "|---|" + "---|" * len(results["test"]),
-    ]
+    lines = _section(
+        "Test sets (reported once, never used for any choice)", "arm", [Path(f).name for f in results["test"]]
+    )
     for name, a in results["arms"].items():
         cells = []
         for f in results["test"]:
