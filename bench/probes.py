@@ -47,7 +47,7 @@ def main() -> None:
 
     torch.set_num_threads(1)
     from lfr_ds.config import load_config
-    from lfr_ds.data.blocks import BlockView
+    from lfr_ds.data.blend import BlendView
     from lfr_ds.guard import Guard
     from lfr_ds.launch import init_distributed
     from lfr_ds.lfr.probes import Probes
@@ -77,7 +77,7 @@ def main() -> None:
         plan = preflight(cfg)
         info = init_distributed(cfg.engine.backend)
         setup_megatron(cfg.seed)
-        blocks = BlockView(plan.dataset, plan.model.seq_length, cfg.data.seed)
+        blocks = BlendView(plan.dataset, plan.model.seq_length, cfg.data.seed)
         _, engine = _build(cfg, plan)
         probes = Probes.for_run(cfg, plan.model.seq_length, 0, 1, None)
         runs = {
