@@ -212,7 +212,7 @@ def parse_args(argv: Sequence[str] | None):
         "--probe-fraction",
         type=float,
         default=0.0,
-        help="split off this share of the unique tokens (at least 512 blocks) as a probe set every arm scores "
+        help="split off this share of the unique tokens (at least 128 blocks) as a probe set every arm scores "
         "and none trains on (lfr.probe_path; issue 21); default 0 = none",
     )
     p.add_argument(

@@ -15,7 +15,7 @@
 - ``probe.{bin,idx,meta.json}`` (``--probe-fraction`` F > 0, issue 21): the probe set every arm scores
   (``lfr.probe_path``) and none trains on: whole original documents taken from the shuffled pool before
   the training subset, so before the redundancy builder makes copies (no copy's twin is a probe), at
-  least F × ``unique_tokens`` tokens and :data:`~lfr_ds.data.probe_split.SPLIT_MIN_BLOCKS` blocks. The
+  least F × ``unique_tokens`` tokens and :data:`PROBE_MIN_BLOCKS` blocks. The
   training subset is then the pool's next documents: a corpus with probes is a new corpus (its own
   digest, its own ``--out``); one without keeps the digest it had.
 - ``corpus.json``: the inputs (with the checksums of the source files), their digest and what the
@@ -38,10 +38,10 @@ import numpy as np
 from lfr_ds import atomic, redundant
 from lfr_ds.data.dataset import open_dataset, sha256_file
 from lfr_ds.data.preprocess import preprocess
-from lfr_ds.data.probe_split import SPLIT_MIN_BLOCKS
 from lfr_ds.data.reader import DEFAULT_READ, check_inputs, iter_documents
 from lfr_ds.data.tokenizer import Tokenizer, train_tokenizer
 from lfr_ds.errors import UserError
+from lfr_ds.lfr.probes import MIN_PROBE_BLOCKS
 
 #: Bumped whenever the build itself changes, so corpora built by older code are not taken for new ones.
 BUILDER_VERSION = 2
@@ -194,10 +194,18 @@ def _build(spec: CorpusSpec, data: Path) -> dict:
     }
 
 
+#: The fewest blocks a comparison's probe set holds: twice the least a run accepts
+#: (:data:`~lfr_ds.lfr.probes.MIN_PROBE_BLOCKS`), so the character estimate's error cannot take it below.
+#: lfr-preprocess's floor (512 blocks) suits real corpora; a comparison's is a few hundred thousand tokens,
+#: where 512 blocks of the small preset would be more than a third of it. The absorbed test's quantile comes
+#: from probes scored per step times steps, not from the set's size.
+PROBE_MIN_BLOCKS = 2 * MIN_PROBE_BLOCKS
+
+
 def _probe_chars(spec: CorpusSpec) -> float:
     """Characters of pool text for the probe set: its tokens at ~4 characters a token, with a fifth to spare
     (the tokenizer is trained after the split, on the training subset)."""
-    return 1.2 * 4.0 * max(spec.probe_fraction * spec.unique_tokens, SPLIT_MIN_BLOCKS * spec.seq_length + 1)
+    return 1.2 * 4.0 * max(spec.probe_fraction * spec.unique_tokens, PROBE_MIN_BLOCKS * (spec.seq_length + 1))
 
 
 def _write_probes(probes: list[dict], data: Path, tok: str) -> dict:

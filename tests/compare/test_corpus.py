@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lfr_ds import redundant
-from lfr_ds.compare.corpus import CorpusSpec, prepare
+from lfr_ds.compare.corpus import PROBE_MIN_BLOCKS, CorpusSpec, prepare
 from lfr_ds.data.blocks import BlockView
 from lfr_ds.data.dataset import open_dataset
 from lfr_ds.errors import UserError
@@ -130,7 +130,9 @@ def test_probes_are_originals_that_no_arm_trains_on(tmp_path, webmix_train, vali
         )
     ]
     assert not near
-    assert (open_dataset(corpus.probe).num_tokens - 1) // 64 >= 512
+    # At least the comparison's floor of blocks, and far below half of the training data (which a run refuses).
+    probe_blocks = (open_dataset(corpus.probe).num_tokens - 1) // 64
+    assert PROBE_MIN_BLOCKS <= probe_blocks < (open_dataset(corpus.prefix).num_tokens - 1) // 64 // 2
     assert corpus.info["probe_documents"] == len(probe_texts) and corpus.info["left_out_as_heldout"] == 2
     from lfr_ds.compare import runs
 
