@@ -97,10 +97,79 @@ class Plan:
     """The DeepSpeed config, already checked by DeepSpeed's own validation."""
 
 
+@dataclass
+class _Run:
+    """What :func:`train` builds once, before its first step, and carries through the loop."""
+
+    blocks: BlendView
+    rewriter: Rewriter
+    engine: object
+    table: LossTable
+    guard: Guard
+    metrics: Metrics
+    evaluator: Evaluator
+    checkpointer: Checkpointer
+    stepper: Stepper
+    trace: TextIO | None
+    """``trace/steps.jsonl`` on rank 0 with ``log.trace_blocks``, else ``None``."""
+    step: int
+    """Optimizer steps completed: 0, or the resumed checkpoint's."""
+    global_batch: int
+    seq_length: int
+
+
 def train(cfg: TrainConfig) -> Iterator[StepRecord]:
     """Run (or resume) ``cfg``; yields a :class:`StepRecord` after every optimizer step, on every rank."""
     plan = preflight(cfg)  # bad input fails fast, in one line, before any process group starts
     info = init_distributed(cfg.engine.backend)
+    run = _setup(cfg, plan, info)
+    engine, table, guard, metrics, evaluator = run.engine, run.table, run.guard, run.metrics, run.evaluator
+    step, trace = run.step, run.trace
+    phases, phase = plan.phases, None
+    while step < cfg.steps:
+        # ---- phase boundary: the rewriter writes (rank 0) and distributes this phase's sample index
+        if phase is None or step >= phase.end:
+            phases, phase, sampler, manifest = _enter_phase(cfg, plan, info, run.rewriter, table, phases, step)
+            metrics.phase_start(phase, manifest, table, step)
+
+        if guard.skips(step + 1):  # a batch a rewind skipped: its place in the order and its lr pass, no update
+            step = _skip_step(engine, table, phase, step, trace)
+        else:
+            # ---- one optimizer step, checked by the guard before its update; its rows into the loss table
+            t0 = timer()
+            lr = engine.get_lr()[0]
+            batches = _micro_batches(sampler.micro_batches(step - phase.start), run.blocks, plan)
+            mine, rows, probe_rows, verdict = train_step(run.stepper, batches, step, phase)
+            if verdict.rewind:  # back to the last checkpoint before the spike; the batches around it are skipped
+                plan, step, table = _rewind(engine, info, cfg, plan, guard, verdict, metrics)
+                trace, evaluator.log = _reopen(trace, step), _reopen(evaluator.log, step)
+                phases, phase = plan.phases, None
+                continue
+            if verdict.keep_rows:  # a spiking step's losses never rank a block
+                table.update(rows, step, probe_rows)
+            else:
+                metrics.log(verdict.warning)
+            step += 1
+            if step == phase.end:
+                table.end_phase(phase.index)
+            metrics.step(_step_stats(run, step, phase, verdict, lr, timer() - t0))
+            if step % cfg.log.interval == 0:
+                metrics.loss_table(table, step)
+            if trace is not None:
+                _trace_step(trace, step, phase, verdict, rows)
+            yield StepRecord(step, phase.kind, verdict.loss, mine[:, :3].cpu().numpy(), rows)
+
+        if evaluator.due(step, cfg.steps):
+            evaluator.run(engine, step, phase)
+        if run.checkpointer.due(step):
+            state = _checkpoint_state(cfg, plan, info, step, phases, phase, manifest)
+            metrics.log(f"saved checkpoint {run.checkpointer.save(engine, step, state, table)}")
+    metrics.close()
+
+
+def _setup(cfg: TrainConfig, plan: Plan, info: Geometry) -> _Run:
+    """Everything the loop needs, built once: the block view, the rewriter, evaluation, the engine, the
+    probes, the loss table (restored on resume), the guard, the logs and the metrics."""
     from lfr_ds.model.compat import setup_megatron
     from lfr_ds.model.gpt import flops_per_token
 
@@ -124,8 +193,6 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
     )
     model, engine = _build(cfg, plan)
     probes = Probes.for_run(cfg, seq, info.rank, info.world_size, dist.barrier)  # probes (issue 21)
-
-    # ---- the loss table, and where to start
     table = LossTable(blocks.num_blocks, len(plan.phases), plan.model.sketch_dim, probes=probes is not None)
     step = 0
     # The guard (non-finite and spiking losses, rewind-and-skip) carries its run state in every checkpoint.
@@ -160,82 +227,43 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
         f"lower engine.micro_batch_size (now {micro}; the global batch, so the data order, stays the same), "
         "or use engine.zero_stage=3"
     )
-    evaluator = Evaluator(
-        periodic,
-        metrics,
-        G * seq,
-        oom_fix,
-        _open_log(run_dir / "eval.jsonl", step) if periodic.enabled and info.rank == 0 else None,
-    )
-    checkpointer = Checkpointer(cfg, info, guard)
+    eval_log = _open_log(run_dir / "eval.jsonl", step) if periodic.enabled and info.rank == 0 else None
+    evaluator = Evaluator(periodic, metrics, G * seq, oom_fix, eval_log)
     stepper = Stepper(engine, info.device, oom_fix, guard, probes)
-    phases, phase = plan.phases, None
-    while step < cfg.steps:
-        # ---- phase boundary: the rewriter writes (rank 0) and distributes this phase's sample index
-        if phase is None or step >= phase.end:
-            phases, phase, sampler, manifest = _enter_phase(cfg, plan, info, rewriter, table, phases, step)
-            metrics.phase_start(phase, manifest, table, step)
+    checkpointer = Checkpointer(cfg, info, guard)
+    return _Run(blocks, rewriter, engine, table, guard, metrics, evaluator, checkpointer, stepper, trace, step, G, seq)
 
-        if guard.skips(step + 1):  # a batch a rewind skipped: its place in the order and its lr pass, no update
-            step = _skip_step(engine, table, phase, step, trace)
-        else:
-            # ---- one optimizer step, checked by the guard before its update; its rows into the loss table
-            t0 = timer()
-            lr = engine.get_lr()[0]
-            batches = _micro_batches(sampler.micro_batches(step - phase.start), blocks, plan)
-            mine, rows, probe_rows, verdict = train_step(stepper, batches, step, phase)
-            if verdict.rewind:  # back to the last checkpoint before the spike; the batches around it are skipped
-                plan, step, table = _rewind(engine, info, cfg, plan, guard, verdict, metrics)
-                trace, evaluator.log = _reopen(trace, step), _reopen(evaluator.log, step)
-                phases, phase = plan.phases, None
-                continue
-            if verdict.keep_rows:  # a spiking step's losses never rank a block
-                table.update(rows, step, probe_rows)
-            else:
-                metrics.log(verdict.warning)
-            step += 1
-            if step == phase.end:
-                table.end_phase(phase.index)
-            metrics.step(
-                StepStats(
-                    step=step,
-                    phase=phase.kind,
-                    loss=verdict.loss,
-                    lr=lr,
-                    grad_norm=verdict.grad_norm,
-                    loss_scale=1.0,
-                    samples=step * G,
-                    tokens=step * G * seq,
-                    step_time=timer() - t0,
-                    batch_size=G,
-                    tokens_per_step=G * seq,
-                    spikes=guard.spikes,
-                    rewinds=guard.rewinds,
-                    skipped=len(guard.skipped),
-                )
-            )
-            if step % cfg.log.interval == 0:
-                metrics.loss_table(table, step)
-            if trace is not None:
-                _write_line(
-                    trace,
-                    {
-                        "step": step,
-                        "phase": phase.index,
-                        "loss": verdict.loss,
-                        "ids": rows[:, 0].astype(int).tolist(),
-                        "losses": rows[:, 1].tolist(),
-                        **({"spike": True} if verdict.spike else {}),
-                    },
-                )
-            yield StepRecord(step, phase.kind, verdict.loss, mine[:, :3].cpu().numpy(), rows)
 
-        if evaluator.due(step, cfg.steps):
-            evaluator.run(engine, step, phase)
-        if checkpointer.due(step):
-            state = _checkpoint_state(cfg, plan, info, step, phases, phase, manifest)
-            metrics.log(f"saved checkpoint {checkpointer.save(engine, step, state, table)}")
-    metrics.close()
+def _step_stats(run: _Run, step: int, phase: Phase, verdict: Verdict, lr: float, seconds: float) -> StepStats:
+    G, seq, guard = run.global_batch, run.seq_length, run.guard
+    return StepStats(
+        step=step,
+        phase=phase.kind,
+        loss=verdict.loss,
+        lr=lr,
+        grad_norm=verdict.grad_norm,
+        loss_scale=1.0,
+        samples=step * G,
+        tokens=step * G * seq,
+        step_time=seconds,
+        batch_size=G,
+        tokens_per_step=G * seq,
+        spikes=guard.spikes,
+        rewinds=guard.rewinds,
+        skipped=len(guard.skipped),
+    )
+
+
+def _trace_step(trace: TextIO, step: int, phase: Phase, verdict: Verdict, rows: np.ndarray) -> None:
+    """One line of ``trace/steps.jsonl``: the step's blocks and their losses, in global-batch order."""
+    line = {
+        "step": step,
+        "phase": phase.index,
+        "loss": verdict.loss,
+        "ids": rows[:, 0].astype(int).tolist(),
+        "losses": rows[:, 1].tolist(),
+    }
+    _write_line(trace, {**line, **({"spike": True} if verdict.spike else {})})
 
 
 def preflight(cfg: TrainConfig) -> Plan:

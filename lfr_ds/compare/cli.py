@@ -154,6 +154,14 @@ def _csv(text: str, what: str, cast=str) -> list:
 
 
 def parse_args(argv: Sequence[str] | None):
+    p = _parser()
+    args = p.parse_intermixed_args(argv)
+    _validate(args)
+    return args
+
+
+def _parser() -> ArgumentParser:
+    """lfr-compare's flags: the regime, arms and corpus here; the rest in :func:`_run_arguments`."""
     p = ArgumentParser(
         prog="lfr-compare",
         description="Train random sampling and LFR on one corpus and budget, "
@@ -198,6 +206,12 @@ def parse_args(argv: Sequence[str] | None):
         "too); must include 1.0 (e.g. 0.5,0.65,0.8,1.0: gives the budget-sweep token ratio against random's "
         "best budget)",
     )
+    _run_arguments(p)
+    return p
+
+
+def _run_arguments(p: ArgumentParser) -> None:
+    """Evaluation, probes, schedule, threads and jobs, and the lfr-train overrides."""
     p.add_argument("--blimp", default=str(SHARED / "eval" / "blimp"), help="BLiMP directory ('' for none)")
     p.add_argument("--blimp-pairs", type=int, default=10, help="pairs per BLiMP file at each evaluation (default 10)")
     p.add_argument("--valid-blocks", type=int, default=512, help="fixed held-out blocks (default 512)")
@@ -236,7 +250,10 @@ def parse_args(argv: Sequence[str] | None):
         nargs="*",
         help="lfr-train settings for every arm (an arm's own settings win), e.g. lfr.temperature=2",
     )
-    args = p.parse_intermixed_args(argv)
+
+
+def _validate(args) -> None:
+    """Every flag checked, lists parsed in place; bad input fails in one line."""
     args.seeds = _csv(args.seeds, "--seeds", int)
     args.arms = _csv(args.arms, "--arms")
     unknown = [a for a in args.arms if a not in runs.ARMS]
@@ -269,7 +286,6 @@ def parse_args(argv: Sequence[str] | None):
     if args.blimp and not Path(args.blimp).exists():
         raise UserError(f"--blimp {args.blimp}: not found; pass '' to skip BLiMP")
     runs.check_overrides(args.overrides)
-    return args
 
 
 def command_line(args) -> str:

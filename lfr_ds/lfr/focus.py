@@ -193,27 +193,7 @@ def focus_selection(
             f"{phase.name}: no block has been seen yet, so Focus has nothing to rank; start the schedule with learn"
         )
     score = difficulty(table, options.score)
-    features = block_features(table, score, progress(table), eligible)
-    # int16 labels when they fit: at 100M blocks every byte per block is 100 MB at the peak.
-    labels = np.full(table.num_blocks, -1, dtype=np.int16 if options.clusters < 2**15 - 1 else np.int32)
-    labels[eligible] = hierarchical_clusters(
-        features,
-        options.clusters,
-        seed=int(np.random.default_rng(seed).integers(2**31)),
-        n_centroids=min(options.centroids, n_eligible),
-    )
-    del features
-    n_clusters = int(labels.max()) + 1
-    stride = max(1, n_eligible // 1_000_000)  # medians and deciles from at most ~1M blocks
-    sample = score[eligible][::stride].copy()  # a copy: a view would pin the whole gathered column
-    unseen = ~eligible
-    if unseen.any():  # never-seen blocks: their own cluster, neutral difficulty, always kept
-        labels[unseen] = n_clusters
-        score[unseen] = np.median(sample)
-        n_clusters += 1
-    del unseen
-    if corpora is not None:  # blend (issue 20): clusters never span corpora
-        labels, n_clusters = _split_by_corpus(labels, n_clusters, corpora)
+    labels, n_clusters, sample, stride = _clusters(table, score, eligible, options, seed, corpora)
 
     # Drop the phase's fraction of the seen blocks, easiest first. A block's loss is one noisy sample, so it
     # is ranked halfway to its cluster's mean: the cluster pools what similar blocks say.
@@ -260,6 +240,42 @@ def focus_selection(
     return FocusSelection(
         order, keep, steps, cap, sizes, kept_per_cluster, mean_difficulty, sample, stride, auto, learnability
     )
+
+
+def _clusters(
+    table: LossTable,
+    score: np.ndarray,
+    eligible: np.ndarray,
+    options: LFRConfig,
+    seed: list[int],
+    corpora: Corpora | None,
+) -> tuple[np.ndarray, int, np.ndarray, int]:
+    """Cluster the seen blocks (never across corpora); never-seen blocks get a cluster of their own and the
+    median difficulty, written into ``score`` in place. Returns the labels, the number of clusters, and every
+    ``stride``-th seen block's difficulty (for the deciles) with its stride."""
+    n_eligible = int(eligible.sum())
+    features = block_features(table, score, progress(table), eligible)
+    # int16 labels when they fit: at 100M blocks every byte per block is 100 MB at the peak.
+    labels = np.full(table.num_blocks, -1, dtype=np.int16 if options.clusters < 2**15 - 1 else np.int32)
+    labels[eligible] = hierarchical_clusters(
+        features,
+        options.clusters,
+        seed=int(np.random.default_rng(seed).integers(2**31)),
+        n_centroids=min(options.centroids, n_eligible),
+    )
+    del features
+    n_clusters = int(labels.max()) + 1
+    stride = max(1, n_eligible // 1_000_000)  # medians and deciles from at most ~1M blocks
+    sample = score[eligible][::stride].copy()  # a copy: a view would pin the whole gathered column
+    unseen = ~eligible
+    if unseen.any():  # never-seen blocks: their own cluster, neutral difficulty, always kept
+        labels[unseen] = n_clusters
+        score[unseen] = np.median(sample)
+        n_clusters += 1
+    del unseen
+    if corpora is not None:  # blend (issue 20): clusters never span corpora
+        labels, n_clusters = _split_by_corpus(labels, n_clusters, corpora)
+    return labels, n_clusters, sample, stride
 
 
 def _keep(
