@@ -7,9 +7,14 @@ becomes a row, labelled ``NAME`` for the ``lfr`` arm and ``NAME/ARM`` for the ot
 difference is the arm's final held-out loss minus random's on the same seed, as a share of random's
 mean loss; the error bar is its standard error over seeds.
 
+Each Focus phase's drops, averaged over an arm's Focus phases and seeds: ``dropped`` (share of the
+training blocks), and, on a corpus with copies, ``precision`` (share of the dropped blocks that are the
+redundancy builder's copies) and ``recall`` (share of the copy blocks dropped). The ceilings
+(``dedup``, ``oracle``: :mod:`lfr_ds.compare.ceilings`) are drawn as hollow squares, dashed.
+
 Writes the markdown table to stdout, the plot to ``--plot``, and, as the last stdout line, one JSON
 object ``{"rows": [{"candidate", "redundancy", "seeds", "delta", "se", "relative", "per_seed",
-"repeat_tokens_trained"}, ...]}``.
+"repeat_tokens_trained", "dropped", "precision", "recall"}, ...]}``.
 
     .venv/bin/python bench/study.py v1=runs/base-r0.5 v1=runs/base-r0 recipe=runs/half-r0.5 ... --plot gain.png
 """
@@ -20,6 +25,22 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+CEILINGS = ("dedup", "oracle")
+
+
+def drops(a: dict, num_blocks: int) -> dict:
+    """An arm's drops per Focus phase: mean over its Focus phases and seeds (``None`` where it has none)."""
+    phases = [f for s in a["seeds"] for f in s["focus"]]
+    if not phases:
+        return {"dropped": None, "precision": None, "recall": None}
+    has_copies = any(s["repeat_blocks"] for s in a["seeds"])
+    n = len(phases)
+    return {
+        "dropped": sum(f["dropped_blocks"] for f in phases) / n / num_blocks,
+        "precision": sum(f["dropped_that_repeat"] for f in phases) / n if has_copies else None,
+        "recall": sum(f["repeats_dropped"] for f in phases) / n if has_copies else None,
+    }
 
 
 def rows(pairs: list[str]) -> list[dict]:
@@ -45,6 +66,7 @@ def rows(pairs: list[str]) -> list[dict]:
                     "repeat_tokens_trained": a["mean"]["repeat_token_share_trained"],
                     "schedule": results["schedule"],
                     "overrides": results["overrides"],
+                    **drops(a, results["arms"]["random"]["seeds"][0]["unique_blocks_trained"]),
                 }
             )
     return sorted(out, key=lambda r: (r["candidate"], r["redundancy"]))
@@ -52,15 +74,21 @@ def rows(pairs: list[str]) -> list[dict]:
 
 def markdown(table: list[dict]) -> str:
     lines = [
-        "| candidate | R | seeds | paired Δ (± s.e.) | Δ % | per seed Δ | repeat tokens trained |",
-        "|---|---|---|---|---|---|---|",
+        "| candidate | R | seeds | paired Δ (± s.e.) | Δ % | per seed Δ | repeat tokens trained | a Focus dropped "
+        "| of them copies | copies dropped |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def share(v: float | None) -> str:
+        return "—" if v is None else f"{v:.1%}"
+
     for r in table:
         se = f" ± {r['se']:.4f}" if r["se"] is not None else ""
         lines.append(
             f"| {r['candidate']} | {r['redundancy']:g} | {','.join(map(str, r['seeds']))} | {r['delta']:+.4f}{se} | "
             f"{r['relative']:+.2%} | {', '.join(f'{v:+.3f}' for v in r['per_seed'])} | "
-            f"{r['repeat_tokens_trained']:.1%} |"
+            f"{r['repeat_tokens_trained']:.1%} | {share(r['dropped'])} | {share(r['precision'])} | "
+            f"{share(r['recall'])} |"
         )
     return "\n".join(lines)
 
@@ -78,8 +106,16 @@ def plot(table: list[dict], path: Path) -> None:
             for r in table
             if r["candidate"] == name
         )
+        ceiling = name.rpartition("/")[2] in CEILINGS
         ax.errorbar(
-            [p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o", capsize=3, label=name
+            [p[0] for p in pts],
+            [p[1] for p in pts],
+            yerr=[p[2] for p in pts],
+            marker="s" if ceiling else "o",
+            mfc="none" if ceiling else None,
+            ls="--" if ceiling else "-",
+            capsize=3,
+            label=f"{name} (ceiling)" if ceiling else name,
         )
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xlabel("redundancy R (share of training tokens that are copies)")
