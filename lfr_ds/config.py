@@ -383,6 +383,11 @@ class LFRConfig:
     excess relative loss that it lost between its blocks' last two visits (in [0.05, 1]; 1 for clusters no
     harder than average or not yet seen twice), so hard text the model does not learn (noise) is drawn
     less. Within a cluster both draw ∝ exp(difficulty / T). See docs/lfr.md."""
+    draw: str = field(default="iid", metadata=IN_FOCUS_DIGEST_IF_CHANGED)
+    """How Focus draws its order from those weights: ``iid`` (the paper's: every draw independent, so a
+    ``1kp`` pass visits only about 63% of its kept blocks and repeats others) or ``systematic`` (the same
+    expected draws per block, each block drawn the floor or ceiling of its expectation: with flat weights
+    a ``1kp`` pass is a permutation of the kept blocks). See docs/lfr.md, issue 21's study."""
     auto_max_drop: float = field(default=0.7, metadata=IN_AUTO_DIGEST)
     """``focus:...@auto`` only: the largest fraction of the seen blocks it may drop (it drops only blocks
     the loss table says are learned, see docs/lfr.md)."""
@@ -438,6 +443,7 @@ class LFRConfig:
         if self.centroids < self.clusters:
             raise UserError(f"lfr.centroids ({self.centroids}) must be >= lfr.clusters ({self.clusters})")
         check_choice("lfr.weighting", self.weighting, ("perplexity", "learnable"))
+        check_choice("lfr.draw", self.draw, ("iid", "systematic"))
         check_number("lfr.auto_max_drop", self.auto_max_drop, 0.0, 1.0, open_low=True, open_high=True)
         # +inf is meaningful (uniform weights); NaN and non-positive values are not.
         if (

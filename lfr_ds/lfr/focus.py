@@ -225,7 +225,8 @@ def focus_selection(
     block_weight = perplexity_weights(score, options.temperature, top=top, out=score)  # dropped blocks' are never read
     del score
     if corpora is not None and options.blend == "keep":  # blend (issue 20): each corpus its weight of the draws
-        order = _draw_per_corpus(keep, labels, block_weight, cluster_weight, steps * global_batch, seed, corpora)
+        weights = (block_weight, cluster_weight)
+        order = _draw_per_corpus(keep, labels, weights, steps * global_batch, seed, corpora, options.draw)
     else:
         if corpora is not None:  # blend=free: one draw, clusters weighted by their corpus's weight too
             cluster_weight = _free_cluster_weight(keep, cluster_weight, corpora)
@@ -236,6 +237,7 @@ def focus_selection(
             cluster_weight,
             steps * global_batch,
             seed=int(np.random.default_rng([*seed, 1]).integers(2**31)),
+            systematic=options.draw == "systematic",
         )
     return FocusSelection(
         order, keep, steps, cap, sizes, kept_per_cluster, mean_difficulty, sample, stride, auto, learnability
@@ -375,15 +377,16 @@ def _free_cluster_weight(keep: np.ndarray, cluster_weight: np.ndarray, corpora: 
 def _draw_per_corpus(
     keep: np.ndarray,
     labels: np.ndarray,
-    block_weight: np.ndarray,
-    cluster_weight: np.ndarray,
+    weights: tuple[np.ndarray, np.ndarray],
     n: int,
     seed: list[int],
     corpora: Corpora,
+    draw: str,
 ) -> np.ndarray:
     """``lfr.blend=keep``: each corpus gets its weight of the ``n`` positions (megatron-core's blending
     interleave) and draws them from its own clusters."""
     which = corpora.draw_positions(n)
+    block_weight, cluster_weight = weights
     order = np.empty(n, dtype=np.uint32 if len(keep) < 2**32 else np.int64)
     for c in range(corpora.count):
         mine = which == c
@@ -392,6 +395,12 @@ def _draw_per_corpus(
         sl = corpora.slice(c)
         c_seed = int(np.random.default_rng([*seed, 1, c]).integers(2**31))
         order[mine] = sl.start + draw_order(
-            keep[sl], labels[sl], block_weight[sl], cluster_weight, int(mine.sum()), seed=c_seed
+            keep[sl],
+            labels[sl],
+            block_weight[sl],
+            cluster_weight,
+            int(mine.sum()),
+            seed=c_seed,
+            systematic=draw == "systematic",
         )
     return order

@@ -94,9 +94,14 @@ def draw_order(
     n_samples: int,
     *,
     seed: int,
+    systematic: bool = False,
 ) -> np.ndarray:
     """``n_samples`` kept block ids, drawn independently with replacement, cluster first: uint32 below
     2³² blocks (the sample index's own dtype, half the memory at the rewrite's peak), else int64.
+
+    ``systematic``: the same probabilities with low variance (one uniform offset, ``n_samples`` evenly
+    spaced points on the cumulative mass, the picks shuffled): each block is drawn the floor or ceiling of
+    ``n_samples · P(i)``, so equal weights give a permutation, where independent draws visit ~63%.
 
     Each draw picks a cluster with probability ∝ ``cluster_weight[c]`` among the clusters that hold at
     least one kept block, then a kept block of that cluster with probability ∝ ``block_weight``.
@@ -106,10 +111,9 @@ def draw_order(
     whose kept blocks all weigh 0 is an error, as is no cluster with positive weight. Deterministic for
     a seed.
 
-    The two stages are drawn as one: block i of cluster c has probability ``P(c) · w_i / W_c``, where
-    ``W_c`` sums the weights of c's kept blocks, and each draw is an inverse-CDF lookup over the kept
-    blocks. A per-cluster lookup would need the draws grouped by cluster, that
-    is, a sort or a shuffle, which costs more than the lookups.
+    The two stages are drawn as one: block i of cluster c has probability ``P(c) · w_i / W_c`` (``W_c``: the
+    weights of c's kept blocks), one inverse-CDF lookup over the kept blocks a draw (a per-cluster lookup
+    would need the draws grouped by cluster: a sort, which costs more).
     """
     n = _check_blocks(block_weight, labels, keep)
     k = int(labels.max()) + 1
@@ -120,6 +124,42 @@ def draw_order(
         k = len(cluster_weight)
     if n_samples < 0:
         raise ValueError("n_samples must be non-negative")
+
+    scale = _cluster_scale(keep, labels, block_weight, cluster_weight, k, n)
+
+    kept_ids, cdf = _kept_cdf(keep, labels, block_weight, scale)
+    m = len(cdf)
+    cdf *= m / cdf[-1]  # in units of guide buckets, see _guided_search
+    np.minimum(cdf, m, out=cdf)  # rounding may overshoot the total by an ulp
+    last = int(np.searchsorted(cdf, m))  # the first block to reach the total has positive mass
+    guide = _guide_table(cdf)
+
+    rng = np.random.default_rng(seed)
+    offset = rng.random() if systematic else 0.0  # iid draws keep their stream unchanged
+    order = np.empty(n_samples, dtype=kept_ids.dtype)
+    for s in range(0, n_samples, _SLICE):
+        size = min(_SLICE, n_samples - s)
+        u = (offset + np.arange(s, s + size)) / n_samples if systematic else rng.random(size)
+        u *= m
+        pick = _guided_search(cdf, guide, u)
+        # u can round up to the total itself, one past the end: then take the last block with mass.
+        np.minimum(pick, last, out=pick)
+        order[s : s + len(u)] = kept_ids[pick]
+    if systematic:
+        rng.shuffle(order)  # the points were in block order
+    return order
+
+
+def _cluster_scale(
+    keep: np.ndarray,
+    labels: np.ndarray,
+    block_weight: np.ndarray,
+    cluster_weight: np.ndarray | None,
+    k: int,
+    n: int,
+) -> np.ndarray:
+    """Per cluster, ``P(c) / W_c``: a kept block's draw mass is its weight times its cluster's entry. Checks
+    the weights (see :func:`draw_order`)."""
 
     def kept_weight(sl: slice) -> np.ndarray:
         return np.where(keep[sl], block_weight[sl], 0.0)  # float64; dropped blocks' weights may be NaN
@@ -145,24 +185,7 @@ def draw_order(
     if not (p > 0).any():
         raise ValueError("no cluster with kept blocks has positive weight")
     scale = np.divide(p, total, out=np.zeros(k), where=total > 0)
-
-    kept_ids, cdf = _kept_cdf(keep, labels, block_weight, scale)
-    m = len(cdf)
-    cdf *= m / cdf[-1]  # in units of guide buckets, see _guided_search
-    np.minimum(cdf, m, out=cdf)  # rounding may overshoot the total by an ulp
-    last = int(np.searchsorted(cdf, m))  # the first block to reach the total has positive mass
-    guide = _guide_table(cdf)
-
-    rng = np.random.default_rng(seed)
-    order = np.empty(n_samples, dtype=kept_ids.dtype)
-    for s in range(0, n_samples, _SLICE):
-        u = rng.random(min(_SLICE, n_samples - s))
-        u *= m
-        pick = _guided_search(cdf, guide, u)
-        # u can round up to the total itself, one past the end: then take the last block with mass.
-        np.minimum(pick, last, out=pick)
-        order[s : s + len(u)] = kept_ids[pick]
-    return order
+    return scale
 
 
 def _kept_cdf(

@@ -203,6 +203,37 @@ def test_draw_order_is_deterministic_per_seed(slice_size):
     assert not np.array_equal(a, draw_order(keep, labels, weight, None, 1000, seed=4))
 
 
+def test_systematic_draw_gives_each_block_its_expected_count_rounded(slice_size):
+    """Systematic draws: every kept block floor or ceil of n · P(i) times, the same expectation as iid draws,
+    shuffled (not in block order), and deterministic per seed."""
+    keep, labels, weight = draw_setup()
+    cluster_weight = np.array([2.0, 1.0, 0.5, 0.5])
+    n = 5_003
+    order = draw_order(keep, labels, weight, cluster_weight, n, seed=6, systematic=True)
+    assert keep[order].all() and len(order) == n
+    kept = np.flatnonzero(keep)
+    w = weight[kept].astype(np.float64)
+    per_cluster = np.bincount(labels[kept], weights=w, minlength=4)
+    p = cluster_weight[labels[kept]] / cluster_weight.sum() * w / per_cluster[labels[kept]]
+    counts = np.bincount(order, minlength=len(keep))[kept]
+    expected = n * p
+    assert (counts >= np.floor(expected) - 1e-9).all() and (counts <= np.ceil(expected) + 1e-9).all()
+    assert not (np.diff(order.astype(np.int64)) >= 0).all()  # shuffled
+    np.testing.assert_array_equal(order, draw_order(keep, labels, weight, cluster_weight, n, seed=6, systematic=True))
+
+
+def test_systematic_draw_with_flat_weights_is_a_permutation_where_iid_visits_63_percent():
+    """The reason for ``lfr.draw=systematic``: a ``1kp`` pass over equally weighted kept blocks."""
+    n = 20_000
+    keep = np.ones(n, dtype=bool)
+    labels = np.zeros(n, dtype=np.int16)
+    weight = np.ones(n, dtype=np.float32)
+    order = draw_order(keep, labels, weight, None, n, seed=7, systematic=True)
+    np.testing.assert_array_equal(np.sort(order), np.arange(n))
+    iid = draw_order(keep, labels, weight, None, n, seed=7)
+    assert abs(len(np.unique(iid)) / n - (1 - np.exp(-1))) < 0.01
+
+
 def test_draw_order_ignores_clusters_without_kept_blocks():
     keep, labels, weight = draw_setup()
     keep[labels == 2] = False
