@@ -182,6 +182,8 @@ class PhaseManifest:
     """The per-cluster cap applied (at least the drop fraction)."""
     temperature: float | None = field(default=None, metadata=_OPTIONAL)
     weighting: str | None = field(default=None, metadata=_OPTIONAL)
+    draw: str | None = field(default=None, metadata=_OPTIONAL)
+    """``lfr.draw``, recorded only when it is ``systematic`` (absent: ``iid``, as in every manifest before it)."""
     source_blocks: dict[str, int] | None = field(default=None, metadata=_OPTIONAL)
     """Seen blocks per source."""
     source_drop_fraction: dict[str, float] | None = field(default=None, metadata=_OPTIONAL)

@@ -144,6 +144,7 @@ def test_a_changed_setting_changes_the_digest_and_a_transport_setting_does_not(t
             "blend": "free",
             "drop_mask": str(mask),
             "absorbed_alpha": 0.2,
+            "draw": "systematic",
         }[f.name]
         assert declared_settings(phase, LFRConfig(**{f.name: other})) != base, f.name
     assert (

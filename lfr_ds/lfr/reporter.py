@@ -59,6 +59,7 @@ def focus_fields(
         "max_cluster_drop": sel.cap,
         "temperature": options.temperature,
         "weighting": options.weighting,
+        **({"draw": options.draw} if options.draw != "iid" else {}),
         "source_blocks": {s: int(n) for s, n in zip(sources, seen_by_source, strict=True)},
         "source_drop_fraction": {
             s: round(float(d) / max(1, int(n)), 4)
