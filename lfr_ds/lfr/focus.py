@@ -187,8 +187,7 @@ def focus_selection(
     """Select ``phase``'s kept blocks from the loss table and draw its order (see the module docstring).
     ``corpora``: a blend of several corpora (``None`` = one dataset)."""
     eligible = table.seen > 0
-    n_eligible = int(eligible.sum())
-    if n_eligible == 0:
+    if not eligible.any():
         raise UserError(
             f"{phase.name}: no block has been seen yet, so Focus has nothing to rank; start the schedule with learn"
         )
@@ -224,9 +223,10 @@ def focus_selection(
         )
     block_weight = perplexity_weights(score, options.temperature, top=top, out=score)  # dropped blocks' are never read
     del score
+    systematic = options.draw == "systematic"
     if corpora is not None and options.blend == "keep":  # blend (issue 20): each corpus its weight of the draws
         weights = (block_weight, cluster_weight)
-        order = _draw_per_corpus(keep, labels, weights, steps * global_batch, seed, corpora, options.draw)
+        order = _draw_per_corpus(keep, labels, weights, steps * global_batch, seed, corpora, systematic)
     else:
         if corpora is not None:  # blend=free: one draw, clusters weighted by their corpus's weight too
             cluster_weight = _free_cluster_weight(keep, cluster_weight, corpora)
@@ -237,7 +237,7 @@ def focus_selection(
             cluster_weight,
             steps * global_batch,
             seed=int(np.random.default_rng([*seed, 1]).integers(2**31)),
-            systematic=options.draw == "systematic",
+            systematic=systematic,
         )
     return FocusSelection(
         order, keep, steps, cap, sizes, kept_per_cluster, mean_difficulty, sample, stride, auto, learnability
@@ -381,7 +381,7 @@ def _draw_per_corpus(
     n: int,
     seed: list[int],
     corpora: Corpora,
-    draw: str,
+    systematic: bool,
 ) -> np.ndarray:
     """``lfr.blend=keep``: each corpus gets its weight of the ``n`` positions (megatron-core's blending
     interleave) and draws them from its own clusters."""
@@ -401,6 +401,6 @@ def _draw_per_corpus(
             cluster_weight,
             int(mine.sum()),
             seed=c_seed,
-            systematic=draw == "systematic",
+            systematic=systematic,
         )
     return order
