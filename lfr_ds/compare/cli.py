@@ -40,11 +40,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lfr_ds import atomic
-from lfr_ds.compare import ceilings, report, runs, stats
+from lfr_ds.compare import ceilings, regime, report, runs, stats
 from lfr_ds.compare.corpus import CorpusSpec, prepare
 from lfr_ds.config import load_config
 from lfr_ds.data.dataset import open_dataset
 from lfr_ds.data.reader import DEFAULT_READ, check_inputs, iter_documents
+from lfr_ds.data.tokenizer import Tokenizer
 from lfr_ds.errors import ArgumentParser, UserError, cli
 from lfr_ds.lfr.schedule import PRESETS as SCHEDULES
 from lfr_ds.lfr.schedule import parse_schedule
@@ -66,6 +67,9 @@ class Preset:
     """lfr-train settings shared by every arm."""
     minutes: float = 1.0
     """One full-budget run's minutes on the reference machine (2 CPU cores), for the first ETA."""
+    vocab_size: int = 4096
+    """The corpus tokenizer's vocabulary, unless ``--vocab-size`` says otherwise. It sets the embedding's share of
+    the parameters, so it is part of the regime (see :func:`regime`)."""
 
 
 #: The LFR arms' schedule in the small, pilot and demo regimes: the recipe's default (``lfr.schedule=recipe``).
@@ -92,7 +96,28 @@ _SMALL_GPT = (
     "model.seq_length=64",
     "checkpoint.interval=0",
 )
+#: The data-rich regime's model: 2 layers, 32 wide, 4 heads, seq 256; at vocab 1,024 it has 66,432 parameters, so
+#: its ~1.0M tokens a pass are 15 tokens per parameter a pass, 45 over its 3 passes (GPT-2 124M on OpenWebText
+#: sees ~70 in its one pass; compute-optimal is ~20). The learning rate is random's best on seed 1 at R = 0.5
+#: among 1e-3, 2e-3, 4e-3, 6e-3 and 8e-3 (4.937, 4.666, 4.546, 4.567, 4.610: docs/lfr.md "The data-rich regime").
+_DATA_RICH_GPT = (
+    "model.preset=null",
+    "model.num_layers=2",
+    "model.hidden_size=32",
+    "model.num_attention_heads=4",
+    "model.seq_length=256",
+    "engine.micro_batch_size=16",
+    "engine.global_batch_size=16",
+    "optim.lr=4e-3",
+    "optim.warmup_steps=20",
+    "optim.min_lr_ratio=0.1",
+    "checkpoint.interval=0",
+    "log.interval=25",
+)
 PRESETS = {
+    # Enough tokens per parameter that the model finishes with the easy blocks (issue 25): the regime where
+    # pruning pays in Sorscher et al. 2022, and where this project's LFR first beat random.
+    "data-rich": Preset(1_000_000, 3, RECIPE, _DATA_RICH_GPT, 1.5, vocab_size=1024),
     # The pilots' regime at a third of their size: 3 passes, so every block still teaches the model something.
     "small": Preset(350_000, 3, RECIPE, _COMMON, 7),
     # The paper's regime: many passes over little data, where blocks get learned and forgotten.
@@ -221,7 +246,12 @@ def _run_arguments(p: ArgumentParser) -> None:
         default=4,
         help="evaluations per run, the last at the end (default 4: at 512 blocks, under 20%% of a small run)",
     )
-    p.add_argument("--vocab-size", type=int, default=4096, help="tokenizer vocabulary (default 4096)")
+    p.add_argument(
+        "--vocab-size",
+        type=int,
+        default=None,
+        help="tokenizer vocabulary (default: the preset's; 1024 for data-rich, else 4096)",
+    )
     p.add_argument(
         "--probe-fraction",
         type=float,
@@ -275,6 +305,7 @@ def _validate(args) -> None:
     if not 0 <= args.probe_fraction <= 0.5:  # probes (issue 21)
         raise UserError(f"--probe-fraction {args.probe_fraction}: must be in [0, 0.5] (0 = no probes)")
     args.jobs = args.jobs if args.jobs is not None else max(1, (os.cpu_count() or 1) // max(1, args.threads))
+    args.vocab_size = args.vocab_size if args.vocab_size is not None else PRESETS[args.preset].vocab_size
     for name in ("valid_blocks", "evals", "blimp_pairs", "vocab_size", "threads", "jobs"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be at least 1")
@@ -373,6 +404,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if o.startswith("lfr.schedule="):
             schedule = o.split("=", 1)[1]
     phases = parse_schedule(schedule, total_steps=steps, tokens_per_step=G * seq, review_steps=-(-blocks // G))
+    args.regime = regime.of(shared.model, Tokenizer(corpus.tokenizer).vocab_size, blocks * seq, steps * G / blocks)
     setup = runs.Setup(
         out,
         corpus,
@@ -394,6 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"({corpus.info['repeat_token_share']:.1%} repeats), "
         f"{blocks:,} blocks; {steps} steps = {preset.passes} passes; held-out: {args.valid_blocks} blocks"
     )
+    _log(f"regime: {regime.line(args.regime)}")
     total = sum(r.budget for r in todo)
     _log(
         f"plan: {len(todo)} runs ({', '.join(r.name for r in todo)}); "
@@ -433,6 +466,7 @@ def write_results(args, setup: runs.Setup, results: dict, seeds: list[int], phas
     summary = {
         "command": command_line(args),
         "preset": args.preset,
+        "regime": args.regime,
         "seeds": seeds,
         "redundancy": args.redundancy,
         "budgets": args.budgets,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lfr_ds import atomic
+from lfr_ds.compare import regime
 
 COLORS = {"random": "C0", "lfr": "C1", "lfr_raw": "C2", "dedup": "C3", "oracle": "C4"}
 
@@ -36,6 +37,8 @@ def markdown(results: dict) -> str:
         f"{c['train_tokens']:,} training tokens ({c['repeat_token_share']:.1%} repeats, so "
         f"{round(c['train_tokens'] * (1 - c['repeat_token_share'])):,} unique), {results['steps']} steps; "
         f"held-out: {results['heldout_blocks']} fixed blocks of the dev split ({results['valid']}).",
+        "",
+        f"Regime: {_regime(results)}.",
         "",
         "## Held-out loss at the full budget (mean over seeds)",
         "",
@@ -80,6 +83,11 @@ def markdown(results: dict) -> str:
     lines += _test_table(results)
     lines += ["", f"Command: `{results['command']}`"]
     return "\n".join(lines) + "\n"
+
+
+def _regime(results: dict) -> str:
+    r = results.get("regime")
+    return regime.line(r) if r else "not recorded (a result from before issue 25; docs/experiments/README.md has it)"
 
 
 def _section(title: str, first: str, columns: list[str]) -> list[str]:
