@@ -135,3 +135,9 @@ def test_a_results_json_read_back_renders_again(ceiling_runs):
         report.markdown(json.loads((ceiling_runs / "results.json").read_text()))
         == (ceiling_runs / "results.md").read_text()
     )
+
+
+def test_a_results_json_from_before_regimes_were_recorded_says_so(ceiling_runs):
+    results = json.loads((ceiling_runs / "results.json").read_text())
+    del results["regime"]
+    assert "Regime: not recorded" in report.markdown(results)

@@ -10,6 +10,10 @@ from clitools import assert_one_line_error
 
 from lfr_ds import demo, report, synthetic
 from lfr_ds.compare import cli as compare
+from lfr_ds.compare import regime
+from lfr_ds.config import load_config
+from lfr_ds.data.dataset import open_dataset
+from lfr_ds.data.tokenizer import Tokenizer
 
 ARGS = [
     "--preset",
@@ -65,7 +69,17 @@ def test_compare_writes_results_table_and_plot(smoke, test_file):
     assert lfr["token_ratio"]["kind"].startswith("in-run proxy")
     # Learn is the random arm's order for the first pass (same phase seed): identical curves until Focus.
     assert results["arms"]["random"]["seeds"][0]["curve"][0] == lfr["seeds"][0]["curve"][0]
+    # The regime: the smoke preset's model (2 x 64, seq 64) at the corpus tokenizer's vocabulary, over every
+    # training block once a pass, for the full budget's steps.
+    r = results["regime"]
+    ds = open_dataset(str(smoke / "data" / "train"))
+    vocab = Tokenizer(str(smoke / "data" / "tokenizer.model")).vocab_size
+    assert r["parameters"] == vocab * 64 + 64 * 64 + 2 * (12 * 64 * 64 + 13 * 64) + 2 * 64
+    assert r["tokens_per_pass"] == (ds.num_tokens - 1) // 64 * 64
+    assert r["passes"] * r["tokens_per_pass"] == pytest.approx(results["steps"] * 16 * 64)
+    assert r["tokens_per_parameter"] == pytest.approx(r["passes"] * r["tokens_per_parameter_pass"])
     table = (smoke / "results.md").read_text()
+    assert f"Regime: {r['parameters']:,} parameters; {r['tokens_per_pass']:,} tokens a pass" in table
     assert "| random |" in table and "| lfr |" in table and "paired" in table and "never used for any choice" in table
     assert (smoke / "heldout.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -235,3 +249,11 @@ def test_demo_compares_the_corpus_as_it_is_and_with_copies(tmp_path, monkeypatch
     printed = capsys.readouterr().out
     assert "The corpus as it is" in printed and "(+0.50%)" in printed
     assert f"The corpus with {demo.COPIES:.0%} copies" in printed and f"({0.005 - demo.COPIES:+.2%})" in printed
+
+
+def test_the_data_rich_preset_gives_the_model_at_least_15_tokens_per_parameter_a_pass_for_3_passes():
+    """Issue 25: the regime where the model finishes with the easy blocks, every parameter counted (embedding too)."""
+    preset = compare.PRESETS["data-rich"]
+    model = load_config(None, [*preset.overrides, "data.path=unused"]).model
+    r = regime.of(model, preset.vocab_size, preset.unique_tokens, preset.passes)
+    assert r["tokens_per_parameter_pass"] >= 15 and r["passes"] >= 3
