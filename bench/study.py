@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The LFR study's summary across ``lfr-compare`` outputs: each candidate's paired gain against random,
-as a function of the corpus redundancy R (docs/lfr.md "When does LFR pay?").
+as a function of the corpus redundancy R (docs/lfr.md "When does LFR pay?") or, with ``--x tokens``, of the
+regime's tokens per parameter a pass (docs/lfr.md "Where the gain begins").
 
 Each ``NAME=OUT`` is one comparison (one R, read from ``OUT/results.json``); every non-random arm in it
 becomes a row, labelled ``NAME`` for the ``lfr`` arm and ``NAME/ARM`` for the others. The paired
@@ -13,8 +14,8 @@ redundancy builder's copies) and ``recall`` (share of the copy blocks dropped). 
 (``dedup``, ``oracle``: :mod:`lfr_ds.compare.ceilings`) are drawn as hollow squares, dashed.
 
 Writes the markdown table to stdout, the plot to ``--plot``, and, as the last stdout line, one JSON
-object ``{"rows": [{"candidate", "redundancy", "seeds", "delta", "se", "relative", "per_seed",
-"repeat_tokens_trained", "dropped", "precision", "recall"}, ...]}``.
+object ``{"rows": [{"candidate", "redundancy", "tokens_per_parameter_pass", "seeds", "delta", "se", "relative",
+"per_seed", "repeat_tokens_trained", "dropped", "precision", "recall"}, ...]}``.
 
     .venv/bin/python bench/study.py v1=runs/base-r0.5 v1=runs/base-r0 recipe=runs/half-r0.5 ... --plot gain.png
 """
@@ -57,6 +58,8 @@ def rows(pairs: list[str]) -> list[dict]:
                 {
                     "candidate": name if arm == "lfr" else f"{name}/{arm}",
                     "redundancy": results["redundancy"],
+                    # Results from before issue 25 carry no regime: docs/experiments/README.md has it by arithmetic.
+                    "tokens_per_parameter_pass": results.get("regime", {}).get("tokens_per_parameter_pass"),
                     "seeds": results["seeds"],
                     "delta": d["mean"],
                     "se": d["se"],
@@ -69,14 +72,14 @@ def rows(pairs: list[str]) -> list[dict]:
                     **drops(a, results["arms"]["random"]["seeds"][0]["unique_blocks_trained"]),
                 }
             )
-    return sorted(out, key=lambda r: (r["candidate"], r["redundancy"]))
+    return sorted(out, key=lambda r: (r["candidate"], r["redundancy"], r["tokens_per_parameter_pass"] or 0))
 
 
 def markdown(table: list[dict]) -> str:
     lines = [
-        "| candidate | R | seeds | paired Δ (± s.e.) | Δ % | per seed Δ | repeat tokens trained | a Focus dropped "
-        "| of them copies | copies dropped |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| candidate | R | tokens/param a pass | seeds | paired Δ (± s.e.) | Δ % | per seed Δ | repeat tokens trained "
+        "| a Focus dropped | of them copies | copies dropped |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
 
     def share(v: float | None) -> str:
@@ -84,8 +87,10 @@ def markdown(table: list[dict]) -> str:
 
     for r in table:
         se = f" ± {r['se']:.4f}" if r["se"] is not None else ""
+        tpp = "—" if r["tokens_per_parameter_pass"] is None else f"{r['tokens_per_parameter_pass']:.3g}"
         lines.append(
-            f"| {r['candidate']} | {r['redundancy']:g} | {','.join(map(str, r['seeds']))} | {r['delta']:+.4f}{se} | "
+            f"| {r['candidate']} | {r['redundancy']:g} | {tpp} | {','.join(map(str, r['seeds']))} | "
+            f"{r['delta']:+.4f}{se} | "
             f"{r['relative']:+.2%} | {', '.join(f'{v:+.3f}' for v in r['per_seed'])} | "
             f"{r['repeat_tokens_trained']:.1%} | {share(r['dropped'])} | {share(r['precision'])} | "
             f"{share(r['recall'])} |"
@@ -93,18 +98,24 @@ def markdown(table: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def plot(table: list[dict], path: Path) -> None:
+#: What a plot's x axis can be: each row's key, its axis label, and whether the axis is logarithmic.
+AXES = {
+    "redundancy": ("redundancy", "redundancy R (share of training tokens that are copies)", False),
+    "tokens": ("tokens_per_parameter_pass", "training tokens per model parameter, a pass (log scale)", True),
+}
+
+
+def plot(table: list[dict], path: Path, x: str = "redundancy") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    key, label, log = AXES[x]
     fig, ax = plt.subplots(figsize=(6.5, 4))
     for name in dict.fromkeys(r["candidate"] for r in table):
         pts = sorted(
-            (r["redundancy"], 100 * r["relative"], 100 * (r["relative_se"] or 0.0))
-            for r in table
-            if r["candidate"] == name
+            (r[key], 100 * r["relative"], 100 * (r["relative_se"] or 0.0)) for r in table if r["candidate"] == name
         )
         ceiling = name.rpartition("/")[2] in CEILINGS
         ax.errorbar(
@@ -118,7 +129,9 @@ def plot(table: list[dict], path: Path) -> None:
             label=f"{name} (ceiling)" if ceiling else name,
         )
     ax.axhline(0, color="k", lw=0.8)
-    ax.set_xlabel("redundancy R (share of training tokens that are copies)")
+    if log:
+        ax.set_xscale("log")
+    ax.set_xlabel(label)
     ax.set_ylabel("held-out loss, LFR − random (% of random)")
     ax.set_title("Paired gain over random (below 0: LFR better), mean ± s.e. over seeds", fontsize=9)
     ax.legend(fontsize=8)
@@ -129,11 +142,19 @@ def plot(table: list[dict], path: Path) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("pairs", nargs="+", metavar="NAME=OUT", help="a candidate's name and one lfr-compare --out")
-    p.add_argument("--plot", type=Path, required=True, help="where to write the gain-vs-R plot (.png)")
+    p.add_argument("--plot", type=Path, required=True, help="where to write the gain plot (.png)")
+    p.add_argument(
+        "--x",
+        choices=sorted(AXES),
+        default="redundancy",
+        help="the plot's x axis: the redundancy R, or tokens per parameter a pass (the regime; issue 25)",
+    )
     args = p.parse_args()
     table = rows(args.pairs)
+    if args.x == "tokens" and any(r["tokens_per_parameter_pass"] is None for r in table):
+        p.error("--x tokens: every OUT needs a results.json with a regime (lfr-compare since issue 25)")
     print(markdown(table))
-    plot(table, args.plot)
+    plot(table, args.plot, args.x)
     print(json.dumps({"rows": table}))
 
 
