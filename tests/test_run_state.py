@@ -98,10 +98,13 @@ def _digest_as_hand_listed(
 @pytest.mark.parametrize(
     "options",
     [
-        LFRConfig(),
-        LFRConfig(score="raw", selection="paper", max_cluster_drop=0.5, clusters=4, centroids=8, temperature=2.0),
-        LFRConfig(weighting="learnable", auto_max_drop=0.3),
-        LFRConfig(distribute="broadcast", length_scale=0.5, schedule="paper"),
+        # Every record made before the hand-listed digest was retired drew iid (the default until issue 25).
+        LFRConfig(draw="iid"),
+        LFRConfig(
+            score="raw", selection="paper", max_cluster_drop=0.5, clusters=4, centroids=8, temperature=2.0, draw="iid"
+        ),
+        LFRConfig(weighting="learnable", auto_max_drop=0.3, draw="iid"),
+        LFRConfig(distribute="broadcast", length_scale=0.5, schedule="paper", draw="iid"),
     ],
 )
 def test_declared_digest_equals_the_hand_listed_one(phase, options):
@@ -144,7 +147,7 @@ def test_a_changed_setting_changes_the_digest_and_a_transport_setting_does_not(t
             "blend": "free",
             "drop_mask": str(mask),
             "absorbed_alpha": 0.2,
-            "draw": "systematic",
+            "draw": "iid",
         }[f.name]
         assert declared_settings(phase, LFRConfig(**{f.name: other})) != base, f.name
     assert (

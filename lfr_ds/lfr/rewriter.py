@@ -62,7 +62,9 @@ def declared_settings(phase: Phase, options: LFRConfig) -> list:
         settings += [phase.auto_drop, phase.kept_passes]
         settings += [getattr(options, f.name) if phase.auto_drop else None for f in declared("auto")]
     settings += [
-        getattr(options, f.name) for f in declared("focus-if-changed") if getattr(options, f.name) != f.default
+        getattr(options, f.name)
+        for f in declared("focus-if-changed")
+        if getattr(options, f.name) != f.metadata.get("unless", f.default)
     ]
     # oracle (issue 21): a file setting enters by its content, and only when set, so other runs' digests stay the same.
     settings += [
