@@ -245,7 +245,7 @@ def main() -> None:
         for shape_name in args.shapes.split(","):
             vocab = SHAPES[shape_name].vocab_size
             if vocab not in datasets:  # small: LFR's phase boundaries fall inside the measured steps
-                datasets[vocab] = random_token_dataset(f"{tmp}/tokens{vocab}", vocab, 30_000)
+                datasets[vocab] = random_token_dataset(f"{tmp}/tokens{vocab}", vocab, 15_000)
             for schedule in args.schedules.split(","):
                 row = profile(shape_name, schedule, datasets[vocab], tmp, args)
                 print_table(row)

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """Throughput ratios of lfr-ds's training step, each from one process that alternates its two sides (issue 28).
 
-Both sides live in this process and take turns, ``--steps`` steps each, ``--rounds`` times, after
-``--warmup`` steps each, so load from other jobs on the machine falls on both. lfr-ds runs
+Both sides live in this process and alternate step by step, ``--steps`` steps each a round, ``--rounds``
+rounds (the side that goes first swaps every round), after ``--warmup`` steps each, so load from other jobs
+on the machine falls on both. Beside the tokens/s ratio (wall time), ``cpu_ratio`` is the same ratio in CPU
+seconds of the process: the work a step costs, nearly blind to how busy the machine is. lfr-ds runs
 ``lfr_ds.train.train`` (1 rank, fp32) on random tokens with TensorBoard on; a step is timed from one
 yield to the next, so the data reads, the loss table, the guard, the metrics and phase boundaries all count.
 
@@ -12,8 +14,8 @@ yield to the next, so the data reads, the loss table, the guard, the metrics and
 
     .venv/bin/python bench/step_ratio.py --shape micro --compare reference [--rounds 3 --steps 30]
 
-Last stdout line: ``{"shape", "compare", "a", "b", "rounds": [{"a_tps", "b_tps", "ratio"}], "min", "max",
-"a_tps", "b_tps"}`` (ratio = a's tokens/s over b's).
+Last stdout line: ``{"shape", "compare", "a", "b", "rounds": [{"a_tps", "b_tps", "ratio", "cpu_ratio"}], "min",
+"max", "cpu_min", "cpu_max", "a_tps", "b_tps"}`` (ratio = a's tokens/s over b's).
 """
 
 from __future__ import annotations
@@ -52,11 +54,24 @@ def side(spec, shape: Shape, data: str, run_dir: str, steps: int, extra: list[st
     return lambda: next(run)
 
 
-def timed(step: Callable[[], None], n: int) -> float:
-    t0 = time.perf_counter()
+def timed(step: Callable[[], None], n: int) -> tuple[float, float]:
+    """Wall and CPU seconds (all of this process's threads) of ``n`` steps."""
+    t0, c0 = time.perf_counter(), time.process_time()
     for _ in range(n):
         step()
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
+
+
+def one_round(a: Callable[[], None], b: Callable[[], None], steps: int, a_first: bool) -> dict:
+    """``steps`` steps of each side, alternating step by step, so load that comes and goes falls on both."""
+    spent = {"a": [0.0, 0.0], "b": [0.0, 0.0]}
+    order = (("a", a), ("b", b)) if a_first else (("b", b), ("a", a))
+    for _ in range(steps):
+        for name, side_step in order:
+            wall, cpu = timed(side_step, 1)
+            spent[name][0] += wall
+            spent[name][1] += cpu
+    return spent
 
 
 def main() -> None:
@@ -82,12 +97,21 @@ def main() -> None:
         timed(b, args.warmup)
         rounds = []
         for r in range(args.rounds):
-            order = (a, b) if r % 2 == 0 else (b, a)  # neither side always goes first
-            seconds = {id(s): timed(s, args.steps) for s in order}
-            a_tps = args.steps * tokens_per_step / seconds[id(a)]
-            b_tps = args.steps * tokens_per_step / seconds[id(b)]
-            rounds.append({"a_tps": round(a_tps, 1), "b_tps": round(b_tps, 1), "ratio": round(a_tps / b_tps, 4)})
-            print(f"round {r + 1}: {a_tps:,.0f} vs {b_tps:,.0f} tok/s = {a_tps / b_tps:.3f}", file=sys.stderr)
+            spent = one_round(a, b, args.steps, a_first=r % 2 == 0)  # neither side always goes first
+            a_tps, b_tps = (args.steps * tokens_per_step / spent[k][0] for k in "ab")
+            cpu_ratio = spent["b"][1] / spent["a"][1]  # CPU seconds per step, b's over a's: as a tok/s ratio
+            rounds.append(
+                {
+                    "a_tps": round(a_tps, 1),
+                    "b_tps": round(b_tps, 1),
+                    "ratio": round(a_tps / b_tps, 4),
+                    "cpu_ratio": round(cpu_ratio, 4),
+                }
+            )
+            print(
+                f"round {r + 1}: {a_tps:,.0f} vs {b_tps:,.0f} tok/s = {a_tps / b_tps:.3f} (CPU time {cpu_ratio:.3f})",
+                file=sys.stderr,
+            )
     ratios = [r["ratio"] for r in rounds]
     result = {
         "shape": args.shape,
@@ -98,6 +122,8 @@ def main() -> None:
         "rounds": rounds,
         "min": min(ratios),
         "max": max(ratios),
+        "cpu_min": min(r["cpu_ratio"] for r in rounds),
+        "cpu_max": max(r["cpu_ratio"] for r in rounds),
         "a_tps": round(sum(r["a_tps"] for r in rounds) / len(rounds), 1),
         "b_tps": round(sum(r["b_tps"] for r in rounds) / len(rounds), 1),
     }

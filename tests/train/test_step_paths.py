@@ -70,3 +70,14 @@ def test_a_users_ds_config_is_left_as_it_is(webmix_dataset):
     cfg = load_config(None, [f"data.path={webmix_dataset}", "engine.zero_stage=3", f"engine.ds_config={user}"])
     ds = build_ds_config(cfg, 1, bf16=False)
     assert ds["zero_optimization"]["stage3_param_persistence_threshold"] == 100_000
+
+
+def test_a_compare_run_recorded_before_data_prefetch_existed_is_reused():
+    from lfr_ds.compare.runs import identity
+
+    def rec(**data) -> dict:
+        config = {"run_dir": "/out/lfr-seed1", "data": {"seed": 1} | data, "lfr": {"schedule": "recipe"}, "model": {}}
+        return {"config": config, "corpus": "abc", "threads": 2}
+
+    assert identity(rec()) == identity(rec(prefetch=True)) == identity(rec(prefetch=False))
+    assert identity(rec(seed=2)) != identity(rec())
