@@ -30,8 +30,6 @@ DERIVED_KEYS = (
     "optimizer",
     "scheduler",
 )
-#: ``stage3_param_persistence_threshold`` that keeps every parameter resident (more elements than any model has).
-PERSIST_ALL = sys.maxsize
 
 
 def resolve_bf16(precision: str) -> bool:
@@ -75,11 +73,6 @@ def build_ds_config(cfg: TrainConfig, world_size: int, bf16: bool) -> dict:
             f"{path}: zero_optimization.stage is {stage} but engine.zero_stage is {cfg.engine.zero_stage}; "
             "make them agree"
         )
-    if cfg.engine.ds_config == "auto" and stage == 3 and world_size == 1:
-        # One rank has nothing to partition: keep every parameter resident, so ZeRO-3 does not gather and
-        # release each module's parameters around every forward and backward for nothing (issue 28). The
-        # optimizer state and the checkpoints are ZeRO-3's as ever, so a resume on more ranks reshards them.
-        ds["zero_optimization"]["stage3_param_persistence_threshold"] = PERSIST_ALL
     o = cfg.optim
     ds.update(
         train_batch_size=cfg.engine.global_batch_size,
