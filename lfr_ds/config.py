@@ -188,6 +188,9 @@ class DataConfig:
     """Tokenizer ``.model``; ``None`` = the one recorded in the dataset's sidecar. A different one is refused."""
     seed: int = 1234
     """Seeds the document shuffle that defines blocks (so block ids) and every sample-order shuffle."""
+    prefetch: bool = True
+    """Read the next step's batches on a background thread while this step trains (issue 28). Off: each step
+    reads its own, before its forward. The batches, so the losses, are the same either way."""
 
     def __post_init__(self) -> None:
         # An empty path is allowed here (the default, so a config can be built up); TrainConfig requires it.

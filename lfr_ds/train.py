@@ -39,6 +39,7 @@ from lfr_ds.checkpoint import find_checkpoint, load_checkpoint, save_checkpoint
 from lfr_ds.config import ModelConfig, TrainConfig, load_config
 from lfr_ds.data.blend import Blend, BlendView
 from lfr_ds.data.blocks import cache_dir
+from lfr_ds.data.prefetch import Prefetcher
 from lfr_ds.data.sampler import DataParallelSampler
 from lfr_ds.data.tokenizer import Tokenizer
 from lfr_ds.engine import build_ds_config, build_engine, resolve_bf16
@@ -110,6 +111,8 @@ class _Run:
     evaluator: Evaluator
     checkpointer: Checkpointer
     stepper: Stepper
+    prefetch: Prefetcher
+    """This rank's batches of a step, read ahead while the step before trains (``data.prefetch``)."""
     trace: TextIO | None
     """``trace/steps.jsonl`` on rank 0 with ``log.trace_blocks``, else ``None``."""
     step: int
@@ -138,8 +141,10 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
             # ---- one optimizer step, checked by the guard before its update; its rows into the loss table
             t0 = timer()
             lr = engine.get_lr()[0]
-            batches = _micro_batches(sampler.micro_batches(step - phase.start), run.blocks, plan)
-            mine, rows, probe_rows, verdict = train_step(run.stepper, batches, step, phase)
+            batches = run.prefetch.get(sampler, step - phase.start)
+            if step + 1 < phase.end:  # the next step's batches are read while this one trains
+                run.prefetch.ahead(sampler, step + 1 - phase.start)
+            local, rows, probe_rows, verdict = train_step(run.stepper, batches, step, phase)
             if verdict.rewind:  # back to the last checkpoint before the spike; the batches around it are skipped
                 plan, step, table = _rewind(engine, info, cfg, plan, guard, verdict, metrics)
                 trace, evaluator.log = _reopen(trace, step), _reopen(evaluator.log, step)
@@ -157,13 +162,14 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
                 metrics.loss_table(table, step)
             if trace is not None:
                 _trace_step(trace, step, phase, verdict, rows)
-            yield StepRecord(step, phase.kind, verdict.loss, mine[:, :3].cpu().numpy(), rows)
+            yield StepRecord(step, phase.kind, verdict.loss, local, rows)
 
         if evaluator.due(step, cfg.steps):
             evaluator.run(engine, step, phase)
         if run.checkpointer.due(step):
             state = _checkpoint_state(cfg, plan, info, step, phases, phase, manifest)
             metrics.log(f"saved checkpoint {run.checkpointer.save(engine, step, state, table)}")
+    run.prefetch.close()
     metrics.close()
 
 
@@ -231,7 +237,12 @@ def _setup(cfg: TrainConfig, plan: Plan, info: Geometry) -> _Run:
     evaluator = Evaluator(periodic, metrics, G * seq, oom_fix, eval_log)
     stepper = Stepper(engine, info.device, oom_fix, guard, probes)
     checkpointer = Checkpointer(cfg, info, guard)
-    return _Run(blocks, rewriter, engine, table, guard, metrics, evaluator, checkpointer, stepper, trace, step, G, seq)
+    prefetch = Prefetcher(
+        lambda sampler, i: list(_micro_batches(sampler.micro_batches(i), blocks, plan)), cfg.data.prefetch
+    )
+    return _Run(
+        blocks, rewriter, engine, table, guard, metrics, evaluator, checkpointer, stepper, prefetch, trace, step, G, seq
+    )
 
 
 def _step_stats(run: _Run, step: int, phase: Phase, verdict: Verdict, lr: float, seconds: float) -> StepStats:
@@ -354,8 +365,7 @@ def _enter_phase(
 def _micro_batches(
     ids_per_micro: Iterable[np.ndarray], blocks: BlendView, plan: Plan
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """This rank's micro-batches of one step, as ``(block ids, tokens [micro, seq + 1])``, read as they
-    are trained on."""
+    """This rank's micro-batches of one step, as ``(block ids, tokens [micro, seq + 1])``."""
     for ids in ids_per_micro:
         tokens = blocks.batch(ids)
         if plan.tokenizer is None:  # a plain Megatron dataset: nothing vouches that its ids fit model.vocab_size
@@ -380,13 +390,13 @@ class Stepper:
 
 def train_step(
     run: Stepper, batches: Iterable[tuple[np.ndarray, np.ndarray]], step: int, phase: Phase
-) -> tuple[torch.Tensor, np.ndarray, np.ndarray | None, Verdict]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, Verdict]:
     """One optimizer step: forward/backward per micro-batch (DeepSpeed accumulates the gradients), the
     per-block losses coming out of that same forward; the guard checks the all-gathered losses, and only
     then does the optimizer step (a non-finite step is never applied); then the guard checks the gradient
-    norm. Returns this rank's rows (:func:`~lfr_ds.lfr.loss_table.step_rows`), every rank's in global-batch
-    order, every rank's probe rows (scored before the optimizer moves; ``None`` without probes) and the
-    guard's verdict."""
+    norm. Returns this rank's ``(block id, loss, tokens)`` rows, every rank's rows
+    (:func:`~lfr_ds.lfr.loss_table.step_rows`) in global-batch order, every rank's probe rows (scored before
+    the optimizer moves; ``None`` without probes) and the guard's verdict."""
     from lfr_ds.model.gpt import per_block_loss
 
     engine, device, oom_fix, guard = run.engine, run.device, run.oom_fix, run.guard
@@ -420,10 +430,15 @@ def train_step(
     verdict = guard.check_loss(step + 1, (phase.index, phase.kind), rows)  # stops on a non-finite loss
     with out_of_memory("in a training step", oom_fix):
         engine.step()  # the boundary: DeepSpeed's optimizer update (a rewound step's is undone by the reload)
-    verdict.grad_norm = float(engine.get_global_grad_norm() or 0.0)
+    # The step's host reads: the gathered rows above (the guard, the table, the log and this rank's own rows
+    # all use that one copy) and the gradient norm here (issue 28: a GPU waits for each).
+    norm = engine.get_global_grad_norm()
+    verdict.grad_norm = 0.0 if norm is None else float(norm)
     if not verdict.rewind:  # DeepSpeed skipped a non-finite update: stop before any checkpoint of it
         guard.check_grad_norm(step + 1, (phase.index, phase.kind), verdict.grad_norm)
-    return mine, rows, probe_rows, verdict
+    n = len(mine)  # ranks hold consecutive, equal slices of the global batch
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    return rows[rank * n : (rank + 1) * n, :3], rows, probe_rows, verdict
 
 
 def _skip_step(engine, table: LossTable, phase: Phase, step: int, trace: TextIO | None) -> int:

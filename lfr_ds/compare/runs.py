@@ -134,7 +134,7 @@ def identity(rec: dict) -> dict:
     """What must match for a finished run to be reused: its record, with the paths under its comparison's
     directory made relative (a comparison can be moved, or its random runs copied into a comparison of
     other LFR settings on the same corpus) and, for the random arm, without the LFR settings it ignores
-    (``lfr.*`` but the schedule, ``model.sketch_dim``)."""
+    (``lfr.*`` but the schedule, ``model.sketch_dim``), and never with ``data.prefetch`` (how batches are read)."""
     out = str(Path(rec["config"]["run_dir"]).parent) + os.sep
 
     def rel(v):
@@ -143,6 +143,8 @@ def identity(rec: dict) -> dict:
         return "OUT" + os.sep + v[len(out) :] if isinstance(v, str) and v.startswith(out) else v
 
     rec = rel(rec)
+    # How a run reads its batches, not which: the same losses either way (tests/train/test_step_paths.py).
+    rec["config"]["data"].pop("prefetch", None)
     # Records made before lfr-compare set the thread count ran with OMP_NUM_THREADS unset on the 2-core
     # reference machine (docs/experiments): 2 threads.
     rec.setdefault("threads", 2)
