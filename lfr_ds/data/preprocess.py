@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import multiprocessing as mp
 import os
 import sys
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -40,6 +39,7 @@ from lfr_ds.data.reader import (
     ReadOptions,
     add_read_arguments,
     iter_chunks,
+    map_chunks,
     parse_chunk,
     read_options,
 )
@@ -88,23 +88,7 @@ def _encode_chunk(chunk: Chunk) -> EncodedChunk:
 def _encoded_chunks(
     inputs: list[str], model_path: str, opts: ReadOptions, dtype: str, workers: int
 ) -> Iterator[EncodedChunk]:
-    chunks = iter_chunks(inputs, opts)
-    if workers == 1:
-        _init_worker(model_path, opts, dtype)
-        yield from map(_encode_chunk, chunks)
-        return
-    # fork: workers start in milliseconds and inherit the imports. Safe here although the parent may have
-    # loaded torch: a child only parses JSON and runs sentencepiece single-threaded, never OpenMP.
-    ctx = mp.get_context("fork")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(model_path, opts, dtype)) as pool:
-        # Not imap: its feeder thread would read (and decompress) the whole input ahead of the workers.
-        pending: deque = deque()
-        for chunk in chunks:
-            pending.append(pool.apply_async(_encode_chunk, (chunk,)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+    return map_chunks(_encode_chunk, iter_chunks(inputs, opts), workers, _init_worker, (model_path, opts, dtype))
 
 
 @dataclass
