@@ -423,24 +423,26 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def read_removed(path: str) -> tuple[np.ndarray, int]:
-    """``removed.txt``: the removed ids (ascending) and the number of documents the list was made for."""
+def read_removed(path: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """``removed.txt``: the removed ids (ascending), the id kept in each one's place, and the number of documents
+    the list was made for."""
     try:
         with open(path, encoding="utf-8") as f:
             header = f.readline()
             if not header.startswith(REMOVED_HEADER):
                 raise ValueError("no lfr-dedup header")
             documents = int(header[len(REMOVED_HEADER) :])
-            ids = np.array([int(line.split()[0]) for line in f if line.strip()], dtype=np.int64)
+            pairs = np.array([line.split() for line in f if line.strip()], dtype=np.int64).reshape(-1, 2)
     except (OSError, ValueError, UnicodeDecodeError) as e:
         raise UserError(
             f"--remove {path}: not a removed.txt of lfr-dedup ({e}); give the file lfr-dedup wrote"
         ) from None
-    if len(ids) and (ids.min() < 0 or ids.max() >= documents or np.any(np.diff(ids) <= 0)):
+    ids, kept = pairs[:, 0], pairs[:, 1]
+    if len(ids) and (kept.min() < 0 or ids.max() >= documents or np.any(np.diff(ids) <= 0) or np.any(kept >= ids)):
         raise UserError(
             f"--remove {path}: ids out of order or outside 0..{documents - 1}; give the file lfr-dedup wrote"
         )
-    return ids, documents
+    return ids, kept, documents
 
 
 @cli
