@@ -152,7 +152,8 @@ def with_labels(corpus: Corpus, labels: str) -> Corpus:
 def labels_info(corpus: Corpus) -> dict:
     """For the results: whose labels, the share of training tokens they call copies, and for lfr-dedup's on a corpus
     the builder made copies in, their precision and recall against the builder's (:func:`score`)."""
-    lengths = open_dataset(corpus.prefix).indexed.sequence_lengths
+    dataset = open_dataset(corpus.prefix)  # held: its mmap must outlive the lengths read from it
+    lengths = dataset.indexed.sequence_lengths
     info = {"labels": corpus.labels, "repeat_token_share": float(lengths[corpus.repeats()].sum() / lengths.sum())}
     docs = _documents(corpus)
     if corpus.labels == "lfr-dedup" and any(d["repeat_of"] is not None for d in docs):

@@ -218,7 +218,7 @@ def find_duplicates(
                 lsh.insert(i, m)
             found.words.append(sk.words)
             found.tokens.append(sk.tokens if sk.tokens is not None else np.zeros(0, dtype=np.int64))
-            found.source += [s or "unknown" for s in sk.sources]
+            found.source += [sys.intern(s or "unknown") for s in sk.sources]  # one string a source, not a document
             found.empty += sk.empty
             bar.update(sk.disk_bytes)
             bar.set_postfix_str(f"{len(found.parent):,} docs", refresh=False)
