@@ -13,10 +13,10 @@ lfr-preprocess builds from the same inputs):
   text (datatrove's ``simplify_text`` lower-cases and strips punctuation the same way); a document of
   fewer than n words is one shingle, and one without any word takes part in exact matching only.
 
-Defaults are FineWeb's (Penedo et al. 2024, "The FineWeb Datasets", section 3.3; datatrove's
+Defaults are FineWeb's (Penedo et al. 2024, "The FineWeb Datasets", its MinHash deduplication; datatrove's
 ``MinhashConfig``): word 5-grams, 112 permutations as 14 bands of 8 rows. The threshold names the
 similarity where the banding's S-curve rises: bands b and rows r = perms / b are the divisor pair whose
-(1/b)^(1/r) (Leskovec, Rajaraman and Ullman, "Mining of Massive Datasets", section 3.4.2) is nearest it,
+(1/b)^(1/r) (Leskovec, Rajaraman and Ullman, "Mining of Massive Datasets", ch. 3, the banding technique) is nearest it,
 so the default 0.72 gives 14 x 8: a pair of Jaccard similarity 0.70, 0.75, 0.80, 0.85 is found with
 probability 56%, 77%, 92%, 98.8%.
 
