@@ -8,9 +8,10 @@ Arms (one ``lfr-train`` run per seed and per budget):
 - ``random``: a fresh seeded shuffle of all blocks every pass: the baseline.
 - ``lfr``: the recipe's default LFR.
 - ``lfr_raw``: paper-faithful LFR: raw recorded losses, whole easiest clusters dropped.
-- ``dedup`` and ``oracle`` (``--redundancy`` > 0 only): the ceilings, experiment-only
-  (:mod:`lfr_ds.compare.ceilings`): random sampling over the originals alone, and LFR's schedule whose
-  every Focus drops exactly the copy blocks.
+- ``dedup`` and ``oracle``: the ceilings, experiment-only (:mod:`lfr_ds.compare.ceilings`): random
+  sampling over the originals alone, and LFR's schedule whose every Focus drops exactly the copy blocks.
+  Their copy labels are the redundancy builder's (``--redundancy`` > 0), or with ``--labels lfr-dedup``
+  those of ``lfr-dedup`` on the training documents, on any corpus; the results say which.
 
 The protocol (each part documented where it lives):
 
@@ -232,7 +233,18 @@ def _parser() -> ArgumentParser:
         "best budget)",
     )
     _run_arguments(p)
+    _labels_argument(p)
     return p
+
+
+def _labels_argument(p: ArgumentParser) -> None:
+    p.add_argument(
+        "--labels",
+        choices=ceilings.LABELS,
+        default="builder",
+        help="whose copy labels the dedup and oracle arms (and the repeat columns) use: the redundancy builder's "
+        "(default; needs --redundancy > 0) or lfr-dedup's on the training documents (any corpus)",
+    )
 
 
 def _run_arguments(p: ArgumentParser) -> None:
@@ -297,10 +309,11 @@ def _validate(args) -> None:
     if not 0 <= args.redundancy < 1:
         raise UserError(f"--redundancy {args.redundancy}: must be in [0, 1)")
     ceiling = [a for a in args.arms if a in ceilings.ARMS]
-    if ceiling and args.redundancy == 0:
+    if ceiling and args.redundancy == 0 and args.labels == "builder":
         raise UserError(
             f"--arms {','.join(args.arms)}: the ceiling arms ({', '.join(ceiling)}) need the redundancy builder's "
-            "copy labels, and --redundancy 0 makes no copies; give --redundancy R > 0, or leave them out"
+            "copy labels, and --redundancy 0 makes no copies; give --redundancy R > 0 or --labels lfr-dedup, or "
+            "leave them out"
         )
     if not 0 <= args.probe_fraction <= 0.5:  # probes (issue 21)
         raise UserError(f"--probe-fraction {args.probe_fraction}: must be in [0, 0.5] (0 = no probes)")
@@ -360,6 +373,8 @@ def command_line(args) -> str:
         parts += ["--schedule", args.schedule]
     if args.probe_fraction:  # probes (issue 21)
         parts += ["--probe-fraction", str(args.probe_fraction)]
+    if args.labels != "builder":
+        parts += ["--labels", args.labels]
     if args.test:
         parts += ["--test", *args.test]
     return " ".join(shlex.quote(p) for p in [*parts, *args.overrides])
@@ -394,6 +409,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
         out,
     )
+    corpus = ceilings.with_labels(corpus, args.labels)
     ceilings.prepare(corpus, args.arms, args.seeds, seq)
     ds = open_dataset(corpus.prefix)
     blocks = (ds.num_tokens - 1) // seq
@@ -477,6 +493,7 @@ def write_results(args, setup: runs.Setup, results: dict, seeds: list[int], phas
         "heldout_blocks": args.valid_blocks,
         "test": args.test,
         "corpus": setup.corpus.info,
+        "labels": ceilings.labels_info(setup.corpus),
         "arms": stats.summarise(results, args.arms, seeds, args.budgets),
     }
     atomic.write_json(setup.out / "results.json", summary)

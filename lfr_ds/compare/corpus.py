@@ -101,10 +101,14 @@ class Corpus:
     info: dict
     probe: str | None = None
     """The probe set's prefix (``--probe-fraction``), or ``None``."""
+    labels: str = "builder"
+    """Whose copy labels :meth:`repeats` gives: the redundancy ``builder``'s, or ``lfr-dedup``'s
+    (:func:`lfr_ds.compare.ceilings.with_labels`)."""
 
     def repeats(self) -> np.ndarray:
-        """Per document of the training dataset: whether the builder copied it."""
-        return np.load(self.prefix + ".repeat.npy", allow_pickle=False).astype(bool)
+        """Per document of the training dataset: whether it is a copy (by :attr:`labels`)."""
+        suffix = ".repeat.npy" if self.labels == "builder" else f".{self.labels}.repeat.npy"
+        return np.load(self.prefix + suffix, allow_pickle=False).astype(bool)
 
 
 def digest(inputs: dict) -> str:

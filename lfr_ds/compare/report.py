@@ -24,6 +24,22 @@ def _ratio(r: dict) -> str:
     return f"{r['mean']:.2f}{std} ({r['kind']}{baseline}; {r['reached']}/{len(r['per_seed'])} seeds reached)"
 
 
+def _labels_lines(results: dict) -> list[str]:
+    """Whose copy labels the ceilings and the repeat columns use (absent from results made before ``--labels``)."""
+    info = results.get("labels")
+    if info is None:
+        return []
+    line = f"Copy labels: {info['labels']} ({info['repeat_token_share']:.1%} of the training tokens are copies)"
+    s = info.get("against_builder")
+    if s:
+        pct = {k: "—" if s[k] is None else f"{s[k]:.1%}" for k in ("recall_exact", "recall_near", "precision")}
+        line += (
+            f"; against the builder's: recall {pct['recall_exact']} of {s['exact_copies']:,} exact and "
+            f"{pct['recall_near']} of {s['near_copies']:,} near copies, precision {pct['precision']}"
+        )
+    return ["", line + "."]
+
+
 def markdown(results: dict) -> str:
     # Random first, as summarised: a results.json read back has its keys sorted (lfr_ds.atomic.write_json).
     results = {**results, "arms": {"random": results["arms"]["random"], **results["arms"]}}
@@ -37,6 +53,7 @@ def markdown(results: dict) -> str:
         f"{c['train_tokens']:,} training tokens ({c['repeat_token_share']:.1%} repeats, so "
         f"{round(c['train_tokens'] * (1 - c['repeat_token_share'])):,} unique), {results['steps']} steps; "
         f"held-out: {results['heldout_blocks']} fixed blocks of the dev split ({results['valid']}).",
+        *_labels_lines(results),
         "",
         f"Regime: {_regime(results)}.",
         "",

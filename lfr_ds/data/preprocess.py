@@ -20,11 +20,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import multiprocessing as mp
 import os
 import sys
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
@@ -40,6 +39,7 @@ from lfr_ds.data.reader import (
     ReadOptions,
     add_read_arguments,
     iter_chunks,
+    map_chunks,
     parse_chunk,
     read_options,
 )
@@ -88,23 +88,41 @@ def _encode_chunk(chunk: Chunk) -> EncodedChunk:
 def _encoded_chunks(
     inputs: list[str], model_path: str, opts: ReadOptions, dtype: str, workers: int
 ) -> Iterator[EncodedChunk]:
-    chunks = iter_chunks(inputs, opts)
-    if workers == 1:
-        _init_worker(model_path, opts, dtype)
-        yield from map(_encode_chunk, chunks)
-        return
-    # fork: workers start in milliseconds and inherit the imports. Safe here although the parent may have
-    # loaded torch: a child only parses JSON and runs sentencepiece single-threaded, never OpenMP.
-    ctx = mp.get_context("fork")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(model_path, opts, dtype)) as pool:
-        # Not imap: its feeder thread would read (and decompress) the whole input ahead of the workers.
-        pending: deque = deque()
-        for chunk in chunks:
-            pending.append(pool.apply_async(_encode_chunk, (chunk,)))
-            if len(pending) >= 2 * workers:
-                yield pending.popleft().get()
-        while pending:
-            yield pending.popleft().get()
+    return map_chunks(_encode_chunk, iter_chunks(inputs, opts), workers, _init_worker, (model_path, opts, dtype))
+
+
+class _Removal:
+    """The documents an lfr-dedup ``removed.txt`` lists, taken out of the encoded chunks as they pass."""
+
+    def __init__(self, path: str) -> None:
+        from lfr_ds.data.dedup import read_removed
+
+        self.path = path
+        self.ids, _, self.documents = read_removed(path)
+        self.seen = 0  # documents with text read so far: the next one's id
+
+    def apply(self, enc: EncodedChunk) -> EncodedChunk:
+        n = len(enc.lengths)
+        drop = np.isin(np.arange(self.seen, self.seen + n), self.ids)
+        self.seen += n
+        if not drop.any():
+            return enc
+        return EncodedChunk(
+            enc.tokens[np.repeat(~drop, enc.lengths)],
+            enc.lengths[~drop],
+            [s for s, d in zip(enc.sources, drop, strict=True) if not d],
+            enc.path,
+            enc.rows,
+            enc.skipped_empty,
+            enc.disk_bytes,
+        )
+
+    def check(self, inputs: list[str]) -> None:
+        if self.seen != self.documents:
+            raise UserError(
+                f"--remove {self.path}: made for {self.documents:,} documents, but {', '.join(inputs)} hold "
+                f"{self.seen:,}; run lfr-dedup on these inputs (same files, order and read options)"
+            )
 
 
 @dataclass
@@ -174,9 +192,11 @@ def preprocess(
     workers: int = 1,
     progress: bool = True,
     split: str | None = None,
+    remove: str | None = None,
 ) -> dict:
     """Build ``output_prefix.{bin,idx,doc_source.npy,meta.json}`` from ``inputs`` (files, directories,
-    globs; ``split`` picks a split of directories and globs); returns the meta dict."""
+    globs; ``split`` picks a split of directories and globs), leaving out the documents ``remove`` (an
+    lfr-dedup ``removed.txt``) lists; returns the meta dict."""
     from megatron.core.datasets.indexed_dataset import DType, IndexedDatasetBuilder
 
     inputs = check_inputs(inputs, split)
@@ -186,6 +206,7 @@ def preprocess(
     if workers < 1:
         raise UserError(f"--workers {workers}: must be at least 1")
     tok = Tokenizer(tokenizer_path)
+    removal = _Removal(remove) if remove else None
     dtype_cls = DType.optimal_dtype(tok.vocab_size)  # megatron wants the numpy type, not a dtype instance
     dtype = np.dtype(dtype_cls)
 
@@ -213,6 +234,7 @@ def preprocess(
         builder = IndexedDatasetBuilder(str(bin_tmp), dtype=dtype_cls)
         try:
             for chunk_index, enc in enumerate(_encoded_chunks(inputs, tokenizer_path, opts, dtype.name, workers), 1):
+                enc = removal.apply(enc) if removal else enc
                 offset = 0
                 for n in enc.lengths:
                     builder.add_document(enc.tokens[offset : offset + n], [int(n)])
@@ -229,11 +251,15 @@ def preprocess(
         finally:
             builder.data_file.close()
             bar.close()
+        if removal:
+            removal.check(inputs)
         if tally.docs == 0:
             raise UserError(f"{', '.join(inputs)}: no documents found (all empty); give the input some text")
         builder.finalize(str(idx_tmp))
         tally.save_sources(src_tmp)
         meta = tally.meta(opts, tok, dtype, idx_tmp, bin_tmp)
+        if removal:
+            meta["removed"] = {"path": os.path.abspath(remove), "documents": len(removal.ids)}
         meta_tmp.write_text(json.dumps(meta, indent=2) + "\n")
         # Everything on disk before the first rename, so a crash among the renames leaves files that are
         # each complete (and a stale or missing meta.json, which open_dataset detects).
@@ -267,6 +293,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument(
+        "--remove",
+        metavar="FILE",
+        help="leave out the documents this lfr-dedup removed.txt lists (lfr-dedup on the same inputs)",
+    )
+    p.add_argument(
         "--probe-fraction",
         type=float,
         default=0.0,
@@ -285,6 +316,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workers=args.workers,
         progress=not args.no_progress,
         split=args.split,
+        remove=args.remove,
     )
     if args.probe_fraction:  # probes (issue 21)
         from lfr_ds.data.probe_split import split_probe_set

@@ -24,10 +24,12 @@ import argparse
 import gzip
 import io
 import json
+import multiprocessing as mp
 import os
 import re
 import zlib
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -184,6 +186,30 @@ def iter_documents(paths: list[str], opts: ReadOptions, split: str | None = None
     """All documents of the inputs ``paths`` (files, directories, globs) in order, in this process."""
     for chunk in iter_chunks(check_inputs(paths, split), opts):
         yield from parse_chunk(chunk, opts)
+
+
+def map_chunks(
+    fn: Callable[[Chunk], Any], chunks: Iterator[Chunk], workers: int, init: Callable[..., None], initargs: tuple
+) -> Iterator[Any]:
+    """``fn`` of every chunk, in chunk order, computed by ``workers`` processes (each set up by ``init(*initargs)``;
+    1: in this one), so what comes out is the same for any ``workers``. At most 2 ``workers`` chunks are in
+    flight, so memory is bounded by the chunk size, not by the input."""
+    if workers == 1:
+        init(*initargs)
+        yield from map(fn, chunks)
+        return
+    # fork: workers start in milliseconds and inherit the imports. Safe here although the parent may have
+    # loaded torch: a child only parses text and runs single-threaded libraries, never OpenMP.
+    ctx = mp.get_context("fork")
+    with ctx.Pool(workers, initializer=init, initargs=initargs) as pool:
+        # Not imap: its feeder thread would read (and decompress) the whole input ahead of the workers.
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append(pool.apply_async(fn, (chunk,)))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
 
 
 # ---- text files -----------------------------------------------------------------------------------
