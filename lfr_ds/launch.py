@@ -163,9 +163,10 @@ def estimate_memory(
         # plus the parameters prefetched for the next modules.
         prefetch = int(zero_config.get("stage3_prefetch_bucket_size", 5e7)) * weight
         buffers = reduce_bucket + prefetch + 2 * embedding
-    L, h, a, s = model.num_layers, model.hidden_size, model.num_attention_heads, model.seq_length
-    # Korthikanti et al. 2022: 34·s·b·h + 5·a·s²·b bytes a layer in 16 bits; fp32 doubles the values.
-    per_layer = micro_batch * s * (34 * h + 5 * a * s) * weight // 2
+    L, h, s = model.num_layers, model.hidden_size, model.seq_length
+    # Korthikanti et al. 2022: 34·s·b·h bytes a layer in 16 bits (fp32 doubles it), without their 5·a·s²·b of
+    # attention scores: SDPA's flash and memory-efficient kernels never keep them.
+    per_layer = micro_batch * s * 34 * h * weight // 2
     logits = 3 * micro_batch * s * model.padded_vocab_size * 4  # fp32 logits, softmax and gradient
     return MemoryEstimate(
         runtime=int(CPU_RUNTIME) if cpu else 0,
