@@ -45,6 +45,19 @@ CPU_RUNS = [
 OVERHEAD_LIMIT_PERCENT = 2.0
 
 
+def _estimate(preset: str, zero: int, ranks: int, micro: int, vocab: int, cpu: bool) -> int:
+    """lfr-train's memory preflight for one run of the check (bytes a rank)."""
+    import dataclasses
+
+    from lfr_ds.config import ModelConfig
+    from lfr_ds.engine import DS_CONFIG_DIR
+    from lfr_ds.launch import estimate_memory
+
+    model = dataclasses.replace(ModelConfig(preset=preset), vocab_size=vocab)
+    ds = json.loads((DS_CONFIG_DIR / f"zero{zero}{'_cpu' if cpu else ''}.json").read_text())
+    return estimate_memory(model, zero, ranks, micro, not cpu, ds["zero_optimization"]).total
+
+
 def preflight() -> None:
     """One line and exit 2 if this machine cannot run the GPU check."""
     import torch
@@ -126,13 +139,17 @@ def main() -> None:
                 "tflops_per_device": round(m["tflops_per_device"], 4),  # a CPU run does ~0.001
                 "mfu_percent": None if m["mfu_percent"] is None else round(m["mfu_percent"], 1),  # no peak on CPU
                 "peak_memory_gib": round(m["peak_memory_bytes"] / 2**30, 2),
+                # The preflight's prediction for this run (ZeRO-3 builds partitioned: issue 26), against the peak.
+                "estimate_gib": round(_estimate(preset, zero, nproc, micro, vocab, args.cpu) / 2**30, 2),
             }
+            row["estimate_ratio"] = round(row["estimate_gib"] / max(row["peak_memory_gib"], 1e-9), 2)
             results.append(row)
             run_seconds.append(m["run_seconds"])
             mfu = "n/a" if row["mfu_percent"] is None else f"{row['mfu_percent']:.1f}%"
             print(
                 f"{preset:<10} ZeRO-{zero} {row['sampling']:<6} {row['tokens_per_s']:>10,} tok/s  "
-                f"{row['tflops_per_device']:>8.2f} TFLOP/s  MFU {mfu:>6}  peak {row['peak_memory_gib']:>6.2f} GiB",
+                f"{row['tflops_per_device']:>8.2f} TFLOP/s  MFU {mfu:>6}  peak {row['peak_memory_gib']:>6.2f} GiB "
+                f"(preflight {row['estimate_gib']:.2f})",
                 flush=True,
             )
     # Rounded first, so the JSON's overhead is the one its own seconds give (short CPU runs last ~1 s).

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 import lfr_ds  # noqa: F401 -- silences megatron-core's import-time warnings about TE and Apex
+from lfr_ds.launch import killed_by_oom
 
 BIN = Path(sys.executable).parent
 
@@ -66,7 +67,8 @@ def timed_run(
     ]
     proc = subprocess.run(cmd + args, capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd + args)} failed:\n{proc.stderr[-6000:]}")
+        killed = killed_by_oom(proc.returncode, proc.stderr)
+        raise RuntimeError(killed or f"{' '.join(cmd + args)} failed:\n{proc.stderr[-6000:]}")
     return json.loads((run_dir / "metrics.json").read_text())
 
 

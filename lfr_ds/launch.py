@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from lfr_ds.config import ModelConfig
+from lfr_ds.config import EngineConfig, ModelConfig
 from lfr_ds.errors import UserError
 from lfr_ds.resources import OutOfResource
 
@@ -109,30 +109,141 @@ def launch_env() -> Geometry:
     return Geometry(rank, world_size, local_rank, local_world_size)
 
 
-def check_memory(model: ModelConfig, zero_stage: int, env: Geometry, bf16: bool) -> None:
-    """Refuse, before any process starts, a model whose weights, gradients and Adam state alone cannot fit
-    in one rank's share of memory. It is a lower bound (activations and buffers come on top), so it never
-    refuses a run that could fit; on CPU it is what stands between an oversized model and the kernel's
-    OOM killer, which ends the process without a word."""
-    n, w = model.num_parameters, env.world_size
+#: Host memory of a CPU rank before its model: Python with torch, DeepSpeed and megatron-core imported, the process
+#: group, the data views (0.5 GiB measured after the imports; see bench/memory.py). A GPU rank's CUDA context is
+#: already out of the free memory the check compares with.
+CPU_RUNTIME = 0.6 * 2**30
+#: Line that every run prints before any process group starts; :func:`killed_by_oom` reads the estimate back.
+PREFLIGHT = "lfr-ds: memory preflight:"
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """One rank's predicted peak memory in bytes, by what holds it at the peak (bench/memory.py measures it)."""
+
+    runtime: int
+    """The process before its model (:data:`CPU_RUNTIME` on CPU, 0 on a GPU)."""
+    states: int
+    """Weights (whole under ZeRO-2, this rank's partition under ZeRO-3), DeepSpeed's fp32 master partition, its fp32
+    gradient partition(s) and Adam's two moments, plus the optimizer step's temporaries."""
+    buffers: int
+    """DeepSpeed's reduce bucket, its allgather bucket (ZeRO-2) or prefetch bucket and the largest module gathered
+    whole with its gradient (ZeRO-3)."""
+    activations: int
+    """What the forward keeps for the backward at the configured micro batch and sequence length (no activation
+    recomputation), and the logits with their softmax and gradient."""
+
+    @property
+    def total(self) -> int:
+        return self.runtime + self.states + self.buffers + self.activations
+
+
+def estimate_memory(
+    model: ModelConfig, zero_stage: int, world_size: int, micro_batch: int, bf16: bool, zero_config: dict
+) -> MemoryEstimate:
+    """One rank's peak memory training ``model`` on ``world_size`` ranks (``zero_config``: the ds_config's
+    ``zero_optimization``). Saving a checkpoint adds nothing: ``torch.save`` writes each tensor's storage as it is,
+    and DeepSpeed copies none of ZeRO-2's or ZeRO-3's for it (only MoE experts')."""
+    n, w = model.num_parameters, world_size
+    part = -(-n // w)  # ZeRO partitions are padded to divide evenly
     weight = 2 if bf16 else 4
-    # Each rank: Adam's two fp32 moments, the fp32 master copy (bf16 only) and the gradients, sharded
-    # across ranks; the weights whole under ZeRO-2, sharded under ZeRO-3.
-    sharded = 8 + (4 if bf16 else 0) + weight + (weight if zero_stage == 3 else 0)
-    need = n * sharded / w + (n * weight if zero_stage == 2 else 0)
+    cpu = not torch.cuda.is_available()
+    # DeepSpeed keeps an fp32 master partition even when the weights are fp32 (a clone), two fp32 gradient
+    # partitions (ZeRO-2: the one the optimizer reads and a contiguous buffer the gradients are reduced into;
+    # ZeRO-3: the reduced partition and the flat copy the optimizer reads), and Adam's moments; torch's foreach
+    # AdamW step adds one partition-sized temporary (bench/memory.py measures the sum).
+    partitioned = (4 + 8 + 8 + 4) * part
+    held = n * weight if zero_stage == 2 else part * weight
+    embedding = model.padded_vocab_size * model.hidden_size * weight
+    reduce_bucket = int(zero_config.get("reduce_bucket_size", 5e8)) * weight
+    if zero_stage == 2:
+        buffers = reduce_bucket + int(zero_config.get("allgather_bucket_size", 5e8)) * weight
+    else:
+        # One module gathered whole at a time, the largest being the tied embedding (its weight and gradient),
+        # plus the parameters prefetched for the next modules.
+        prefetch = int(zero_config.get("stage3_prefetch_bucket_size", 5e7)) * weight
+        buffers = reduce_bucket + prefetch + 2 * embedding
+    L, h, s = model.num_layers, model.hidden_size, model.seq_length
+    # Korthikanti et al. 2022: 34·s·b·h bytes a layer in 16 bits (fp32 doubles it), without their 5·a·s²·b of
+    # attention scores: SDPA's flash and memory-efficient kernels never keep them.
+    per_layer = micro_batch * s * 34 * h * weight // 2
+    logits = 3 * micro_batch * s * model.padded_vocab_size * 4  # fp32 logits, softmax and gradient
+    return MemoryEstimate(
+        runtime=int(CPU_RUNTIME) if cpu else 0,
+        states=held + partitioned,
+        buffers=buffers,
+        activations=L * per_layer + logits,
+    )
+
+
+def check_memory(
+    model: ModelConfig, engine: EngineConfig, env: Geometry, bf16: bool, zero_config: dict
+) -> MemoryEstimate:
+    """Print one rank's predicted peak (:func:`estimate_memory`), and refuse, before any process starts, a run whose
+    prediction exceeds the rank's share of the free memory (host memory is shared by this node's ranks), with
+    one line naming the fix. The prediction is measured to be within 30% of the real peak on CPU (bench/memory.py);
+    it stands between an oversized model and the kernel's OOM killer, which ends a process without a word."""
+    estimate = estimate_memory(model, engine.zero_stage, env.world_size, engine.micro_batch_size, bf16, zero_config)
     if torch.cuda.is_available():
         resource, have = f"GPU {env.local_rank} memory", torch.cuda.mem_get_info(env.local_rank)[0]
     else:
-        available = _available_host_memory()
-        if available is None:
-            return
-        resource, have = "host memory", available // env.local_world_size
-    if need > have:
+        resource, have = "host memory", _available_host_memory()
+        have = None if have is None else have // env.local_world_size
+    free = f", {have / 2**30:,.1f} GiB free" if have is not None else ""
+    if have is not None and estimate.total > have:
         raise OutOfResource(
-            f"model: {n / 1e6:,.0f}M parameters need at least {need / 2**30:,.1f} GiB of {resource} per rank for "
-            f"weights, gradients and Adam state (ZeRO-{zero_stage}, {w} rank(s)), and {have / 2**30:,.1f} GiB is free; "
-            "use a smaller model.preset or model.*, engine.zero_stage=3, or more ranks"
+            f"model: {model.num_parameters / 1e6:,.0f}M parameters need about {_gib(estimate.total)} GiB of {resource} "
+            f"per rank ({_parts(estimate)}; ZeRO-{engine.zero_stage}, {env.world_size} rank(s), micro batch "
+            f"{engine.micro_batch_size}), and {have / 2**30:,.1f} GiB is free; "
+            + _memory_fix(model, engine, env, bf16, zero_config)
         )
+    if env.rank == 0:
+        print(f"{PREFLIGHT} {_gib(estimate.total)} GiB a rank{free} ({_parts(estimate)})", file=sys.stderr)
+    return estimate
+
+
+def _memory_fix(model: ModelConfig, engine: EngineConfig, env: Geometry, bf16: bool, zero_config: dict) -> str:
+    """The settings that need less memory a rank, the biggest saving first."""
+    fixes = []
+    if engine.zero_stage == 2:
+        zero3 = estimate_memory(model, 3, env.world_size, engine.micro_batch_size, bf16, zero_config).total
+        fixes.append(f"engine.zero_stage=3 (about {_gib(zero3)} GiB a rank)")
+    fixes.append("more ranks (ZeRO-3 divides the model among them)")
+    if engine.micro_batch_size > 1:
+        micro = engine.micro_batch_size
+        fixes.append(f"a smaller engine.micro_batch_size (now {micro}; the data order stays the same)")
+    return "use " + ", ".join(fixes) + ", or a smaller model.preset or model.*"
+
+
+def _parts(e: MemoryEstimate) -> str:
+    return (
+        f"runtime {_gib(e.runtime)}, weights and optimizer {_gib(e.states)}, DeepSpeed buffers {_gib(e.buffers)}, "
+        f"activations {_gib(e.activations)} GiB"
+    )
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f}"
+
+
+def killed_by_oom(returncode: int, output: str) -> str | None:
+    """The one line a launching process shows when a rank it started was killed by signal 9, else ``None``.
+
+    ``returncode`` and ``output`` are the launch's: ``python -m lfr_ds.train`` itself dies with -9; torchrun
+    exits 1 and names the signal in its traceback; the deepspeed launcher exits with the rank's code. The
+    estimate is read back from the :data:`PREFLIGHT` line the run printed.
+    """
+    killed = returncode in (-9, 128 + 9) or any(
+        mark in output for mark in ("Signal 9 (SIGKILL)", "exits with return code = -9")
+    )
+    if not killed:
+        return None
+    said = [line for line in output.splitlines() if line.startswith(PREFLIGHT)]
+    estimate = said[-1][len(PREFLIGHT) :].strip() if said else "no estimate printed"
+    return (
+        "a rank was killed by signal 9 (SIGKILL), which usually means the kernel's OOM killer: out of host memory; "
+        f"the preflight estimated {estimate}; use engine.zero_stage=3, more ranks or a smaller engine.micro_batch_size"
+    )
 
 
 def _available_host_memory() -> int | None:

@@ -222,7 +222,7 @@ def _setup(cfg: TrainConfig, plan: Plan, info: Geometry) -> _Run:
     metrics.log(
         f"lfr-ds: {info.world_size} rank(s), {info.device.type}, {'bf16' if plan.bf16 else 'fp32'}, "
         f"ZeRO-{cfg.engine.zero_stage}, "
-        f"{plan.model.preset or 'custom'} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params on rank 0), "
+        f"{plan.model.preset or 'custom'} ({_params(model, cfg.engine.zero_stage)}), "
         f"{blocks.num_blocks:,} blocks of {seq + 1} tokens, global batch {G} = {micro} x {info.world_size} ranks x "
         f"{cfg.engine.accumulation_steps(info.world_size)} accum"
         + (f"; resumed from {plan.resume} at step {step}" if plan.resume else "")
@@ -243,6 +243,14 @@ def _setup(cfg: TrainConfig, plan: Plan, info: Geometry) -> _Run:
     return _Run(
         blocks, rewriter, engine, table, guard, metrics, evaluator, checkpointer, stepper, prefetch, trace, step, G, seq
     )
+
+
+def _params(model: torch.nn.Module, zero_stage: int) -> str:
+    """The start line's parameter count: the model's, and under ZeRO-3 this rank's partition of it."""
+    from lfr_ds.model.gpt import parameter_counts
+
+    full, mine = parameter_counts(model)
+    return f"{full / 1e6:.1f}M params" + (f", {mine / 1e6:.1f}M on rank 0" if zero_stage == 3 else "")
 
 
 def _step_stats(run: _Run, step: int, phase: Phase, verdict: Verdict, lr: float, seconds: float) -> StepStats:
@@ -313,7 +321,7 @@ def preflight(cfg: TrainConfig) -> Plan:
         check_probe_set(cfg.lfr.probe_path, seq, num_blocks)
     bf16 = resolve_bf16(cfg.engine.precision)
     ds_config = build_ds_config(cfg, env.world_size, bf16)
-    check_memory(model_cfg, cfg.engine.zero_stage, env, bf16)
+    check_memory(model_cfg, cfg.engine, env, bf16, ds_config["zero_optimization"])
     return Plan(
         dataset,
         tokenizer,
@@ -336,7 +344,9 @@ def _build(cfg: TrainConfig, plan: Plan):
         "building the model and its optimizer state",
         "use a smaller model (model.preset or model.*), engine.zero_stage=3, or more ranks",
     ):
-        model = build_model(plan.model, bf16=plan.bf16)
+        # ZeRO-3 builds partitioned (zero.Init): no rank ever holds the whole model.
+        zero3 = plan.ds_config if cfg.engine.zero_stage == 3 else None
+        model = build_model(plan.model, bf16=plan.bf16, zero3=zero3)
         return model, build_engine(model, cfg, plan.ds_config)
 
 

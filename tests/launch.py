@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from lfr_ds.launch import killed_by_oom
+
 BIN = Path(sys.executable).parent
 
 
@@ -39,8 +41,10 @@ def launch(
         raise ValueError(launcher)
     proc = subprocess.run(cmd + overrides, capture_output=True, text=True, timeout=timeout, env=env)
     if check and proc.returncode != 0:
+        killed = killed_by_oom(proc.returncode, proc.stderr)  # a SIGKILLed rank: say so first, with the estimate
         raise AssertionError(
-            f"{' '.join(cmd + overrides)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}"
+            f"{killed or ''}\n{' '.join(cmd + overrides)} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n"
+            f"{proc.stderr[-8000:]}"
         )
     return proc
 

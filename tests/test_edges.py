@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import errno
+import json
 import subprocess
 import sys
 
@@ -14,10 +15,10 @@ import torch
 from clitools import assert_one_line_error
 
 from lfr_ds import launch, resources, train
-from lfr_ds.config import ModelConfig
-from lfr_ds.engine import resolve_bf16
+from lfr_ds.config import EngineConfig, ModelConfig
+from lfr_ds.engine import DS_CONFIG_DIR, resolve_bf16
 from lfr_ds.errors import UserError
-from lfr_ds.launch import Geometry, check_memory
+from lfr_ds.launch import Geometry, check_memory, estimate_memory
 from lfr_ds.model.gpt import count_parameters
 from lfr_ds.resources import OutOfResource, out_of_disk, out_of_memory
 from lfr_ds.train import _check_token_ids
@@ -105,27 +106,86 @@ def test_parameter_count_from_the_shape_matches_the_built_model(shape):
     assert cfg.num_parameters == count_parameters(cfg, 8000)
 
 
-def test_memory_check_refuses_a_model_that_cannot_fit_and_passes_one_that_can():
+ZERO_CPU = {
+    stage: json.loads((DS_CONFIG_DIR / f"zero{stage}_cpu.json").read_text())["zero_optimization"] for stage in (2, 3)
+}
+
+
+def _engine(stage: int, micro: int = 1) -> EngineConfig:
+    return EngineConfig(zero_stage=stage, micro_batch_size=micro, global_batch_size=8 * micro)
+
+
+def test_memory_check_refuses_a_model_that_cannot_fit_and_passes_one_that_can(capsys):
     huge = ModelConfig(
         preset=None, num_layers=1024, hidden_size=65536, num_attention_heads=64, seq_length=64, vocab_size=8000
     )
     with pytest.raises(OutOfResource) as e:
-        check_memory(huge, 2, ONE_RANK, bf16=False)
-    assert "memory per rank" in str(e.value) and "engine.zero_stage=3" in str(e.value)
-    check_memory(dataclasses.replace(ModelConfig(preset="tiny"), vocab_size=8000), 2, ONE_RANK, bf16=False)
+        check_memory(huge, _engine(2, micro=4), ONE_RANK, False, ZERO_CPU[2])
+    message = str(e.value)
+    assert "memory per rank" in message and "\n" not in message
+    assert "use engine.zero_stage=3 (about" in message and "a smaller engine.micro_batch_size (now 4;" in message
+    tiny = dataclasses.replace(ModelConfig(preset="tiny"), vocab_size=8000)
+    estimate = check_memory(tiny, _engine(2), ONE_RANK, False, ZERO_CPU[2])
+    # Rank 0 says what it predicts before any process group starts (a launcher reads it back after a SIGKILL).
+    printed = capsys.readouterr().err
+    assert printed.startswith(f"{launch.PREFLIGHT} {estimate.total / 2**30:.1f} GiB a rank")
 
 
-def test_zero3_and_more_ranks_need_less_memory_per_rank(monkeypatch):
-    cfg = dataclasses.replace(ModelConfig(preset="gpt2-124m"), vocab_size=50257)
-    needed = {}
-    for stage, ranks in ((2, 1), (2, 8), (3, 8)):
-        monkeypatch.setattr(launch, "_available_host_memory", lambda: 0)
-        with pytest.raises(OutOfResource) as e:
-            check_memory(cfg, stage, dataclasses.replace(ONE_RANK, world_size=ranks, local_world_size=1), bf16=False)
-        needed[stage, ranks] = float(str(e.value).split("at least ")[1].split(" GiB")[0])
-    # fp32 ZeRO-2 on one rank: 16 bytes a parameter (weights, gradients, two Adam moments).
-    assert needed[2, 1] == pytest.approx(16 * cfg.num_parameters / 2**30, abs=0.06)
-    assert needed[2, 1] > needed[2, 8] > needed[3, 8]
+def test_memory_fix_names_only_what_applies(monkeypatch):
+    monkeypatch.setattr(launch, "_available_host_memory", lambda: 2**30)
+    cfg = dataclasses.replace(ModelConfig(preset="gpt2-345m", seq_length=128), vocab_size=50257)
+    with pytest.raises(OutOfResource) as e:
+        check_memory(cfg, _engine(3), ONE_RANK, False, ZERO_CPU[3])
+    assert "engine.zero_stage=3" not in str(e.value) and "micro_batch_size" not in str(e.value)
+    assert "use more ranks (ZeRO-3 divides the model among them), or a smaller model.preset" in str(e.value)
+
+
+def test_estimate_counts_the_whole_state_and_zero3_divides_it():
+    cfg = dataclasses.replace(ModelConfig(preset="gpt2-345m", seq_length=128), vocab_size=50257)
+    n = cfg.num_parameters
+    z2 = {r: estimate_memory(cfg, 2, r, 1, False, ZERO_CPU[2]) for r in (1, 2)}
+    z3 = {r: estimate_memory(cfg, 3, r, 1, False, ZERO_CPU[3]) for r in (1, 2)}
+    # fp32 ZeRO-2 on one rank: weights, fp32 master, two gradient buffers, two Adam moments, one step temporary.
+    assert z2[1].states == 7 * 4 * n
+    # ZeRO-3 keeps only a partition of every one of them: half of it on 2 ranks (partitions are padded).
+    assert z3[2].states == pytest.approx(z3[1].states / 2, abs=64)
+    assert z3[2].total < z2[2].total < z2[1].total and z3[2].total < z3[1].total
+    # The activations grow with the micro batch; nothing else does.
+    bigger = estimate_memory(cfg, 3, 2, 8, False, ZERO_CPU[3])
+    assert bigger.activations == pytest.approx(8 * z3[2].activations, rel=0.01)
+    assert (bigger.states, bigger.buffers) == (z3[2].states, z3[2].buffers)
+
+
+def test_train_refuses_a_model_that_cannot_fit_before_any_process_starts(
+    monkeypatch, run_cli, tmp_path, webmix_dataset
+):
+    """lfr-train's preflight refuses before the process group (made to fail if reached) starts."""
+    monkeypatch.setattr(launch, "_available_host_memory", lambda: 2 * 2**30)
+
+    def started(*a, **k):
+        raise AssertionError("a process group started")
+
+    monkeypatch.setattr(train, "init_distributed", started)
+    argv = [f"data.path={webmix_dataset}", f"run_dir={tmp_path / 'run'}", "model.preset=gpt2-774m"]
+    result = run_cli(train.main, argv)
+    assert_one_line_error(result, "model: 7", "M parameters need about", "use engine.zero_stage=3 (about")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    ("code", "output"),
+    [
+        (-9, ""),  # python -m lfr_ds.train, killed itself
+        (1, "  exitcode  : -9 (pid: 123)\n  error_file: <N/A>\n  traceback : Signal 9 (SIGKILL) received by PID 123"),
+        (247, "[ERROR] [launch.py:260:sigkill_handler] ['python', '-u', ...] exits with return code = -9"),
+    ],
+)
+def test_a_rank_killed_by_signal_9_is_named_with_the_estimate(code, output):
+    said = f"{launch.PREFLIGHT} 12.1 GiB a rank, 11.0 GiB free (runtime 0.6, ...)\n"
+    line = launch.killed_by_oom(code, said + output)
+    assert line.startswith("a rank was killed by signal 9 (SIGKILL), which usually means the kernel's OOM killer")
+    assert "the preflight estimated 12.1 GiB a rank, 11.0 GiB free" in line and "\n" not in line
+    assert launch.killed_by_oom(1, said + "Traceback: ValueError") is None
 
 
 def test_bf16_on_a_gpu_without_it_is_refused_and_auto_picks_fp32(monkeypatch):

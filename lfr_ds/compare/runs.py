@@ -38,6 +38,7 @@ from lfr_ds.data.blocks import BlockView
 from lfr_ds.data.dataset import open_dataset
 from lfr_ds.data.sample_index import read_manifest
 from lfr_ds.errors import UserError
+from lfr_ds.launch import killed_by_oom
 from lfr_ds.lfr.rewriter import read_kept_mask
 from lfr_ds.run_state import INDEX_DIR
 
@@ -207,7 +208,8 @@ def _call(cmd: list[str], log_path: Path, env: dict, what: str) -> None:
     with open(log_path, "w") as f:
         proc = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
     if proc.returncode != 0:
-        raise UserError(f"{what} failed (exit {proc.returncode}); see {log_path}")
+        killed = killed_by_oom(proc.returncode, log_path.read_text(errors="replace"))
+        raise UserError(f"{what} failed (exit {proc.returncode}){f': {killed}' if killed else ''}; see {log_path}")
 
 
 def _finished(run_dir: Path, steps: int) -> bool:

@@ -11,8 +11,10 @@ returns the per-token loss ``[b, s]``; without labels it returns logits ``[b, s,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -37,38 +39,83 @@ from lfr_ds.model.compat import init_parallel_state
 SKETCH_SEED = 20240601
 
 
-def build_model(cfg: ModelConfig, *, bf16: bool | None = None) -> GPTModel:
+def build_model(cfg: ModelConfig, *, bf16: bool | None = None, zero3: dict | None = None) -> GPTModel:
     """Build the GPT for training, on the GPU if there is one, else on CPU.
 
     ``bf16`` stores parameters in bfloat16 (``None`` = on GPU only); read it back from
     ``model.config.bf16`` to configure DeepSpeed to match. The vocabulary is ``cfg.padded_vocab_size``.
     With ``cfg.sketch_dim > 0`` the model carries a :class:`BlockSketch` as ``model.block_sketch``.
+
+    ``zero3``: a ZeRO-3 ds_config. The model is then built inside DeepSpeed's ``zero.Init``: each module's
+    parameters are partitioned across the data-parallel ranks as soon as that module is built, so no rank
+    ever holds the whole model (only the largest module, for a moment). Every rank draws the same
+    initial values from the same seed before keeping its share, so the gathered weights equal those of
+    a build without ``zero3``, bit for bit. A collective: call it on every rank.
     """
     if not parallel_state.model_parallel_is_initialized():
         raise RuntimeError("call lfr_ds.model.compat.setup_megatron(seed) before build_model")
     cuda = torch.cuda.is_available()
     bf16 = cuda if bf16 is None else bf16
     fused = cfg.fused_kernels == "on" or (cfg.fused_kernels == "auto" and cuda)
-    model = _gpt_model(
-        cfg,
-        cfg.padded_vocab_size,
-        layer_spec=_layer_spec(cfg),
-        fused=fused,
-        bf16=bf16,
-        # On GPU, megatron's own path: linear layers initialise in place on the device with the
-        # CUDA RNG tracker. On CPU that path needs CUDA, so everything initialises on the host.
-        use_cpu_initialization=not cuda,
-        initialize=True,
-    )
-    # Some modules (LayerNorms, position embeddings) are plain torch ones that megatron leaves on the
-    # host in fp32 (its training loop moves and casts the whole model, as here).
-    model.to(
-        device=torch.device("cuda", torch.cuda.current_device()) if cuda else "cpu",
-        dtype=torch.bfloat16 if bf16 else torch.float32,
-    )
+    with contextlib.nullcontext() if zero3 is None else _zero_init(zero3, bf16):
+        model = _gpt_model(
+            cfg,
+            cfg.padded_vocab_size,
+            layer_spec=_layer_spec(cfg),
+            fused=fused,
+            bf16=bf16,
+            # On GPU, megatron's own path: linear layers initialise in place on the device with the
+            # CUDA RNG tracker. On CPU that path needs CUDA, so everything initialises on the host.
+            use_cpu_initialization=not cuda,
+            initialize=True,
+        )
+    if zero3 is None:
+        # Some modules (LayerNorms, position embeddings) are plain torch ones that megatron leaves on the
+        # host in fp32 (its training loop moves and casts the whole model, as here). zero.Init has put
+        # each partition on the device in the training dtype already.
+        model.to(
+            device=torch.device("cuda", torch.cuda.current_device()) if cuda else "cpu",
+            dtype=torch.bfloat16 if bf16 else torch.float32,
+        )
     if cfg.sketch_dim > 0:
         model.block_sketch = BlockSketch(model.decoder.final_layernorm, cfg.hidden_size, cfg.sketch_dim)
     return model
+
+
+def _zero_init(ds_config: dict, bf16: bool) -> contextlib.AbstractContextManager:
+    """DeepSpeed's ``zero.Init`` for ``ds_config``, storing each partition in the training dtype."""
+    from lfr_ds.launch import import_deepspeed
+
+    deepspeed = import_deepspeed()
+    return deepspeed.zero.Init(
+        config_dict_or_path=ds_config,
+        dtype=torch.bfloat16 if bf16 else torch.float32,
+        # DeepSpeed's own F.linear would replace megatron's for the whole process; megatron's layers
+        # call their own autograd functions, so it buys nothing here.
+        mem_efficient_linear=False,
+    )
+
+
+def _gathered(init: Callable[[torch.Tensor], None]) -> Callable[[torch.Tensor], None]:
+    """``init`` that also works on a parameter zero.Init has already partitioned.
+
+    A module may initialise a child's parameter after the child is built: megatron's embedding builds
+    ``torch.nn.Embedding`` for the positions (which draws its own default init), then draws GPT-2's
+    init into its weight. Under zero.Init the child is partitioned by then, so the init would write to
+    an empty tensor, keep torch's default, and shift every later draw. Gathered, the init sees the whole
+    tensor and draws as an unpartitioned build does; every rank draws the same values (same seed), and
+    rank 0's are kept (``modifier_rank``) so the ranks cannot drift apart.
+    """
+
+    def init_param(tensor: torch.Tensor) -> None:
+        if not hasattr(tensor, "ds_id"):  # a plain tensor, or a parameter of the module being built
+            return init(tensor)
+        from lfr_ds.launch import import_deepspeed
+
+        with import_deepspeed().zero.GatheredParameters(tensor, modifier_rank=0):
+            return init(tensor)
+
+    return init_param
 
 
 class BlockLoss(NamedTuple):
@@ -128,6 +175,17 @@ class BlockSketch:
             mean = output.float().mean(dim=0)  # [s, b, h] -> [b, h]
             self.projection = self.projection.to(mean.device)
             self.last = mean @ self.projection
+
+
+def parameter_counts(model: torch.nn.Module) -> tuple[int, int]:
+    """``(the model's parameters, this rank's share)``, each tied tensor once. Under ZeRO-3 a parameter's
+    local tensor is an empty placeholder: its size is ``ds_numel`` and this rank's partition ``ds_tensor``
+    (padded to divide evenly); otherwise the rank holds every parameter whole."""
+    full = mine = 0
+    for p in model.parameters():
+        full += getattr(p, "ds_numel", p.numel())
+        mine += p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel()
+    return full, mine
 
 
 def count_parameters(cfg: ModelConfig, vocab_size: int) -> int:
@@ -199,7 +257,7 @@ def transformer_config(
     cfg: ModelConfig, *, fused: bool, bf16: bool, use_cpu_initialization: bool, initialize: bool
 ) -> TransformerConfig:
     """megatron-core's config for GPT-2 of ``cfg``'s shape (megatron validates it on construction)."""
-    return TransformerConfig(
+    config = TransformerConfig(
         num_layers=cfg.num_layers,
         hidden_size=cfg.hidden_size,
         num_attention_heads=cfg.num_attention_heads,
@@ -225,6 +283,12 @@ def transformer_config(
         use_cpu_initialization=use_cpu_initialization,
         perform_initialization=initialize,
     )
+    # Partitioned builds (zero.Init) need inits that gather a parameter already partitioned; elsewhere
+    # the wrapper calls straight through.
+    config.init_method = _gathered(config.init_method)
+    config.output_layer_init_method = _gathered(config.output_layer_init_method)
+    config.embedding_init_method = _gathered(config.embedding_init_method)
+    return config
 
 
 def _layer_spec(cfg: ModelConfig) -> ModuleSpec:

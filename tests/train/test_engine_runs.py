@@ -6,9 +6,11 @@ import numpy as np
 from launch import STEPS, base_overrides, copy_run, launch, read_trace
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from lfr_ds.config import ModelConfig
 from lfr_ds.data.blocks import BlockView
 from lfr_ds.data.dataset import open_dataset
 from lfr_ds.data.sample_index import read_sample_index
+from lfr_ds.model.gpt import count_parameters
 
 
 def _losses(run_dir):
@@ -33,6 +35,12 @@ def test_zero3_two_ranks_learns_under_deepspeed_launcher(zero3_run):
     run_dir, proc = zero3_run
     _assert_learns(run_dir)
     assert "ZeRO-3" in proc.stderr
+
+
+def test_zero3_start_line_counts_the_whole_model_and_the_rank_share(zero3_run):
+    """The model is built partitioned; the start line still counts all of it, and this rank's half."""
+    n = count_parameters(ModelConfig(preset="tiny"), 8192)  # base_overrides' model, the webmix tokenizer's vocab
+    assert f"({n / 1e6:.1f}M params, {-(-n // 2) / 1e6:.1f}M on rank 0)" in zero3_run[1].stderr
 
 
 def test_zero2_and_zero3_see_the_same_blocks(zero2_run, zero3_run):

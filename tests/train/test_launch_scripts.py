@@ -61,6 +61,7 @@ def test_gpu_check_cpu_mode_prints_the_table():
     assert runs == [("tiny", 2, "random"), ("tiny", 2, "lfr"), ("tiny", 3, "random")]
     for r in result["results"]:
         assert r["tokens_per_s"] > 0 and r["tflops_per_device"] > 0 and r["peak_memory_gib"] > 0
+        assert r["estimate_gib"] > 0 and r["estimate_ratio"] > 0
         assert r["mfu_percent"] is None  # no peak on CPU
     assert sum("tok/s" in line and "MFU" in line for line in lines) == 3
     overhead = result["lfr_overhead"]
