@@ -98,13 +98,15 @@ def test_preprocess_remove_equals_preprocessing_the_kept(tmp_path, redundant_cor
         assert (tmp_path / f"a{ext}").read_bytes() == (tmp_path / f"b{ext}").read_bytes()
 
 
-def test_remove_list_of_other_inputs_is_refused(tmp_path, run_cli, deduped, webmix_train, small_tokenizer):
-    args = [webmix_train, "-o", tmp_path / "ds", "-t", small_tokenizer, "--no-progress", "-j", "1"]
+def test_remove_list_of_other_inputs_is_refused(tmp_path, run_cli, deduped, small_tokenizer):
+    other = tmp_path / "other.jsonl"  # three documents, where the list was made for the whole corpus
+    other.write_text("".join(f'{{"text": "document number {i} of another corpus"}}\n' for i in range(3)))
+    args = [other, "-o", tmp_path / "ds", "-t", small_tokenizer, "--no-progress", "-j", "1"]
     result = run_cli(preprocess.main, [*args, "--remove", deduped[1] / "removed.txt"])
     assert_one_line_error(result, "--remove", "removed.txt", "run lfr-dedup on these inputs")
     (tmp_path / "junk.txt").write_text("1 0\n")
     assert_one_line_error(run_cli(preprocess.main, [*args, "--remove", tmp_path / "junk.txt"]), "not a removed.txt")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["junk.txt", "other.jsonl"]
 
 
 def test_threshold_sets_the_banding():
