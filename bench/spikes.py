@@ -84,7 +84,7 @@ def replay(run_dir: Path, cfg: GuardConfig, vocab: int | None = None) -> dict:
 def check_cost(rows: int, reps: int = 2000) -> float:
     """Microseconds per ``check_loss`` on ``rows`` gathered rows, warmed up."""
     cfg = GuardConfig()
-    guard = Guard(cfg)
+    guard = Guard(cfg, 50257)
     rng = np.random.default_rng(0)
     batches = [
         np.stack([np.arange(rows), 6 + 0.1 * rng.standard_normal(rows), np.full(rows, 256.0)], axis=1)

@@ -16,6 +16,7 @@ from lfr_ds.config import GuardConfig, load_config
 from lfr_ds.errors import UserError
 from lfr_ds.guard import Guard, TrainingStopped
 from lfr_ds.lfr.loss_table import LossTable
+from lfr_ds.metrics import console_ppl
 from lfr_ds.run_state import GuardState
 
 LEARN = (0, "learn")
@@ -267,3 +268,8 @@ def test_loss_table_never_takes_a_non_finite_loss():
     assert table.ref[0] == np.float32(2.5)  # the batch mean over the finite rows
     table.update(rows([float("nan")] * 2, first_id=4), step=1)
     assert table.seen[4:6].sum() == 0 and np.isnan(table.loss[4:6]).all()
+
+
+def test_the_console_prints_a_diverged_perplexity_as_over_1e6_in_the_same_columns():
+    assert console_ppl(211.7) == "  211.70" and console_ppl(999_999.0) == "999999.00"
+    assert console_ppl(1e6 + 1) == "    >1e6" and console_ppl(math.exp(50.0)) == "    >1e6"

@@ -234,8 +234,9 @@ def test_the_issues_diverging_run_warns_in_learn_drops_nothing_and_stops_dead(we
         int(x.split(" at step ")[1].split()[0]) for x in proc.stderr.splitlines() if x.startswith("warning: diverged")
     ]
     assert warned and warned[0] <= 10, proc.stderr[-3000:]
-    assert "phase_1_focus: drops no block and draws every block alike: the run has diverged since step" in proc.stderr
-    manifest = json.loads((run / "index" / "phase_1_focus.json").read_text())
+    assert "phase_001_focus: drops no block and draws every block alike: the run has diverged since step" in proc.stderr
+    assert "ppl     >1e6 |" in proc.stderr  # the console's perplexity of a diverged run, not a 22-digit clamp
+    manifest = json.loads((run / "index" / "phase_001_focus.json").read_text())
     assert manifest["dropped"] == 0 and manifest["drop_fraction"] == 0.0 and manifest["kept"] == manifest["num_blocks"]
     # The loss table never took a diverged step's rows: the trace marks them, and the checkpointless run
     # stops dead with one line.
@@ -257,5 +258,5 @@ def test_the_issues_diverging_run_stops_in_learn_with_on_spike_stop(webmix_datas
     assert step <= 10 and "(phase 0 learn): diverged: the loss " in line, line  # before the Focus boundary
     assert "ln V = 9.01, a uniform guess over the 8,192-token vocabulary (train.on_spike=stop)" in line, line
     assert "no checkpoint was saved before it" in line and not (tmp_path / "run" / "checkpoints").exists()
-    assert not (tmp_path / "run" / "index" / "phase_1_focus.npy").exists()
+    assert not (tmp_path / "run" / "index" / "phase_001_focus.npy").exists()
     print(line)
