@@ -6,10 +6,10 @@
    (``RUN_DIR/trace/steps.jsonl``, written with ``log.trace_blocks=true``, in LFR phases as trained; V from
    its last checkpoint's run state) and reports, per run, the steps each rule would flag and the largest
    statistic each rule reached against its threshold: the loss's excess over ln V against
-   ``train.diverge_margin`` (and where), the loss over the run's level against ``train.jump_ratio`` (overall
-   and in the first ``spike_warmup`` steps after a phase boundary, where Focus raises the level by design),
-   and past a phase's warm-up the z-score against ``train.spike_sigmas`` and the loss over the phase's mean
-   against ``train.spike_ratio``. A normal run must be flagged on no step.
+   ``train.diverge_margin`` (and where), the loss over the phase's level against ``train.jump_ratio``, a
+   phase's first loss over the previous phase's level against ``train.boundary_ratio`` (where Focus raises
+   the level by design), and past a phase's warm-up the z-score against ``train.spike_sigmas`` and the loss
+   over the phase's mean against ``train.spike_ratio``. A normal run must be flagged on no step.
 2. Times ``Guard.check_loss`` on a gathered batch of 16 and of 512 rows (the small preset's global batch,
    and GPT-2 1.5B's) against the tiny preset's CPU step time from the same runs' ``metrics.json``.
 
@@ -48,25 +48,20 @@ def replay(run_dir: Path, cfg: GuardConfig, vocab: int | None = None) -> dict:
     guard = Guard(cfg, vocab)
     fired: dict[str, list[int]] = {"diverged": [], "spike": []}
     top: dict[str, dict | None] = dict.fromkeys(("excess", "level_ratio", "boundary_level_ratio", "zscore", "ratio"))
-    first_phase = steps[0]["phase"] if steps else 0
     for t in steps:
         if t.get("skipped"):
             continue
         d = guard.detector
-        new_phase = t["phase"] != d.phase
-        in_phase = 0 if new_phase else d.in_phase
+        in_phase = 0 if t["phase"] != d.phase else d.in_phase
         phase_mean = float(np.mean(d.losses[-in_phase:])) if in_phase else math.nan
         v = guard.check_loss(t["step"], (t["phase"], ""), np.array([[0.0, t["loss"], 1.0]]))
         where = {"step": t["step"], "phase": t["phase"], "loss": round(t["loss"], 4)}
         top["excess"] = _top(top["excess"], t["loss"] - guard.uniform, **where)
         if v.spike:
             fired["diverged" if v.diverged else "spike"].append(t["step"])
-        elif len(d.losses) > 1:  # the level the step was judged against: the window before it joined
-            prior = d.losses[-cfg.spike_warmup - 1 : -1]
-            ratio = t["loss"] / float(np.mean(prior))
-            top["level_ratio"] = _top(top["level_ratio"], ratio, **where)
-            if t["phase"] != first_phase and in_phase < cfg.spike_warmup:
-                top["boundary_level_ratio"] = _top(top["boundary_level_ratio"], ratio, **where)
+        if v.level_ratio is not None:  # a phase's first step is judged against the previous phase's level
+            stat = "level_ratio" if in_phase else "boundary_level_ratio"
+            top[stat] = _top(top[stat], v.level_ratio, **where)
         if v.zscore is not None:
             top["zscore"] = _top(top["zscore"], v.zscore, **where)
             top["ratio"] = _top(top["ratio"], t["loss"] / phase_mean, **where)
@@ -115,8 +110,9 @@ def main() -> None:
     ]
     cost = {f"check_loss_us_{n}_rows": round(check_cost(n), 2) for n in (16, 512)}
     step = float(np.median(step_s)) if step_s else None
-    rules = ("diverge_margin", "jump_ratio", "spike_window", "spike_warmup", "spike_sigmas", "spike_ratio")
-    thresholds = {"excess": "diverge_margin", "level_ratio": "jump_ratio", "boundary_level_ratio": "jump_ratio"}
+    rules = ("diverge_margin", "jump_ratio", "boundary_ratio", "spike_window", "spike_warmup", "spike_sigmas")
+    rules += ("spike_ratio",)
+    thresholds = {"excess": "diverge_margin", "level_ratio": "jump_ratio", "boundary_level_ratio": "boundary_ratio"}
     thresholds |= {"zscore": "spike_sigmas", "ratio": "spike_ratio"}
     out = {
         "rule": {k: getattr(cfg, k) for k in rules},

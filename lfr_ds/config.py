@@ -501,12 +501,13 @@ class GuardConfig:
       nats above ln V, the loss of a uniform guess over the data's V-token vocabulary (a model that scores
       worse has stopped being a language model). ``diverged_steps`` such steps in a row stop the run under
       any ``on_spike``: it is dead.
-    - **spike**, against the run's recent losses: more than ``jump_ratio`` times the run's level (the mean
-      of its last ``spike_warmup`` unflagged step losses, across LFR phase boundaries, rewinds and resumes),
-      from the second step on; or, once the phase has ``spike_warmup`` unflagged steps, more than
-      ``spike_sigmas`` standard deviations *and* ``spike_ratio`` times above the mean of the phase's last
-      ``spike_window`` (a Focus phase on hard blocks raises the level by design, so these statistics are
-      the phase's own).
+    - **spike**, against the run's recent losses: more than ``jump_ratio`` times the phase's level (the mean
+      of its last ``spike_warmup`` unflagged step losses) from a phase's second step on, and at a phase's
+      first step more than ``boundary_ratio`` times the previous phase's level (the statistics live across
+      LFR phase boundaries, rewinds and resumes); or, once the phase has ``spike_warmup`` unflagged steps,
+      more than ``spike_sigmas`` standard deviations *and* ``spike_ratio`` times above the mean of the
+      phase's last ``spike_window`` (a Focus phase on hard blocks raises the level by design, so these
+      statistics are the phase's own).
 
     A flagged step's losses never enter the statistics or the loss table. Defaults measured by
     ``bench/spikes.py`` on normal runs (README, *Diverging runs*): no step fires."""
@@ -532,9 +533,14 @@ class GuardConfig:
     optimizer update, so phases and data order are unchanged and the run ends at ``steps`` with fewer updates."""
     max_rewinds: int = 5
     """``rewind``: a run that spikes again after this many rewinds stops, with one line."""
-    jump_ratio: float = 1.5
-    """A step loss more than this many times the run's level is a spike in any phase, warm-up or not (a
-    Focus on hard blocks raises the level by design, but far less: see ``bench/spikes.py``)."""
+    jump_ratio: float = 1.75
+    """A step loss more than this many times the phase's level (the mean of its last ``spike_warmup``
+    unflagged step losses; from the phase's second step, warm-up or not) is a spike. A doubled loss is one;
+    batch noise on the demo's planted corpus (losses near 1) reaches 1.37x."""
+    boundary_ratio: float = 3.0
+    """A phase's first step loss more than this many times the previous phase's level is a spike. Wider
+    than ``jump_ratio``: a Focus on hard blocks raises the level by design (1.7x on the demo's planted
+    corpus, whose Focus drops nearly all its trivial text), but not threefold."""
     diverge_margin: float = 3.0
     """A step loss more than this many nats above ln V (V: the data's vocabulary, unpadded) has diverged.
     An untrained model starts near ln V: its excess is about half its logits' variance (0.02² × hidden
@@ -554,6 +560,7 @@ class GuardConfig:
         check_int("train.rewind_skip", self.rewind_skip, 1, MAX_COUNT)
         check_int("train.max_rewinds", self.max_rewinds, 1, 10**6)
         check_number("train.jump_ratio", self.jump_ratio, 1.0, 1e6, open_low=True)
+        check_number("train.boundary_ratio", self.boundary_ratio, 1.0, 1e6, open_low=True)
         check_number("train.diverge_margin", self.diverge_margin, 0.0, 1e6, open_low=True)
         check_int("train.diverged_steps", self.diverged_steps, 1, MAX_COUNT)
 

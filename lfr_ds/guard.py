@@ -54,19 +54,23 @@ class SpikeDetector:
     sigmas: float
     ratio: float
     jump: float
+    boundary: float
     phase: int = -1
     losses: list[float] = field(default_factory=list)
     in_phase: int = 0
 
     def judge(self, phase: int, loss: float) -> tuple[float | None, float | None, bool]:
-        """``(zscore, level_ratio, spike)`` of ``loss``: window standard deviations above the phase's
-        window mean (``None`` in the phase's warm-up), and ``loss`` over the run's level (the mean of its
-        last ``warmup`` losses; ``None`` before the first)."""
-        if phase != self.phase:  # the phase's own statistics restart (a Focus phase raises the level by design)
+        """``(zscore, level_ratio, spike)`` of ``loss``. ``level_ratio``: ``loss`` over the level, the mean
+        of the phase's last (up to ``warmup``) losses, or at a phase's first step the previous phase's
+        (``None`` on the run's first step); a spike above ``jump``, or at a phase's first step above
+        ``boundary`` (a Focus on hard blocks moves the level by design). ``zscore``: window standard
+        deviations above the phase's window mean, ``None`` in the phase's warm-up."""
+        if phase != self.phase:  # the phase's own statistics restart; the previous level judges its first step
             self.phase, self.in_phase = phase, 0
-        level = float(np.mean(self.losses[-self.warmup :])) if self.losses else 0.0
+        recent = self.losses[-min(self.in_phase or self.warmup, self.warmup) :]
+        level = float(np.mean(recent)) if recent else 0.0
         level_ratio = loss / level if level > 0 else None
-        spike = level_ratio is not None and level_ratio > self.jump
+        spike = level_ratio is not None and level_ratio > (self.jump if self.in_phase else self.boundary)
         if self.in_phase < self.warmup:
             return None, level_ratio, spike
         x = np.asarray(self.losses[-self.in_phase :])
@@ -102,6 +106,8 @@ class Verdict:
     """More than ``train.diverge_margin`` nats above ln V."""
     why: str = ""
     """What flagged it, for the console."""
+    level_ratio: float | None = None
+    """The loss over the level it was judged against (``train.jump_ratio``, ``train.boundary_ratio``)."""
 
     @property
     def flag(self) -> str:
@@ -131,7 +137,7 @@ class Guard:
         self.uniform = math.log(vocab_size)  # ln V: the loss of a uniform guess over the vocabulary
         self.vocab_size = vocab_size
         self.detector = SpikeDetector(
-            cfg.spike_window, cfg.spike_warmup, cfg.spike_sigmas, cfg.spike_ratio, cfg.jump_ratio
+            cfg.spike_window, cfg.spike_warmup, cfg.spike_sigmas, cfg.spike_ratio, cfg.jump_ratio, cfg.boundary_ratio
         )
         self.skipped: set[int] = set()  # 1-based steps whose global batch is skipped
         self.rewinds = 0
@@ -201,7 +207,7 @@ class Guard:
         if not (diverged or spike):
             self.diverged = 0
             self.detector.add(loss)
-            return Verdict(step, phase, loss, z, False)
+            return Verdict(step, phase, loss, z, False, level_ratio=level_ratio)
         self.spikes += 1
         if diverged:
             self.diverged += 1
@@ -212,14 +218,24 @@ class Guard:
         else:
             self.diverged = 0
             why = f"{loss:.4f} is " + (
-                f"{level_ratio:.2f}x the run's level (its last {min(self.cfg.spike_warmup, len(self.detector.losses))} "
-                f"steps' mean; train.jump_ratio={self.cfg.jump_ratio:g})"
-                if level_ratio is not None and level_ratio > self.cfg.jump_ratio
-                else f"{z:.1f} sigmas above the last {self.detector.in_phase} steps' mean"
+                f"{z:.1f} sigmas above the last {self.detector.in_phase} steps' mean"
+                if z is not None and z > self.cfg.spike_sigmas and level_ratio <= self.cfg.jump_ratio
+                else self._jump(level_ratio)
             )
-        verdict = Verdict(step, phase, loss, z, True, rewind=self.cfg.on_spike == "rewind", diverged=diverged, why=why)
+        rewind = self.cfg.on_spike == "rewind"
+        verdict = Verdict(step, phase, loss, z, True, rewind, diverged=diverged, why=why, level_ratio=level_ratio)
         self._stop_if(verdict)
         return verdict
+
+    def _jump(self, level_ratio: float) -> str:
+        d, cfg = self.detector, self.cfg
+        if d.in_phase == 0:
+            return (
+                f"{level_ratio:.2f}x the previous phase's level at this phase's first step "
+                f"(train.boundary_ratio={cfg.boundary_ratio:g})"
+            )
+        n = min(d.in_phase, cfg.spike_warmup)
+        return f"{level_ratio:.2f}x the phase's level (its last {n} steps' mean; train.jump_ratio={cfg.jump_ratio:g})"
 
     def _stop_if(self, verdict: Verdict) -> None:
         """Stop on a flagged step, where ``train.on_spike`` (or a dead run) says so."""

@@ -86,7 +86,7 @@ def test_a_spike_needs_both_the_sigmas_and_the_ratio():
 def test_a_new_phase_restarts_its_own_statistics_but_not_the_runs_level():
     guard = Guard(GuardConfig(spike_warmup=10, spike_window=20), VOCAB)
     feed(guard, noisy(30, 5.0))
-    # A Focus phase on hard blocks starts 40 % higher: under train.jump_ratio, and the phase's own
+    # A Focus phase on hard blocks starts 40 % higher: under train.boundary_ratio, and the phase's own
     # statistics start over, so not a spike.
     assert not any(v.spike for v in feed(guard, noisy(15, 7.0, seed=2), phase=FOCUS, start=31))
     assert guard.detector.in_phase == 15 and len(guard.detector.losses) == 20
@@ -96,11 +96,17 @@ def test_a_new_phase_restarts_its_own_statistics_but_not_the_runs_level():
 def test_a_doubled_loss_in_the_first_steps_after_a_boundary_fires_with_the_defaults():
     guard = Guard(GuardConfig(), VOCAB)
     feed(guard, noisy(40, 5.0))
-    # The phase's own statistics need 20 steps; the run's level (its last 20 losses, all of phase 0) is there.
+    # The phase's own z-scores need 20 steps; its level is there from its second step.
     verdicts = feed(guard, [5.1, 5.0, 10.0], phase=FOCUS, start=41)
     assert [v.spike for v in verdicts] == [False, False, True]
     assert verdicts[2].zscore is None and not verdicts[2].diverged
-    assert "2.00x the run's level (its last 20 steps' mean; train.jump_ratio=1.5)" in verdicts[2].warning
+    assert "1.98x the phase's level (its last 2 steps' mean; train.jump_ratio=1.75)" in verdicts[2].warning
+    # At the phase's very first step a Focus may move the level (1.7x on the demo's planted corpus), not 3x.
+    guard = Guard(GuardConfig(diverge_margin=100), VOCAB)  # no divergence here: the boundary rule alone
+    feed(guard, noisy(40, 5.0))
+    assert not feed(guard, [8.5], phase=FOCUS, start=41)[0].spike  # 1.7x
+    v = feed(guard, [16.0], phase=(2, "review"), start=42)[0]  # 3.1x the last 20 steps' mean (19 x 5, 8.5)
+    assert v.spike and "at this phase's first step (train.boundary_ratio=3)" in v.warning
 
 
 def test_five_step_phases_with_a_climb_from_step_2_fire_in_the_first_phase():
@@ -252,6 +258,8 @@ def test_config_validates_the_guard_settings():
         load_config(None, ["data.path=x", "train.spike_ratio=0.5"])
     with pytest.raises(UserError, match=r"train\.jump_ratio: must be a finite number in \(1.0, "):
         load_config(None, ["data.path=x", "train.jump_ratio=1"])
+    with pytest.raises(UserError, match=r"train\.boundary_ratio"):
+        load_config(None, ["data.path=x", "train.boundary_ratio=0.5"])
     with pytest.raises(UserError, match=r"train\.diverge_margin"):
         load_config(None, ["data.path=x", "train.diverge_margin=0"])
     with pytest.raises(UserError, match=r"train\.diverged_steps"):
