@@ -1,6 +1,8 @@
-"""Training hygiene: non-finite values stop the run, loss spikes are detected, and a spike warns, stops, or
-rewinds the run to its last checkpoint and skips the global batches around it (``train.*``,
-:class:`~lfr_ds.config.GuardConfig`).
+"""Training hygiene: non-finite values stop the run; a diverged loss (far above ln V, the uniform guess,
+from the first step) and a loss spike (against the statistics of the run's recent losses, which survive
+phase boundaries, rewinds and resumes) are flagged, and a flagged step warns, stops, or rewinds the run to
+its last checkpoint and skips the global batches around it; a run diverged for ``train.diverged_steps`` in
+a row stops under any policy (``train.*``, :class:`~lfr_ds.config.GuardConfig`).
 
 Every decision is made from numbers that are already identical on every rank, so the ranks agree without
 a collective of their own:
@@ -40,8 +42,9 @@ from lfr_ds.run_state import GuardState
 
 
 class TrainingStopped(UserError):
-    """The run stopped on purpose (a non-finite value, a spike under ``stop``, the rewind cap): one line,
-    exit non-zero on every rank, no checkpoint of the bad step."""
+    """The run stopped on purpose (a non-finite value, a flagged step under ``stop``, the rewind cap, a run
+    diverged for ``train.diverged_steps`` in a row): one line, exit non-zero on every rank, no checkpoint of
+    the bad step."""
 
 
 @dataclass
