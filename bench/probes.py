@@ -81,7 +81,9 @@ def main() -> None:
         _, engine = _build(cfg, plan)
         probes = Probes.for_run(cfg, plan.model.seq_length, 0, 1, None)
         runs = {
-            kind: Stepper(engine, info.device, "", Guard(cfg.train, None), probes if kind == "probes" else None)
+            kind: Stepper(
+                engine, info.device, "", Guard(cfg.train, plan.model.vocab_size), probes if kind == "probes" else None
+            )
             for kind in ("plain", "probes")
         }
         phase = phase_at(plan.phases, 0)

@@ -507,14 +507,23 @@ class EvalConfig:
 @dataclass
 class GuardConfig:
     """Training hygiene in the step loop (:mod:`lfr_ds.guard`). A non-finite loss or gradient norm always
-    stops the run, before that step's optimizer update and before any checkpoint of it. A loss **spike**
-    is a step whose global-batch mean loss is both more than ``spike_sigmas`` standard deviations and
-    more than ``spike_ratio`` times above the mean of the last ``spike_window`` step losses of the same
-    LFR phase (statistics restart at every phase boundary, because a Focus phase on hard blocks raises
-    the loss level by design; a phase's first ``spike_warmup`` steps cannot fire). Spiking steps' losses
-    never enter those statistics or the loss table. Defaults measured by ``bench/spikes.py``: on the
-    small preset's random and LFR runs (260 steps each) no step fires; the largest z-score is 2.1 and the
-    largest loss / window-mean ratio 1.03. Issue 19's diverging run (lr 1.0, no clipping) fires at 6-9 sigmas."""
+    stops the run, before that step's optimizer update and before any checkpoint of it. Two rules flag a
+    finite step loss (the global batch's mean), and ``on_spike`` says what a flagged step does:
+
+    - **divergence**, from the first step, with no statistics: the loss is more than ``diverge_margin``
+      nats above ln V, the loss of a uniform guess over the data's V-token vocabulary (a model that scores
+      worse has stopped being a language model). ``diverged_steps`` such steps in a row stop the run under
+      any ``on_spike``: it is dead.
+    - **spike**, against the run's recent losses: more than ``jump_ratio`` times the phase's level (the mean
+      of its last ``spike_warmup`` unflagged step losses) from a phase's second step on, and at a phase's
+      first step more than ``boundary_ratio`` times the previous phase's level (the statistics live across
+      LFR phase boundaries, rewinds and resumes); or, once the phase has ``spike_warmup`` unflagged steps,
+      more than ``spike_sigmas`` standard deviations *and* ``spike_ratio`` times above the mean of the
+      phase's last ``spike_window`` (a Focus phase on hard blocks raises the level by design, so these
+      statistics are the phase's own).
+
+    A flagged step's losses never enter the statistics or the loss table. Defaults measured by
+    ``bench/spikes.py`` on normal runs (README, *Diverging runs*): no step fires."""
 
     on_spike: str = "warn"
     """What a spike does: ``warn`` (a console line and TensorBoard scalar; the step is trained on, its
@@ -537,6 +546,23 @@ class GuardConfig:
     optimizer update, so phases and data order are unchanged and the run ends at ``steps`` with fewer updates."""
     max_rewinds: int = 5
     """``rewind``: a run that spikes again after this many rewinds stops, with one line."""
+    jump_ratio: float = 1.75
+    """A step loss more than this many times the phase's level (the mean of its last ``spike_warmup``
+    unflagged step losses; from the phase's second step, warm-up or not) is a spike. A doubled loss is one;
+    batch noise on the demo's planted corpus (losses near 1) reaches 1.37x."""
+    boundary_ratio: float = 3.0
+    """A phase's first step loss more than this many times the previous phase's level is a spike. Wider
+    than ``jump_ratio``: a Focus on hard blocks raises the level by design (1.7x on the demo's planted
+    corpus, whose Focus drops nearly all its trivial text), but not threefold."""
+    diverge_margin: float = 3.0
+    """A step loss more than this many nats above ln V (V: the data's vocabulary, unpadded) has diverged.
+    An untrained model starts near ln V: its excess is about half its logits' variance (0.02² × hidden
+    size / 2 with Megatron's init: 0.15 at hidden 768, 0.33 at 1600), plus at most ln(padded V / V) for
+    the padding rows, so 3 nats (1/20 of a uniform guess's probability per token) never fires on a
+    healthy start."""
+    diverged_steps: int = 20
+    """This many diverged steps in a row stop the run under any ``on_spike`` (``warn`` included): a run
+    worse than a uniform guess for that long is dead, and going on only spends the machines."""
 
     def __post_init__(self) -> None:
         check_choice("train.on_spike", self.on_spike, ("warn", "stop", "rewind"))
@@ -546,6 +572,10 @@ class GuardConfig:
         check_number("train.spike_ratio", self.spike_ratio, 1.0, 1e6)
         check_int("train.rewind_skip", self.rewind_skip, 1, MAX_COUNT)
         check_int("train.max_rewinds", self.max_rewinds, 1, 10**6)
+        check_number("train.jump_ratio", self.jump_ratio, 1.0, 1e6, open_low=True)
+        check_number("train.boundary_ratio", self.boundary_ratio, 1.0, 1e6, open_low=True)
+        check_number("train.diverge_margin", self.diverge_margin, 0.0, 1e6, open_low=True)
+        check_int("train.diverged_steps", self.diverged_steps, 1, MAX_COUNT)
 
 
 @dataclass

@@ -25,6 +25,16 @@ from lfr_ds.run_state import PhaseManifest
 GPU_PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 125.0}
 
 
+#: Above this the console prints ``>1e6`` for a perplexity: a model that far gone is diverged, and the exact
+#: number (up to e^50, the clamp TensorBoard still gets) says nothing more.
+PPL_SHOWN = 1e6
+
+
+def console_ppl(ppl: float) -> str:
+    """A perplexity for the console, 8 columns: ``>1e6`` above :data:`PPL_SHOWN` (TensorBoard keeps the value)."""
+    return f"{ppl:8.2f}" if ppl <= PPL_SHOWN else f"{'>1e6':>8}"
+
+
 def peak_tflops(configured: float | None) -> float | None:
     """The per-device peak TFLOP/s that MFU divides by: ``log.peak_tflops`` if set, else a listed GPU's
     datasheet figure, else ``None``, and no MFU is reported (the achieved TFLOP/s still is).
@@ -143,7 +153,7 @@ class Metrics:
         mfu = f"mfu {scalars['mfu(%)']:.1f}% | " if "mfu(%)" in scalars else ""
         line = (
             f"step {s.step:>6}/{self.total_steps} | {s.phase:<8} | loss {loss:.4f} | "
-            f"ppl {scalars['lm loss ppl']:8.2f} | "
+            f"ppl {console_ppl(scalars['lm loss ppl'])} | "
             f"lr {s.lr:.2e} | gnorm {s.grad_norm:.3f} | {tps:,.0f} tok/s | {tflops:.2f} TFLOP/s | {mfu}"
             f"{secs / len(w):.2f} s/it | {mem / 2**30:.1f} GiB"
         )
@@ -173,7 +183,7 @@ class Metrics:
         parts = []
         if "valid" in results:
             v = results["valid"]
-            parts.append(f"valid loss {v['loss']:.4f} (ppl {v['ppl']:.2f})")
+            parts.append(f"valid loss {v['loss']:.4f} (ppl {console_ppl(v['ppl']).strip()})")
             if self.writer is not None:
                 self.writer.add_scalar("lm loss validation", v["loss"], step)
                 self.writer.add_scalar("lm loss validation ppl", v["ppl"], step)
@@ -199,7 +209,7 @@ class Metrics:
             f"phase {phase.index} {phase.kind}: steps {phase.start}-{phase.end}, keeps {manifest.kept:,} of "
             f"{num_blocks:,} blocks"
         )
-        if phase.kind == "focus":
+        if manifest.source_drop_fraction is not None:  # a Focus that ranked blocks (not one the guard stopped)
             drops = ", ".join(f"{s} {f:.0%}" for s, f in manifest.source_drop_fraction.items())
             line += (
                 f" (drops {manifest.drop_fraction:.0%} of seen blocks{' (auto)' if phase.auto_drop else ''}; "

@@ -63,11 +63,17 @@ class GuardState:
     rewinds: int
     """Rewinds so far (``train.max_rewinds`` caps them)."""
     spikes: int
-    """Loss spikes seen so far (warned or rewound)."""
+    """Steps flagged so far (loss spikes and diverged steps; warned or rewound)."""
     phase: int
     """The phase the spike statistics belong to; -1 before the first step."""
     losses: list[float]
-    """The spike detector's window: the phase's last non-spiking step losses, oldest first."""
+    """The spike detector's window: the run's last unflagged step losses (across phases), oldest first."""
+    in_phase: int | None = field(default=None, metadata=_OPTIONAL)
+    """How many of the newest :attr:`losses` belong to :attr:`phase`. Absent (from before issue 27, whose
+    window held the phase's losses only): all of them."""
+    diverged: int | None = field(default=None, metadata=_OPTIONAL)
+    """Diverged steps in a row up to the checkpoint (``train.diverged_steps`` stops the run). Absent
+    (from before issue 27): 0."""
 
     @classmethod
     def from_json(cls, obj: object, where: str) -> GuardState:
@@ -108,6 +114,8 @@ class RunState:
         out = {**dataclasses.asdict(self), "schedule": [dataclasses.asdict(p) for p in self.schedule]}
         if self.guard is None:
             del out["guard"]
+        else:  # a guard state read from before issue 27 writes back as it was
+            out["guard"] = {k: v for k, v in out["guard"].items() if v is not None}
         return out
 
     @classmethod

@@ -132,7 +132,12 @@ def train(cfg: TrainConfig) -> Iterator[StepRecord]:
     while step < cfg.steps:
         # ---- phase boundary: the rewriter writes (rank 0) and distributes this phase's sample index
         if phase is None or step >= phase.end:
-            phases, phase, sampler, manifest = _enter_phase(cfg, plan, info, run.rewriter, table, phases, step)
+            # A diverged run's losses rank nothing: a Focus that cannot trust the table drops nothing (issue 27).
+            distrust = guard.distrust(step, bool(table.seen.any()))
+            ranked = table if distrust is None else None
+            phases, phase, sampler, manifest = _enter_phase(cfg, plan, info, run.rewriter, ranked, phases, step)
+            if distrust is not None and phase.kind == "focus" and step == phase.start:
+                metrics.log(f"{phase.name}: drops no block and draws every block alike: {distrust}")
             metrics.phase_start(phase, manifest, table, step)
 
         if guard.skips(step + 1):  # a batch a rewind skipped: its place in the order and its lr pass, no update
@@ -202,7 +207,7 @@ def _setup(cfg: TrainConfig, plan: Plan, info: Geometry) -> _Run:
     table = LossTable(blocks.num_blocks, len(plan.phases), plan.model.sketch_dim, probes=probes is not None)
     step = 0
     # The guard (non-finite and spiking losses, rewind-and-skip) carries its run state in every checkpoint.
-    guard = Guard(cfg.train, plan.resume_state.guard if plan.resume_state else None)
+    guard = Guard(cfg.train, plan.model.vocab_size, plan.resume_state.guard if plan.resume_state else None)
     if plan.resume is not None:
         step, table = _restore(engine, info, cfg, plan)
         guard.saved(step, str(plan.resume))  # the checkpoint a spike would rewind to
@@ -357,10 +362,17 @@ def _restore(engine, info: Geometry, cfg: TrainConfig, plan: Plan) -> tuple[int,
 
 
 def _enter_phase(
-    cfg: TrainConfig, plan: Plan, info: Geometry, rewriter: Rewriter, table: LossTable, phases: list[Phase], step: int
+    cfg: TrainConfig,
+    plan: Plan,
+    info: Geometry,
+    rewriter: Rewriter,
+    table: LossTable | None,
+    phases: list[Phase],
+    step: int,
 ) -> tuple[list[Phase], Phase, DataParallelSampler, PhaseManifest]:
     """The phase at ``step``, its sample index written (rank 0) and distributed by the rewriter, and this
-    rank's sampler over it; returns the schedule too, a kp phase's length resolved."""
+    rank's sampler over it; returns the schedule too, a kp phase's length resolved. ``table``: ``None``
+    where a Focus must not rank by it (the guard distrusts it)."""
     phase = phase_at(phases, step)
     order, manifest = rewriter.prepare(phase, table, plan.resumed_digest if step > phase.start else None)
     if manifest.steps != phase.steps:  # a kp phase: its length is known now that its kept set is
@@ -472,8 +484,8 @@ def _rewind(
     resumed from that checkpoint, its step and its loss table."""
     path, skip = guard.rewind(verdict.step)
     metrics.log(
-        f"rewind {guard.rewinds}/{cfg.train.max_rewinds}: loss spike at step {verdict.step} ({verdict.loss:.4f}, "
-        f"{verdict.zscore:.1f} sigmas); back to {path}, skipping steps {skip[0]}-{skip[-1]}"
+        f"rewind {guard.rewinds}/{cfg.train.max_rewinds}: {verdict.flag} at step {verdict.step} ({verdict.why}); "
+        f"back to {path}, skipping steps {skip[0]}-{skip[-1]}"
     )
     state = RunState.read(path)
     phases = resumed_schedule(plan.phases, state.schedule)

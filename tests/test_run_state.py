@@ -174,7 +174,9 @@ def test_a_drop_mask_enters_the_digest_by_its_content_not_its_path(tmp_path):
 
 
 STATE_FIELDS = [f.name for f in dataclasses.fields(RunState) if not f.metadata.get("optional")]
-GUARD = GuardState(skipped=[7, 8], rewinds=1, spikes=2, phase=0, losses=[6.5, 6.25])
+GUARD = GuardState(skipped=[7, 8], rewinds=1, spikes=2, phase=0, losses=[6.5, 6.25], in_phase=1, diverged=0)
+#: A guard state from before issue 27: no ``in_phase`` (its window was the phase's), no ``diverged``.
+OLD_GUARD = GuardState(skipped=[7, 8], rewinds=1, spikes=2, phase=0, losses=[6.5, 6.25])
 
 
 def test_the_optional_state_fields_are_the_guards():
@@ -232,13 +234,15 @@ def test_a_state_without_the_guard_reads_and_writes_back_without_it():
     assert state.guard is None and "guard" not in state.to_json()
 
 
-def test_the_guard_state_reads_back_what_was_written():
-    text = state_json(guard=GUARD)
+@pytest.mark.parametrize("guard", [GUARD, OLD_GUARD])
+def test_the_guard_state_reads_back_what_was_written(guard):
+    text = state_json(guard=guard)
     state = RunState.from_json(json.loads(text), "x")
-    assert state.guard == GUARD and json.dumps(state.to_json()) == text
+    assert state.guard == guard and json.dumps(state.to_json()) == text
+    assert ("in_phase" in text) == (guard.in_phase is not None)
 
 
-@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(GuardState)])
+@pytest.mark.parametrize("name", [f.name for f in dataclasses.fields(GuardState) if not f.metadata.get("optional")])
 def test_a_guard_state_missing_a_field_is_refused_in_one_line(name):
     state = json.loads(state_json(guard=GUARD))
     del state["guard"][name]
@@ -250,7 +254,16 @@ def test_a_guard_state_missing_a_field_is_refused_in_one_line(name):
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("skipped", [7.5]), ("skipped", 7), ("rewinds", "1"), ("spikes", True), ("phase", None), ("losses", ["6.5"])],
+    [
+        ("skipped", [7.5]),
+        ("skipped", 7),
+        ("rewinds", "1"),
+        ("spikes", True),
+        ("phase", None),
+        ("losses", ["6.5"]),
+        ("in_phase", 1.5),
+        ("diverged", "0"),
+    ],
 )
 def test_a_guard_state_with_a_wrong_field_is_refused_in_one_line(name, value):
     state = json.loads(state_json(guard=GUARD))

@@ -39,7 +39,7 @@ from lfr_ds.errors import UserError
 from lfr_ds.lfr import reporter
 from lfr_ds.lfr.focus import focus_selection
 from lfr_ds.lfr.loss_table import LossTable
-from lfr_ds.lfr.schedule import Phase
+from lfr_ds.lfr.schedule import Phase, kept_pass_steps
 from lfr_ds.run_state import PhaseManifest, phase_file
 
 
@@ -166,7 +166,8 @@ class Rewriter:
 
     def build(self, phase: Phase, table: LossTable | None, digest: str | None = None) -> Built:
         """The phase's order (``steps × global_batch`` ids, ``steps`` resolved here for a ``kp`` phase), its
-        manifest and kept mask: a seeded shuffle, or for Focus a selection from ``table``. ``digest``: its
+        manifest and kept mask: a seeded shuffle, or for Focus a selection from ``table`` (``None``: the
+        training guard distrusts it, and the Focus keeps every block, drawn as a shuffle). ``digest``: its
         :meth:`digest`, if the caller has it already (hashing a 100M-block table takes seconds)."""
         base = {
             "phase": phase.name,
@@ -181,10 +182,15 @@ class Rewriter:
             "global_batch_size": self.global_batch,
             "inputs_sha256": digest or self.digest(phase, table),
         }
-        if phase.kind != "focus":
+        if phase.kind != "focus" or table is None:  # a shuffle; or a Focus with no table it may trust: drops none
+            steps = phase.steps
+            if phase.kind == "focus":
+                base["drop_fraction"] = 0.0
+                if phase.kept_passes is not None:  # every block is kept: 1kp = 1ep
+                    steps = kept_pass_steps(phase.kept_passes, self.num_blocks, self.global_batch)
             corpora = self.blend or Corpora(["data"], np.ones(1), np.array([0, self.num_blocks], dtype=np.int64))
-            order = blended_order(corpora, phase.steps * self.global_batch, phase_seed(self.seed, phase))
-            fields, keep = {"steps": phase.steps, "kept": self.num_blocks, "dropped": 0}, None
+            order = blended_order(corpora, steps * self.global_batch, phase_seed(self.seed, phase))
+            fields, keep = {"steps": steps, "kept": self.num_blocks, "dropped": 0}, None
         else:
             sel = focus_selection(
                 table,
