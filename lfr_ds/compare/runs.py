@@ -131,6 +131,12 @@ def record(run: Run, setup: Setup) -> dict:
     return {"config": cfg, "corpus": setup.corpus.digest, "threads": setup.threads}
 
 
+#: Guard settings added since runs were recorded (issue 27), read as their defaults where a record lacks them. They
+#: only watch the losses: a finished run they would have flagged is one whose loss climbed far past its level or
+#: past a uniform guess, which no run reused here did (bench/spikes.py: no rule fires on normal runs).
+GUARD_SINCE = {"jump_ratio": 1.75, "boundary_ratio": 3.0, "diverge_margin": 3.0, "diverged_steps": 20}
+
+
 def identity(rec: dict) -> dict:
     """What must match for a finished run to be reused: its record, with the paths under its comparison's
     directory made relative (a comparison can be moved, or its random runs copied into a comparison of
@@ -146,6 +152,7 @@ def identity(rec: dict) -> dict:
     rec = rel(rec)
     # How a run reads its batches, not which: the same losses either way (tests/train/test_step_paths.py).
     rec["config"]["data"].pop("prefetch", None)
+    rec["config"]["train"] = {**GUARD_SINCE, **rec["config"]["train"]}
     # Records made before lfr-compare set the thread count ran with OMP_NUM_THREADS unset on the 2-core
     # reference machine (docs/experiments): 2 threads.
     rec.setdefault("threads", 2)

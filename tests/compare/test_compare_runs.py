@@ -10,8 +10,8 @@ from clitools import assert_one_line_error
 
 from lfr_ds import demo, report, synthetic
 from lfr_ds.compare import cli as compare
-from lfr_ds.compare import regime
-from lfr_ds.config import load_config
+from lfr_ds.compare import regime, runs
+from lfr_ds.config import GuardConfig, load_config
 from lfr_ds.data.dataset import open_dataset
 from lfr_ds.data.tokenizer import Tokenizer
 
@@ -119,6 +119,17 @@ def test_a_run_recorded_before_a_setting_that_defaults_to_off_existed_is_reused(
     path = smoke / "lfr-seed1" / "compare_run.json"
     rec = json.loads(path.read_text())
     assert rec["config"]["lfr"].pop("drop_mask") is None
+    path.write_text(json.dumps(rec))
+    again = run_cli(compare.main, [*ARGS, "--out", smoke, "--test", test_file])
+    assert again.code == 0 and again.err.count("already done, reusing") == 2
+
+
+def test_a_run_recorded_before_the_guards_divergence_and_jump_rules_is_reused(smoke, run_cli, test_file):
+    """Issue 27's guard settings are absent from records made before them: the runs are still reused."""
+    path = smoke / "random-seed1" / "compare_run.json"
+    rec = json.loads(path.read_text())
+    for key in runs.GUARD_SINCE:
+        assert rec["config"]["train"].pop(key) == runs.GUARD_SINCE[key] == getattr(GuardConfig(), key)
     path.write_text(json.dumps(rec))
     again = run_cli(compare.main, [*ARGS, "--out", smoke, "--test", test_file])
     assert again.code == 0 and again.err.count("already done, reusing") == 2
