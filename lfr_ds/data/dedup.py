@@ -42,7 +42,6 @@ from pathlib import Path
 
 import numpy as np
 import rensa
-from tqdm import tqdm
 
 from lfr_ds import atomic
 from lfr_ds.data.inputs import check_inputs
@@ -51,6 +50,7 @@ from lfr_ds.data.reader import (
     Chunk,
     ReadOptions,
     add_read_arguments,
+    byte_progress,
     iter_chunks,
     iter_documents,
     map_chunks,
@@ -194,15 +194,7 @@ def find_duplicates(
     """Cluster the documents of ``inputs`` (checked files) into exact and near duplicates."""
     found, first = Found(), {}
     lsh = rensa.RMinHashLSH(cfg.threshold, cfg.num_perm, cfg.bands)
-    bar = tqdm(
-        total=sum(os.path.getsize(p) for p in inputs),
-        unit="B",
-        unit_scale=True,
-        desc="dedup",
-        disable=not progress,
-        mininterval=1.0,
-        file=sys.stderr,
-    )
+    bar = byte_progress(inputs, "dedup", progress)
     chunks = map_chunks(_sketch_chunk, iter_chunks(inputs, opts), workers, _init_worker, (cfg, opts, tokenizer))
     with bar:
         for sk in chunks:

@@ -28,7 +28,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from tqdm import tqdm
 
 from lfr_ds import __version__, atomic
 from lfr_ds.data.dataset import sha256_file
@@ -38,6 +37,7 @@ from lfr_ds.data.reader import (
     Chunk,
     ReadOptions,
     add_read_arguments,
+    byte_progress,
     iter_chunks,
     map_chunks,
     parse_chunk,
@@ -215,15 +215,7 @@ def preprocess(
     t0 = time.time()
     tally = _Tally(inputs)
     file_number = {p: i for i, p in enumerate(inputs, 1)}
-    bar = tqdm(
-        total=sum(os.path.getsize(p) for p in inputs),
-        unit="B",
-        unit_scale=True,
-        desc="preprocess",
-        disable=not progress,
-        mininterval=1.0,
-        file=sys.stderr,
-    )
+    bar = byte_progress(inputs, "preprocess", progress)
 
     with contextlib.ExitStack() as stack:
         # Entered first = renamed last: meta.json appears only once every other file is in place.

@@ -27,6 +27,7 @@ import json
 import multiprocessing as mp
 import os
 import re
+import sys
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -36,6 +37,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 import zstandard
+from tqdm import tqdm
 
 from lfr_ds.data.inputs import check_inputs
 from lfr_ds.errors import UserError
@@ -505,3 +507,16 @@ def _pylist(column: pa.ChunkedArray, chunk: RowGroup) -> list:
                     "rewrite the column as UTF-8"
                 ) from None
         raise
+
+
+def byte_progress(inputs: list[str], desc: str, enabled: bool) -> tqdm:
+    """A progress bar over the inputs' bytes on stderr (a reader's chunks advance it by their size)."""
+    return tqdm(
+        total=sum(os.path.getsize(p) for p in inputs),
+        unit="B",
+        unit_scale=True,
+        desc=desc,
+        disable=not enabled,
+        mininterval=1.0,
+        file=sys.stderr,
+    )
