@@ -349,9 +349,11 @@ def _build(cfg: TrainConfig, plan: Plan):
         "building the model and its optimizer state",
         "use a smaller model (model.preset or model.*), engine.zero_stage=3, or more ranks",
     ):
-        # ZeRO-3 builds partitioned (zero.Init): no rank ever holds the whole model.
-        zero3 = plan.ds_config if cfg.engine.zero_stage == 3 else None
-        model = build_model(plan.model, bf16=plan.bf16, zero3=zero3)
+        # Built whole, then partitioned by DeepSpeed. build_model(zero3=...) builds partitioned (zero.Init) and
+        # bitwise equal (tests/model/test_partitioned_build.py), but ZeRO-3 training from it moved the tiny
+        # preset's weights 6e-5 off ZeRO-2's in 3 steps, where the whole build stays within 1e-6
+        # (tests/eval/test_eval_checkpoint.py): not switched on until that is understood (issue 26).
+        model = build_model(plan.model, bf16=plan.bf16)
         return model, build_engine(model, cfg, plan.ds_config)
 
 

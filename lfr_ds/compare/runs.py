@@ -152,7 +152,7 @@ def identity(rec: dict) -> dict:
     rec = rel(rec)
     # How a run reads its batches, not which: the same losses either way (tests/train/test_step_paths.py).
     rec["config"]["data"].pop("prefetch", None)
-    rec["config"]["train"] = {**GUARD_SINCE, **rec["config"]["train"]}
+    rec["config"]["train"] = {**GUARD_SINCE, **rec["config"].get("train", {})}
     # Records made before lfr-compare set the thread count ran with OMP_NUM_THREADS unset on the 2-core
     # reference machine (docs/experiments): 2 threads.
     rec.setdefault("threads", 2)

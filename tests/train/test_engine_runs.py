@@ -38,7 +38,7 @@ def test_zero3_two_ranks_learns_under_deepspeed_launcher(zero3_run):
 
 
 def test_zero3_start_line_counts_the_whole_model_and_the_rank_share(zero3_run):
-    """The model is built partitioned; the start line still counts all of it, and this rank's half."""
+    """Under ZeRO-3 the start line counts all of the model, and this rank's half."""
     n = count_parameters(ModelConfig(preset="tiny"), 8192)  # base_overrides' model, the webmix tokenizer's vocab
     assert f"({n / 1e6:.1f}M params, {-(-n // 2) / 1e6:.1f}M on rank 0)" in zero3_run[1].stderr
 
